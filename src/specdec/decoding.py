@@ -1,0 +1,215 @@
+"""The speculative decoding loop (Algorithm 1) over the LanguageModel and Drafter protocols.
+
+One target forward per step verifies every draft. The target's cache holds the context minus
+its last (pending) token; after verification it is cropped back to the accepted prefix.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from specdec.drafters.base import Drafter, Proposal
+from specdec.drafters.model import ModelDrafter
+from specdec.models.base import LanguageModel, check_same_vocabulary
+from specdec.sampling import SamplingParams, adjusted_probs, make_generator
+from specdec.stats import GenerationStats
+from specdec.verify import overlap, verify, verify_greedy
+
+
+@dataclass
+class StepEvent:
+    """One target call: what a UI needs to draw the paper's Figure 1."""
+
+    accepted: list[int]  # draft tokens kept
+    rejected: list[int]  # draft tokens thrown away
+    next_token: int | None  # correction (after a rejection) or bonus (all accepted); None if cut
+    bonus: bool  # True when every draft was accepted and next_token came from p_{k+1}
+    finished: bool = False
+    finish_reason: str | None = None  # "stop" or "length" once finished
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+    @property
+    def tokens(self) -> list[int]:
+        """Tokens this step appends to the output."""
+        return self.accepted + ([] if self.next_token is None else [self.next_token])
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[int]
+    text: str
+    stats: GenerationStats
+    finish_reason: str
+
+
+class SpeculativeDecoder:
+    """Exact speculative decoding: `target` verifies what `drafter` proposes, gamma at a time.
+
+    drafter may be a LanguageModel with the target's vocabulary, any Drafter, or None for
+    plain autoregressive decoding through the same code. gamma 0 also means plain decoding.
+    """
+
+    def __init__(self, target: LanguageModel, drafter: LanguageModel | Drafter | None = None,
+                 gamma: int = 4):
+        if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 0:
+            raise ValueError(f"gamma must be an integer >= 0, got {gamma!r}")
+        if drafter is not None and not isinstance(drafter, Drafter):
+            check_same_vocabulary(target, drafter)
+            drafter = ModelDrafter(drafter)
+        self.target = target
+        self.drafter = drafter
+        self.gamma = gamma
+        self.tokenizer = getattr(target, "tokenizer", None)
+
+    def generate(self, prompt: str | list[int] | torch.Tensor,
+                 params: SamplingParams | None = None) -> GenerationResult:
+        """Run to completion; return the new tokens, their text and the stats."""
+        tokens: list[int] = []
+        event = None
+        for event in self.stream(prompt, params):
+            tokens.extend(event.tokens)
+        assert event is not None and event.finish_reason is not None
+        return GenerationResult(tokens, self.decode(tokens), event.stats, event.finish_reason)
+
+    def stream(self, prompt: str | list[int] | torch.Tensor,
+               params: SamplingParams | None = None) -> Iterator[StepEvent]:
+        """Yield one StepEvent per target call until a stop token or max_new_tokens."""
+        params = params or SamplingParams()
+        prompt_ids = self.encode(prompt)
+        self._check_length(prompt_ids, params)
+        generator = make_generator(params.seed)
+        stop_ids = set(params.stop_token_ids) | self._eos_ids(params)
+        stats = GenerationStats(prompt_tokens=prompt_ids.shape[1])
+        start = time.perf_counter()
+
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            context = self.target.prefill(prompt_ids)
+            stats.target_s += time.perf_counter() - t0
+            if self.drafter is not None:
+                t0 = time.perf_counter()
+                self.drafter.begin(prompt_ids)
+                stats.drafter_s += time.perf_counter() - t0
+            while True:
+                remaining = params.max_new_tokens - stats.generated
+                # a step emits up to k + 1 tokens: never draft past max_new_tokens
+                proposal = self._propose(context, min(self.gamma, remaining - 1), params,
+                                         generator, stats)
+                # the context's last token is pending: not yet in the target's cache
+                event = self._verify_step(context[:, -1:], proposal, params, generator, stats)
+                emitted = event.tokens
+                cut = _cut(emitted, stop_ids, remaining)
+                if cut is not None:
+                    emitted = emitted[:cut]
+                    event.accepted = event.accepted[:cut]
+                    event.next_token = emitted[-1] if len(emitted) > len(event.accepted) else None
+                stats.generated += len(emitted)
+                context = torch.cat([context, torch.tensor([emitted])], dim=1)
+                if cut is not None or stats.generated >= params.max_new_tokens:
+                    event.finished = True
+                    stopped = bool(emitted) and emitted[-1] in stop_ids
+                    event.finish_reason = "stop" if stopped else "length"
+                stats.total_s = time.perf_counter() - start
+                event.stats = stats
+                yield event
+                if event.finished:
+                    return
+
+    def _propose(self, context: torch.Tensor, k: int, params: SamplingParams,
+                 generator: torch.Generator, stats: GenerationStats) -> Proposal:
+        if self.drafter is None or k <= 0:
+            return Proposal.empty(context.shape[0])
+        t0 = time.perf_counter()
+        try:
+            proposal = self.drafter.propose(context, k, params, generator)
+        except Exception as error:  # a broken drafter costs speed, never correctness
+            warnings.warn(f"drafter {self.drafter.name!r} failed ({error!r}); "
+                          "decoding this step without drafts", RuntimeWarning, stacklevel=2)
+            stats.drafter_failures += 1
+            proposal = Proposal.empty(context.shape[0])
+        stats.drafter_s += time.perf_counter() - t0
+        stats.drafter_calls += proposal.forwards
+        if proposal.length > k:
+            proposal = Proposal(proposal.tokens[:, :k],
+                                None if proposal.probs is None else proposal.probs[:, :k],
+                                proposal.forwards)
+        return proposal
+
+    def _verify_step(self, pending: torch.Tensor, proposal: Proposal, params: SamplingParams,
+                     generator: torch.Generator, stats: GenerationStats) -> StepEvent:
+        drafts = proposal.tokens
+        k = drafts.shape[1]
+        t0 = time.perf_counter()
+        logits = self.target.extend(torch.cat([pending, drafts], dim=1))  # p_1..p_{k+1}
+        stats.target_s += time.perf_counter() - t0
+        if params.greedy:
+            verdict = verify_greedy(drafts, logits)
+            betas = (verdict.accepted[0] > torch.arange(k)).float()  # one-hot p, q: beta = match
+        else:
+            target_probs = adjusted_probs(logits, params)
+            verdict = verify(drafts, proposal.probs, target_probs, generator)
+            betas = overlap(target_probs, proposal.probs, drafts)[0]
+        n = int(verdict.accepted[0])
+        t0 = time.perf_counter()
+        self.target.rollback(k - n)  # drop x_{n+1}..x_k; x_1..x_n stay cached
+        stats.target_s += time.perf_counter() - t0
+        stats.record_step(k, n, betas[: min(n + 1, k)].tolist())
+        return StepEvent(accepted=drafts[0, :n].tolist(), rejected=drafts[0, n:].tolist(),
+                         next_token=int(verdict.next_token[0]), bonus=n == k)
+
+    # --- text, limits ---------------------------------------------------------------------
+
+    def encode(self, prompt: str | list[int] | torch.Tensor) -> torch.Tensor:
+        """Prompt as token ids [1, T]; strings need the target's tokenizer."""
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("prompt is empty")
+            if self.tokenizer is None:
+                raise ValueError("prompt is text but the target has no tokenizer; pass token ids")
+            prompt = self.tokenizer(prompt).input_ids
+        ids = torch.as_tensor(prompt, dtype=torch.long)
+        if ids.ndim == 1:
+            ids = ids[None]
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            raise ValueError("prompt is empty" if ids.numel() == 0 else "prompt must be 1-D ids")
+        if ids.shape[0] != 1:
+            raise NotImplementedError("batched prompts are not supported yet (batch 1 only)")
+        if ids.min() < 0 or ids.max() >= self.target.vocab_size:
+            raise ValueError(f"prompt token ids must be in [0, {self.target.vocab_size})")
+        return ids
+
+    def decode(self, tokens: list[int]) -> str:
+        if self.tokenizer is None:
+            return ""
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def _check_length(self, prompt_ids: torch.Tensor, params: SamplingParams) -> None:
+        window = self.target.max_length
+        if window is not None and prompt_ids.shape[1] + params.max_new_tokens > window:
+            raise ValueError(
+                f"max_new_tokens={params.max_new_tokens} plus the prompt's "
+                f"{prompt_ids.shape[1]} tokens exceeds the model's context of {window} tokens")
+
+    def _eos_ids(self, params: SamplingParams) -> set[int]:
+        if params.ignore_eos:
+            return set()
+        config = getattr(getattr(self.target, "model", None), "generation_config", None)
+        eos = getattr(config, "eos_token_id", None)
+        if eos is None and self.tokenizer is not None:
+            eos = self.tokenizer.eos_token_id
+        if eos is None:
+            return set()
+        return {int(e) for e in (eos if isinstance(eos, list | tuple) else [eos])}
+
+
+def _cut(tokens: list[int], stop_ids: set[int], remaining: int) -> int | None:
+    """Length to keep: through the first stop token, at most `remaining`; None if all stay."""
+    for i, token in enumerate(tokens[:remaining]):
+        if token in stop_ids:
+            return i + 1
+    return remaining if len(tokens) > remaining else None

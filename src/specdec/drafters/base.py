@@ -1,0 +1,49 @@
+"""The drafter protocol: propose up to gamma tokens, with their q distributions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from specdec.sampling import SamplingParams
+
+
+@dataclass
+class Proposal:
+    """Draft tokens x_1..x_k [B, k] and q_1..q_k [B, k, V].
+
+    probs None means a deterministic drafter: q_i is one-hot at x_i, and verification uses
+    the exact one-hot rule (accept w.p. p(x), residual = p without x).
+    """
+
+    tokens: torch.Tensor
+    probs: torch.Tensor | None = None
+    forwards: int = 0  # drafter model forwards spent on this proposal
+
+    @property
+    def length(self) -> int:
+        return int(self.tokens.shape[1])
+
+    @staticmethod
+    def empty(rows: int = 1) -> Proposal:
+        return Proposal(torch.zeros(rows, 0, dtype=torch.long))
+
+
+@runtime_checkable
+class Drafter(Protocol):
+    name: str
+
+    def begin(self, prompt_ids: torch.Tensor) -> None:
+        """Start a new generation for prompt_ids [B, T]."""
+        ...
+
+    def propose(self, context: torch.Tensor, gamma: int, params: SamplingParams,
+                generator: torch.Generator) -> Proposal:
+        """Up to gamma tokens continuing context [B, T] (the target's decoder context).
+
+        Drafts must be sampled from the returned probs, which must be the drafter's
+        distribution adjusted with `params` (sampling.adjusted_probs).
+        """
+        ...

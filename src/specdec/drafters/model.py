@@ -1,0 +1,64 @@
+"""A smaller language model with the target's vocabulary as the drafter (M_q in the paper)."""
+
+from __future__ import annotations
+
+import torch
+
+from specdec.drafters.base import Proposal
+from specdec.models.base import LanguageModel
+from specdec.sampling import SamplingParams, adjusted_probs, sample
+
+
+class ModelDrafter:
+    """Samples gamma tokens autoregressively from a model, one forward per token.
+
+    Its cache is kept in step with the target's context by comparing token ids: whatever the
+    target accepted or replaced, the drafter rolls back to the common prefix and feeds the
+    rest, so no feedback call is needed and a failed step can never desynchronise it.
+    """
+
+    def __init__(self, model: LanguageModel):
+        self.model = model
+        self.name = model.name
+        self.cached_ids = torch.zeros(1, 0, dtype=torch.long)
+
+    def begin(self, prompt_ids: torch.Tensor) -> None:
+        context = self.model.prefill(prompt_ids)
+        self.cached_ids = context[:, : self.model.cached_length]
+
+    def propose(self, context: torch.Tensor, gamma: int, params: SamplingParams,
+                generator: torch.Generator) -> Proposal:
+        if gamma <= 0:
+            return Proposal.empty(context.shape[0])
+        feed = self._sync(context)
+        tokens, probs = [], []
+        for _ in range(gamma):
+            logits = self.model.extend(feed)[:, -1]
+            if params.greedy:
+                token = logits.argmax(dim=-1)
+            else:
+                q = adjusted_probs(logits, params)
+                token = sample(q, generator)
+                probs.append(q)
+            tokens.append(token)
+            feed = token[:, None]
+        drafted = torch.stack(tokens, dim=1)
+        # the last draft was never fed: the cache holds context + x_1..x_{gamma-1}
+        self.cached_ids = torch.cat([context, drafted[:, :-1]], dim=1)
+        return Proposal(drafted, torch.stack(probs, dim=1) if probs else None, forwards=gamma)
+
+    def _sync(self, context: torch.Tensor) -> torch.Tensor:
+        """Roll the cache back to its common prefix with context; return the tokens to feed."""
+        common = _common_prefix(self.cached_ids, context)
+        common = min(common, context.shape[1] - 1)  # keep one token pending for its logits
+        self.model.rollback(self.model.cached_length - common)
+        self.cached_ids = context[:, :common]
+        return context[:, common:]
+
+
+def _common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Length of the longest prefix shared by every row of a and b."""
+    n = min(a.shape[1], b.shape[1])
+    same = (a[:, :n] == b[:, :n]).all(dim=0)
+    mismatch = (~same).nonzero()
+    return int(mismatch[0]) if len(mismatch) else n

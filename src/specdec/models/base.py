@@ -1,0 +1,69 @@
+"""The protocol the decoding loop and the model drafter rely on, and nothing more."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from specdec.errors import VocabularyMismatchError
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    """A model with a KV cache that can grow by several tokens at once and shrink.
+
+    Invariant kept by callers: the cache holds the decoder context minus its last token,
+    the *pending* token, which is fed with the next `extend`.
+    """
+
+    name: str
+    vocab_size: int  # width of the logits
+    max_length: int | None  # context window in tokens, None if unbounded
+    tokenizer: Any  # a transformers tokenizer, or None
+
+    def prefill(self, prompt_ids: torch.Tensor) -> torch.Tensor:
+        """Reset the cache for prompt_ids [B, T]; return the decoder context [B, T'].
+
+        Decoder-only models return the prompt with all but its last token cached;
+        encoder-decoder models encode the prompt and return the decoder start token.
+        """
+        ...
+
+    def extend(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed tokens [B, k] in ONE forward; return float32 logits [B, k, V] at every one."""
+        ...
+
+    def rollback(self, n: int) -> None:
+        """Drop the last n cached positions (crop the KV cache; never recompute)."""
+        ...
+
+    @property
+    def cached_length(self) -> int:
+        """Number of positions in the cache."""
+        ...
+
+
+def vocabulary_of(model: LanguageModel) -> dict[str, int] | None:
+    tokenizer = getattr(model, "tokenizer", None)
+    return None if tokenizer is None else tokenizer.get_vocab()
+
+
+def check_same_vocabulary(target: LanguageModel, drafter: LanguageModel) -> None:
+    """Refuse a drafter whose token ids mean something else than the target's."""
+    target_vocab, drafter_vocab = vocabulary_of(target), vocabulary_of(drafter)
+    same = target.vocab_size == drafter.vocab_size
+    if same and target_vocab is not None and drafter_vocab is not None:
+        same = target_vocab == drafter_vocab
+    if not same:
+        raise VocabularyMismatchError(
+            f"drafter {drafter.name!r} has a different vocabulary "
+            f"({_describe(drafter, drafter_vocab)}) than target {target.name!r} "
+            f"({_describe(target, target_vocab)}); a same-vocabulary model drafter needs "
+            "identical token ids"
+        )
+
+
+def _describe(model: LanguageModel, vocab: dict[str, int] | None) -> str:
+    tokens = "" if vocab is None else f"{len(vocab)} tokens, "
+    return f"{tokens}{model.vocab_size} logits"
