@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 
+from specdec.controller import FixedGamma, GammaPolicy, StepRecord
 from specdec.drafters.base import Drafter, Proposal
 from specdec.drafters.model import ModelDrafter
 from specdec.models.base import LanguageModel, check_same_vocabulary
@@ -52,11 +53,13 @@ class SpeculativeDecoder:
 
     drafter may be a LanguageModel with the target's vocabulary, any Drafter, or None for
     plain autoregressive decoding through the same code. gamma 0 also means plain decoding.
+    gamma may instead be a zero-argument factory of GammaPolicy, called once per generation.
     """
 
     def __init__(self, target: LanguageModel, drafter: LanguageModel | Drafter | None = None,
-                 gamma: int = 4):
-        if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 0:
+                 gamma: int | Callable[[], GammaPolicy] = 4):
+        if not callable(gamma) and (
+                isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 0):
             raise ValueError(f"gamma must be an integer >= 0, got {gamma!r}")
         if drafter is not None and not isinstance(drafter, Drafter):
             check_same_vocabulary(target, drafter)
@@ -85,6 +88,7 @@ class SpeculativeDecoder:
         generator = make_generator(params.seed)
         stop_ids = set(params.stop_token_ids) | self._eos_ids(params)
         stats = GenerationStats(prompt_tokens=prompt_ids.shape[1])
+        policy = FixedGamma(self.gamma) if isinstance(self.gamma, int) else self.gamma()
         start = time.perf_counter()
 
         with torch.inference_mode():
@@ -98,10 +102,17 @@ class SpeculativeDecoder:
             while True:
                 remaining = params.max_new_tokens - stats.generated
                 # a step emits up to k + 1 tokens: never draft past max_new_tokens
-                proposal = self._propose(context, min(self.gamma, remaining - 1), params,
+                before = (stats.drafter_s, stats.drafter_calls, stats.target_s)
+                proposal = self._propose(context, min(policy.choose(), remaining - 1), params,
                                          generator, stats)
                 # the context's last token is pending: not yet in the target's cache
-                event = self._verify_step(context[:, -1:], proposal, params, generator, stats)
+                event, betas = self._verify_step(context[:, -1:], proposal, params, generator,
+                                                 stats)
+                policy.observe(StepRecord(
+                    drafted=proposal.length, accepted=len(event.accepted), betas=betas,
+                    drafter_s=stats.drafter_s - before[0],
+                    drafter_forwards=stats.drafter_calls - before[1],
+                    target_s=stats.target_s - before[2]))
                 emitted = event.tokens
                 cut = _cut(emitted, stop_ids, remaining)
                 if cut is not None:
@@ -141,7 +152,8 @@ class SpeculativeDecoder:
         return proposal
 
     def _verify_step(self, pending: torch.Tensor, proposal: Proposal, params: SamplingParams,
-                     generator: torch.Generator, stats: GenerationStats) -> StepEvent:
+                     generator: torch.Generator, stats: GenerationStats,
+                     ) -> tuple[StepEvent, list[float]]:
         drafts = proposal.tokens
         k = drafts.shape[1]
         t0 = time.perf_counter()
@@ -158,9 +170,11 @@ class SpeculativeDecoder:
         t0 = time.perf_counter()
         self.target.rollback(k - n)  # drop x_{n+1}..x_k; x_1..x_n stay cached
         stats.target_s += time.perf_counter() - t0
-        stats.record_step(k, n, betas[: min(n + 1, k)].tolist())
-        return StepEvent(accepted=drafts[0, :n].tolist(), rejected=drafts[0, n:].tolist(),
-                         next_token=int(verdict.next_token[0]), bonus=n == k)
+        kept_betas = betas[: min(n + 1, k)].tolist()
+        stats.record_step(k, n, kept_betas)
+        event = StepEvent(accepted=drafts[0, :n].tolist(), rejected=drafts[0, n:].tolist(),
+                          next_token=int(verdict.next_token[0]), bonus=n == k)
+        return event, kept_betas
 
     # --- text, limits ---------------------------------------------------------------------
 
