@@ -1,0 +1,94 @@
+"""Build a drafter and a gamma policy from the short specs the CLI and server accept.
+
+Drafter specs:  none | ngram | ngram:MIN:MAX | unigram:FILE | bigram:FILE | MODEL | ngram+MODEL
+where MODEL is anything the loader accepts (a registry name or a local path).
+Gamma specs:    an integer in [0, MAX_GAMMA] | auto
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from specdec.controller import GammaPolicy
+from specdec.drafters.base import Drafter
+from specdec.drafters.model import ModelDrafter
+from specdec.errors import VocabularyMismatchError
+from specdec.models.base import LanguageModel, check_same_vocabulary
+
+MAX_GAMMA = 64
+KINDS = ("none", "ngram", "ngram:MIN:MAX", "unigram:FILE", "bigram:FILE", "MODEL", "ngram+MODEL")
+_PREFIXED = ("ngram", "unigram", "bigram")
+
+
+def build_drafter(spec: str, target: LanguageModel,
+                  loader: Callable[[str], LanguageModel]) -> Drafter | None:
+    """The drafter named by `spec` for `target`; None for plain decoding."""
+    spec = spec.strip()
+    if spec.lower() in ("", "none"):
+        return None
+    if spec.startswith("ngram+"):
+        from specdec.drafters.combined import CombinedDrafter
+
+        return CombinedDrafter(_ngram(""), _model_drafter(spec[len("ngram+"):], target, loader))
+    kind, _, arg = spec.partition(":")
+    if kind == "ngram":
+        return _ngram(arg)
+    if kind in ("unigram", "bigram"):
+        return _ngram_lm(kind, arg, target)
+    if arg and not Path(spec).exists() and len(kind) > 1:  # "C:\\..." style paths pass
+        raise ValueError(f"unknown --draft kind {kind!r}; known: {', '.join(KINDS)}")
+    return _model_drafter(spec, target, loader)
+
+
+def build_gamma(value: str | int) -> int | Callable[[], GammaPolicy]:
+    """An integer gamma, or for 'auto' a factory of GammaController (one per generation)."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        from specdec.controller_auto import GammaController
+
+        return GammaController
+    try:
+        gamma = int(text)
+    except ValueError:
+        gamma = -1
+    if not 0 <= gamma <= MAX_GAMMA:
+        raise ValueError(f"--gamma must be 'auto' or an integer in [0, {MAX_GAMMA}], got {value!r}")
+    return gamma
+
+
+def _ngram(arg: str) -> Drafter:
+    from specdec.drafters.ngram import NgramDrafter
+
+    if not arg:
+        return NgramDrafter()
+    parts = arg.split(":")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"--draft ngram:MIN:MAX needs two integers, got 'ngram:{arg}'")
+    return NgramDrafter(int(parts[0]), int(parts[1]))
+
+
+def _ngram_lm(kind: str, arg: str, target: LanguageModel) -> Drafter:
+    from specdec.drafters.ngram_lm import NgramLMDrafter
+
+    if not arg:
+        raise ValueError(f"--draft {kind}:FILE needs a text corpus file")
+    if target.tokenizer is None:
+        raise ValueError(f"--draft {kind}:FILE needs a target with a tokenizer")
+    order = 1 if kind == "unigram" else 2
+    return NgramLMDrafter.from_file(arg, target.tokenizer, target.vocab_size, order)
+
+
+def _model_drafter(spec: str, target: LanguageModel,
+                   loader: Callable[[str], LanguageModel]) -> Drafter:
+    """ModelDrafter when the vocabularies agree, else the exact cross-tokenizer drafter."""
+    if not spec:
+        raise ValueError("--draft ngram+MODEL needs a model name or path after '+'")
+    model = loader(spec)
+    try:
+        check_same_vocabulary(target, model)
+    except VocabularyMismatchError:
+        from specdec.drafters.cross_tokenizer import CrossTokenizerDrafter
+
+        return CrossTokenizerDrafter(model, target)
+    return ModelDrafter(model)

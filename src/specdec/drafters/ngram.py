@@ -1,0 +1,89 @@
+"""Prompt lookup: propose what followed the most recent earlier occurrence of the context's suffix.
+
+Deterministic (q one-hot at the proposal), so it is verified with the exact one-hot rule and
+stays lossless under sampling. The index over the context is built incrementally: each step
+only the new tokens are hashed, so a step costs O(new tokens * (max_n - min_n + 1)), not O(T).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from specdec.drafters.base import Proposal
+from specdec.sampling import SamplingParams
+
+MAX_NGRAM = 64  # bound on user-given n-gram sizes (keys are tuples of this length)
+
+
+class NgramDrafter:
+    """Suffix n-gram lookup in prompt + generated text, longest match first, most recent wins."""
+
+    def __init__(self, min_n: int = 1, max_n: int = 4):
+        for label, value in (("min_n", min_n), ("max_n", max_n)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_NGRAM:
+                raise ValueError(f"ngram {label} must be an integer in [1, {MAX_NGRAM}], "
+                                 f"got {value!r}")
+        if min_n > max_n:
+            raise ValueError(f"ngram min_n ({min_n}) must be <= max_n ({max_n})")
+        self.min_n, self.max_n = min_n, max_n
+        self.name = f"ngram:{min_n}:{max_n}"
+        self.tokens: list[int] = []
+        # index[n][n-gram] = position right after its most recent occurrence that has a successor
+        self.index: dict[int, dict[tuple[int, ...], int]] = {}
+        self.begin(torch.zeros(1, 0, dtype=torch.long))
+
+    def begin(self, prompt_ids: torch.Tensor) -> None:
+        self.tokens = []
+        self.index = {n: {} for n in range(self.min_n, self.max_n + 1)}
+        if prompt_ids.shape[1]:
+            self._sync(prompt_ids)
+
+    def propose(self, context: torch.Tensor, gamma: int, params: SamplingParams,
+                generator: torch.Generator) -> Proposal:
+        if context.shape[0] != 1:
+            raise NotImplementedError("the n-gram drafter supports batch 1 only")
+        if gamma <= 0:
+            return Proposal.empty(1)
+        self._sync(context)
+        start = self.lookup()
+        if start is None:
+            return Proposal.empty(1)
+        return Proposal(torch.tensor([self.continuation(start, gamma)], dtype=torch.long))
+
+    def lookup(self) -> int | None:
+        """Start of the continuation of the longest matching suffix, or None."""
+        tokens = self.tokens
+        for n in range(min(self.max_n, len(tokens) - 1), self.min_n - 1, -1):
+            start = self.index[n].get(tuple(tokens[-n:]))
+            if start is not None:
+                return start
+        return None
+
+    def continuation(self, start: int, gamma: int) -> list[int]:
+        """gamma tokens from `start`; past the end, the match repeats with its period."""
+        tokens, end = self.tokens, len(self.tokens)
+        out: list[int] = []
+        for j in range(gamma):
+            i = start + j
+            out.append(tokens[i] if i < end else out[i - end])
+        return out
+
+    def _sync(self, context: torch.Tensor) -> None:
+        """Index the tokens that context adds; rebuild if it is not an extension."""
+        known = len(self.tokens)
+        length = context.shape[1]
+        # the decoder only ever appends, so checking the last known token is enough; a wrong
+        # guess here costs acceptance, never correctness
+        if length < known or (known and int(context[0, known - 1]) != self.tokens[-1]):
+            self.tokens, known = [], 0
+            self.index = {n: {} for n in self.index}
+        self.tokens.extend(context[0, known:].tolist())
+        self._index_from(known)
+
+    def _index_from(self, known: int) -> None:
+        """Add n-grams ending at positions known..len-1 (each has a successor token)."""
+        tokens = self.tokens
+        for end in range(max(known, 1), len(tokens)):
+            for n, table in self.index.items():
+                if end >= n:
+                    table[tuple(tokens[end - n:end])] = end
