@@ -1,0 +1,82 @@
+"""`specdec serve`: an OpenAI-compatible HTTP server (loopback by default)."""
+
+from __future__ import annotations
+
+import argparse
+
+from specdec.server.app import DEFAULT_MAX_BODY
+
+DEFAULT_TARGET = "qwen2.5-coder-0.5b"
+DEFAULT_DRAFT = "ngram"
+MAX_QUEUE_LIMIT = 100_000
+MAX_TOKENS_CEILING = 1 << 20
+MAX_BODY_CEILING = 64 << 20
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="specdec serve", description=__doc__)
+    parser.add_argument("--target", default=DEFAULT_TARGET,
+                        help="target model: registry name or local path "
+                        f"(default {DEFAULT_TARGET})")
+    parser.add_argument("--draft", default=DEFAULT_DRAFT,
+                        help=f"drafter spec: none | ngram | MODEL | ngram+MODEL | ... "
+                        f"(default {DEFAULT_DRAFT})")
+    parser.add_argument("--gamma", default="4", help="draft length: integer or 'auto' (default 4)")
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32", "float16"),
+                        help="weights dtype (default bfloat16)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    parser.add_argument("--served-model-name", default=None,
+                        help="model id clients use (default: --target)")
+    parser.add_argument("--max-queue", type=int, default=64,
+                        help="requests that may wait; more get HTTP 429 (default 64)")
+    parser.add_argument("--max-tokens-limit", type=int, default=4096,
+                        help="largest max_tokens a request may ask for (default 4096)")
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY,
+                        help="largest request body in bytes; more get HTTP 413 "
+                        f"(default {DEFAULT_MAX_BODY})")
+    parser.add_argument("--log-level", default="info",
+                        choices=("critical", "error", "warning", "info", "debug"))
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_bounds(parser, args)
+
+    import uvicorn
+
+    from specdec.decoding import SpeculativeDecoder
+    from specdec.drafters.factory import build_drafter, build_gamma
+    from specdec.models.loading import load_model
+    from specdec.server import Engine, EngineConfig, create_app
+
+    gamma = build_gamma(args.gamma)  # fail on a bad value before loading anything
+
+    def load(spec: str):
+        return load_model(spec, args.dtype, args.threads)
+
+    target = load(args.target)
+    drafter = build_drafter(args.draft, target, load)
+    engine = Engine(SpeculativeDecoder(target, drafter, gamma),
+                    EngineConfig(max_queue=args.max_queue,
+                                 max_tokens_limit=args.max_tokens_limit))
+    app = create_app(engine, args.served_model_name or args.target, args.max_body_bytes)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _check_bounds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be in [0, 65535], got {args.port}")
+    if not 0 <= args.max_queue <= MAX_QUEUE_LIMIT:
+        parser.error(f"--max-queue must be in [0, {MAX_QUEUE_LIMIT}], got {args.max_queue}")
+    if not 1 <= args.max_tokens_limit <= MAX_TOKENS_CEILING:
+        parser.error(f"--max-tokens-limit must be in [1, {MAX_TOKENS_CEILING}]")
+    if not 1 <= args.max_body_bytes <= MAX_BODY_CEILING:
+        parser.error(f"--max-body-bytes must be in [1, {MAX_BODY_CEILING}]")
+    if args.threads is not None and not 1 <= args.threads <= 1024:
+        parser.error(f"--threads must be in [1, 1024], got {args.threads}")

@@ -1,0 +1,228 @@
+"""The worker that owns the models: one generation at a time, from a bounded FIFO queue.
+
+Decoding is CPU-bound and the models hold one KV cache each, so a single background thread
+runs the generations in arrival order. Output goes back to the request's asyncio queue one
+token at a time; a cancelled request is dropped from the queue at once, or stopped between
+decoding steps if it is running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from specdec.decoding import SpeculativeDecoder
+from specdec.detokenize import TextStream
+from specdec.sampling import SamplingParams
+from specdec.server.metrics import ServerMetrics
+from specdec.server.stop import StopMatcher
+from specdec.stats import GenerationStats
+
+log = logging.getLogger("specdec.server")
+
+
+class QueueFullError(Exception):
+    """The waiting queue is at its bound."""
+
+
+@dataclass
+class TextChunk:
+    text: str  # new text of one token (may be "" while held back)
+
+
+@dataclass
+class Finished:
+    finish_reason: str  # "stop" or "length"
+    prompt_tokens: int
+    completion_tokens: int
+    stats: dict
+
+
+@dataclass
+class Failed:
+    message: str
+
+
+@dataclass
+class Cancelled:
+    pass
+
+
+Item = TextChunk | Finished | Failed | Cancelled
+
+
+@dataclass
+class Job:
+    """One request's generation and the channel its output flows back through."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    stops: list[str]
+    loop: asyncio.AbstractEventLoop
+    outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+
+    def emit(self, item: Item) -> None:
+        """Hand an item to the request (thread-safe; the loop may already be gone)."""
+        try:
+            self.loop.call_soon_threadsafe(self.outbox.put_nowait, item)
+        except RuntimeError:  # event loop closed: nobody is listening any more
+            self.cancelled.set()
+
+    async def items(self) -> AsyncIterator[Item]:
+        """Items until the job ends (Finished, Failed or Cancelled is the last)."""
+        while True:
+            item = await self.outbox.get()
+            yield item
+            if not isinstance(item, TextChunk):
+                return
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_queue: int = 64  # requests waiting (the running one not counted)
+    max_tokens_limit: int = 4096  # largest max_tokens a request may ask for
+
+
+class Engine:
+    """Owns the decoder; runs queued jobs one at a time in a background thread."""
+
+    def __init__(self, decoder: SpeculativeDecoder, config: EngineConfig | None = None,
+                 metrics: ServerMetrics | None = None):
+        if decoder.tokenizer is None:
+            raise ValueError("the server needs a target model with a tokenizer")
+        self.decoder = decoder
+        self.tokenizer: Any = decoder.tokenizer
+        self.config = config or EngineConfig()
+        self.metrics = metrics or ServerMetrics()
+        self.metrics.bind_queue(lambda: len(self._waiting), lambda: int(self._running is not None))
+        # fast tokenizers are not safe to use from two threads at once
+        self.tokenizer_lock = threading.Lock()
+        self._waiting: deque[Job] = deque()
+        self._running: Job | None = None
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    # --- queue ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="specdec-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            for job in list(self._waiting) + ([self._running] if self._running else []):
+                job.cancelled.set()
+            self._waiting.clear()
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def submit(self, job: Job) -> None:
+        """Queue job (FIFO); QueueFullError when max_queue requests already wait."""
+        with self._wake:
+            if len(self._waiting) >= self.config.max_queue:
+                raise QueueFullError(f"server busy: {len(self._waiting)} requests waiting")
+            self._waiting.append(job)
+            self._wake.notify()
+
+    def cancel(self, job: Job) -> None:
+        """Stop job: dropped from the queue now, or stopped after the current step."""
+        with self._wake:
+            if job.cancelled.is_set():
+                return
+            job.cancelled.set()
+            if job in self._waiting:
+                self._waiting.remove(job)
+                self.metrics.record_outcome("cancelled")
+        job.emit(Cancelled())
+
+    @property
+    def queue_length(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def busy(self) -> bool:
+        return self._running is not None
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._waiting and not self._stopping:
+                    self._wake.wait()
+                if self._stopping:
+                    return
+                job = self._running = self._waiting.popleft()
+            try:
+                self._run(job)
+            except Exception as error:  # one bad request must not take the server down
+                log.exception("generation failed")
+                self.metrics.record_outcome("error")
+                job.emit(Failed(f"generation failed: {error}"))
+            finally:
+                with self._wake:
+                    self._running = None
+
+    # --- one generation ---------------------------------------------------------------
+
+    def _run(self, job: Job) -> None:
+        text = TextStream(self.tokenizer)
+        matcher = StopMatcher(job.stops)
+        count, reason = 0, None
+        stats = GenerationStats()
+        for event in self.decoder.stream(job.prompt_ids, job.params):
+            stats = event.stats
+            for token in event.tokens:  # an accepted block goes out token by token
+                count += 1
+                with self.tokenizer_lock:
+                    piece = text.push([token])
+                self._send(job, matcher.push(piece))
+                if matcher.stopped:
+                    reason = "stop"
+                    break
+            if reason is None and event.finished:
+                reason = event.finish_reason
+            if reason is not None or job.cancelled.is_set():
+                break
+        if reason is None:  # cancelled mid-generation: the request is gone
+            self.metrics.record_generation(stats, count, "cancelled")
+            return
+        self._send(job, matcher.flush())
+        self.metrics.record_generation(stats, count, reason)
+        job.emit(Finished(reason, len(job.prompt_ids), count, stats.to_dict()))
+
+    def _send(self, job: Job, piece: str) -> None:
+        if job.first_token_at is None:
+            job.first_token_at = time.perf_counter()
+            self.metrics.time_to_first_token.observe(job.first_token_at - job.submitted)
+        if piece:
+            job.emit(TextChunk(piece))
+
+    # --- prompts ----------------------------------------------------------------------
+
+    def encode(self, prompt: str | list[int]) -> list[int]:
+        """Token ids of a completion prompt (text or ids); ValueError if out of range."""
+        with self.tokenizer_lock:
+            ids = self.decoder.encode(prompt)
+        return ids[0].tolist()
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        """Token ids of a chat rendered with the tokenizer's template, ready to answer."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise LookupError("this model has no chat template; use /v1/completions")
+        with self.tokenizer_lock:
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                      add_generation_prompt=True)
+            # the template writes the special tokens (BOS) itself
+            return list(self.tokenizer(text, add_special_tokens=False).input_ids)

@@ -1,0 +1,72 @@
+"""OpenAI response and stream-chunk bodies for completions and chat completions."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from specdec.server.engine import Finished
+
+
+@dataclass
+class Shape:
+    """Builds the bodies of one request; chat=False is /v1/completions."""
+
+    model: str
+    chat: bool
+    id: str = ""
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def __post_init__(self) -> None:
+        self.id = self.id or f"{'chatcmpl' if self.chat else 'cmpl'}-{uuid.uuid4().hex}"
+
+    def full(self, text: str, done: Finished) -> dict:
+        """The whole non-streamed response."""
+        if self.chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text},
+                      "logprobs": None, "finish_reason": done.finish_reason}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None,
+                      "finish_reason": done.finish_reason}
+        body = self._head("chat.completion" if self.chat else "text_completion")
+        return {**body, "choices": [choice], "usage": usage(done),
+                "speculative": done.stats}
+
+    def opening(self) -> list[dict]:
+        """Chunks sent before any text (chat announces the assistant role)."""
+        return [self.chunk("", role=True)] if self.chat else []
+
+    def chunk(self, text: str, role: bool = False) -> dict:
+        if self.chat:
+            delta = {"role": "assistant", "content": text} if role else {"content": text}
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": None}
+        return {**self._head(self._chunk_object), "choices": [choice]}
+
+    def closing(self, done: Finished, include_usage: bool) -> list[dict]:
+        """The chunk with finish_reason (carrying usage and the speculative stats), and
+        OpenAI's separate usage chunk when the client asked for it."""
+        last = self.chunk("")
+        choice = last["choices"][0]
+        choice["finish_reason"] = done.finish_reason
+        if self.chat:
+            choice["delta"] = {}
+        last["usage"] = usage(done)
+        last["speculative"] = done.stats
+        if not include_usage:
+            return [last]
+        return [last, {**self._head(self._chunk_object), "choices": [], "usage": usage(done)}]
+
+    @property
+    def _chunk_object(self) -> str:
+        return "chat.completion.chunk" if self.chat else "text_completion"
+
+    def _head(self, obj: str) -> dict:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
+
+
+def usage(done: Finished) -> dict:
+    return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
+            "total_tokens": done.prompt_tokens + done.completion_tokens}

@@ -1,0 +1,184 @@
+"""Request bodies of the OpenAI-compatible endpoints (pydantic, strict types).
+
+Only what the engine can honour is accepted: n = 1, no logprobs, no penalties. Fields the
+OpenAI API has but we cannot serve are refused by name instead of silently ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from specdec.sampling import SamplingParams
+
+MAX_STOP_STRINGS = 4  # as the OpenAI API
+MAX_STOP_LENGTH = 256
+
+TokenIds = list[Annotated[int, Field(ge=0)]]
+
+
+class APIError(Exception):
+    """An error returned as OpenAI's {"error": {message, type, param, code}} object."""
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 code: str | None = None, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = (
+            status, message, param, code, kind)
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param,
+                          "code": self.code}}
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    include_usage: bool = False
+
+
+class _Sampling(BaseModel):
+    """Fields shared by /v1/completions and /v1/chat/completions."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    model: str | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    top_k: int = Field(default=0, ge=0)  # extension (vLLM, llama.cpp)
+    min_p: float = Field(default=0.0, ge=0, lt=1)  # extension
+    seed: int | None = None
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[Annotated[str, Field(max_length=MAX_STOP_LENGTH)]] | None = None
+    # accepted only at their neutral values
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None
+
+    @field_validator("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_size(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, str) and len(value) > MAX_STOP_LENGTH:
+            raise ValueError(f"stop strings are at most {MAX_STOP_LENGTH} characters")
+        if isinstance(value, list) and len(value) > MAX_STOP_STRINGS:
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings")
+        return value
+
+    def stop_strings(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def check_supported(self) -> None:
+        """Refuse what the engine would otherwise silently ignore."""
+        if self.n != 1:
+            raise APIError(400, f"only n=1 is supported, got n={self.n}", "n")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name) != 0:
+                raise APIError(400, f"{name} is not supported (exact sampling only)", name)
+        if self.logit_bias:
+            raise APIError(400, "logit_bias is not supported (exact sampling only)",
+                           "logit_bias")
+
+    def sampling_params(self, max_new_tokens: int) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature, top_k=self.top_k,
+                              top_p=self.top_p, min_p=self.min_p, seed=self.seed,
+                              max_new_tokens=max_new_tokens)
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | TokenIds | list[str] | list[TokenIds]
+    echo: bool = False
+    logprobs: int | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+    def single_prompt(self) -> str | list[int]:
+        """The one prompt of this request (a batch of one is unwrapped)."""
+        prompt = self.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+            if len(prompt) != 1:
+                raise APIError(400, f"only one prompt per request is supported, got "
+                               f"{len(prompt)}", "prompt")
+            prompt = prompt[0]
+        if len(prompt) == 0:
+            raise APIError(400, "prompt is empty", "prompt")
+        return prompt
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.echo:
+            raise APIError(400, "echo is not supported", "echo")
+        if self.logprobs is not None:
+            raise APIError(400, "logprobs is not supported", "logprobs")
+        if self.best_of not in (None, 1):
+            raise APIError(400, "best_of is not supported", "best_of")
+        if self.suffix:
+            raise APIError(400, "suffix is not supported", "suffix")
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)  # newer name of max_tokens
+    logprobs: bool = False
+    tools: list[dict] | None = None
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.logprobs:
+            raise APIError(400, "logprobs is not supported", "logprobs")
+        if self.tools:
+            raise APIError(400, "tools are not supported", "tools")
+        if self.max_completion_tokens is not None:
+            if self.max_tokens is not None and self.max_tokens != self.max_completion_tokens:
+                raise APIError(400, "max_tokens and max_completion_tokens disagree",
+                               "max_completion_tokens")
+            self.max_tokens = self.max_completion_tokens
+
+    def chat(self) -> list[dict]:
+        return [{"role": m.role, "content": m.text()} for m in self.messages]
+
+
+def parse(model: type[_Sampling], body: bytes) -> _Sampling:
+    """Validate a JSON body; malformed JSON and bad fields become a 400 APIError."""
+    try:
+        request = model.model_validate_json(body)
+    except ValidationError as error:
+        first = error.errors()[0]
+        if first["type"] == "json_invalid":
+            raise APIError(400, f"malformed JSON body: {first['msg']}") from None
+        where = ".".join(str(part) for part in first["loc"])
+        param = str(first["loc"][0]) if first["loc"] else None
+        raise APIError(400, f"{where}: {first['msg']}" if where else first["msg"],
+                       param) from None
+    request.check_supported()
+    return request
