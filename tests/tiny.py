@@ -1,0 +1,50 @@
+"""Tiny random-weight models built from configs in memory, for fast tests."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+
+
+def tiny_llama(vocab_size: int = 64, seed: int = 0, layers: int = 2) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, bos_token_id=None, eos_token_id=None,
+                         pad_token_id=None, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config).float().eval()
+    _sharpen(model)
+    return model
+
+
+def tiny_t5(vocab_size: int = 64, seed: int = 0) -> T5ForConditionalGeneration:
+    torch.manual_seed(seed)
+    config = T5Config(vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                      num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=None,
+                      tie_word_embeddings=False)
+    model = T5ForConditionalGeneration(config).float().eval()
+    with torch.no_grad():
+        # T5 ties lm_head to the input embeddings, which then dominate the residual stream and
+        # every token predicts itself: shrink the embeddings, sharpen at the final norm instead
+        model.shared.weight.mul_(0.05)
+        model.decoder.final_layer_norm.weight.mul_(400.0)
+    return model
+
+
+def perturbed(model: torch.nn.Module, noise: float, seed: int = 1) -> torch.nn.Module:
+    """A copy of model with Gaussian noise on every weight: a drafter that mostly agrees."""
+    clone = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in clone.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * noise * param.std())
+    return clone
+
+
+def _sharpen(model: torch.nn.Module) -> None:
+    # default init gives near-uniform logits; scale the output layer so distributions vary
+    # and greedy argmaxes are clear (no near-ties to flip)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(40.0)
