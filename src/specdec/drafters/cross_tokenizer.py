@@ -1,0 +1,109 @@
+"""A drafter model with a different tokenizer, exact through token-level intersection.
+
+Timor et al. (ICML 2025), "token-level intersection": the drafter's next-token distribution is
+restricted to the tokens whose vocabulary strings exist in both vocabularies, renormalised (by
+applying the request's sampling filters to the restricted logits) and moved to target ids. The
+proposal is therefore a real q over the target vocabulary, and the usual rule keeps the output
+distribution exactly the target's, under greedy and sampling alike.
+
+The drafter's cache follows the target's context through text: each step the context is
+decoded with the target tokenizer, re-encoded with the drafter's, and the drafter cache is
+rolled back to the common prefix of the two id sequences; only the differing tail is fed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from specdec.drafters.base import Proposal
+from specdec.drafters.model import _common_prefix
+from specdec.errors import VocabularyMismatchError
+from specdec.models.base import LanguageModel
+from specdec.sampling import SamplingParams, adjusted_probs, sample
+
+
+def vocabulary_intersection(drafter_tokenizer: Any, drafter_vocab_size: int,
+                            target_tokenizer: Any, target_vocab_size: int,
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(drafter ids, target ids) of the token strings present in both vocabularies.
+
+    Ids beyond a model's logits width are left out, so every mapped id is a valid output.
+    """
+    drafter_vocab = drafter_tokenizer.get_vocab()
+    target_vocab = target_tokenizer.get_vocab()
+    pairs = sorted((d_id, target_vocab[s]) for s, d_id in drafter_vocab.items()
+                   if s in target_vocab and d_id < drafter_vocab_size
+                   and target_vocab[s] < target_vocab_size)
+    if not pairs:
+        raise VocabularyMismatchError("drafter and target vocabularies share no token strings")
+    drafter_ids, target_ids = zip(*pairs, strict=True)
+    return torch.tensor(drafter_ids), torch.tensor(target_ids)
+
+
+class CrossTokenizerDrafter:
+    """Drafts with `model` (its own tokenizer) and proposes target ids with q over the target."""
+
+    def __init__(self, model: LanguageModel, target: LanguageModel):
+        if model.tokenizer is None or target.tokenizer is None:
+            raise ValueError("a cross-tokenizer drafter needs tokenizers on drafter and target")
+        self.model = model
+        self.name = f"{model.name} (cross-tokenizer)"
+        self.target_tokenizer = target.tokenizer
+        self.target_vocab_size = target.vocab_size
+        self.drafter_ids, self.target_ids = vocabulary_intersection(
+            model.tokenizer, model.vocab_size, target.tokenizer, target.vocab_size)
+        self.cached_ids = torch.zeros(1, 0, dtype=torch.long)
+
+    def begin(self, prompt_ids: torch.Tensor) -> None:
+        ids = self._drafter_tokens(prompt_ids)
+        context = self.model.prefill(ids)
+        self.cached_ids = context[:, : self.model.cached_length]
+
+    def propose(self, context: torch.Tensor, gamma: int, params: SamplingParams,
+                generator: torch.Generator) -> Proposal:
+        if context.shape[0] != 1:
+            raise NotImplementedError("the cross-tokenizer drafter supports batch 1 only")
+        if gamma <= 0:
+            return Proposal.empty(1)
+        feed = self._sync(self._drafter_tokens(context))
+        if feed.shape[1] == 0:
+            return Proposal.empty(1)
+        tokens, probs = [], []
+        fed = [self.cached_ids]
+        for _ in range(gamma):
+            logits = self.model.extend(feed)[:, -1, self.drafter_ids]  # restricted [1, |I|]
+            fed.append(feed)
+            if params.greedy:
+                choice = logits.argmax(dim=-1)
+            else:
+                q = adjusted_probs(logits, params)
+                choice = sample(q, generator)
+                probs.append(self._to_target(q))
+            tokens.append(self.target_ids[choice])
+            feed = self.drafter_ids[choice][:, None]
+        # the last draft was never fed: the cache holds everything fed so far
+        self.cached_ids = torch.cat(fed, dim=1)
+        stacked = torch.stack(probs, dim=1) if probs else None
+        return Proposal(torch.stack(tokens, dim=1), stacked, forwards=gamma)
+
+    def _to_target(self, q: torch.Tensor) -> torch.Tensor:
+        """q over the intersection [1, |I|] -> q over the target vocabulary [1, V]."""
+        full = torch.zeros(q.shape[0], self.target_vocab_size)
+        full[:, self.target_ids] = q
+        return full
+
+    def _drafter_tokens(self, target_ids: torch.Tensor) -> torch.Tensor:
+        """The target context as text, re-encoded by the drafter's tokenizer, [1, T']."""
+        text = self.target_tokenizer.decode(target_ids[0].tolist(), skip_special_tokens=False)
+        ids = self.model.tokenizer(text, add_special_tokens=False).input_ids
+        return torch.tensor([ids], dtype=torch.long)
+
+    def _sync(self, ids: torch.Tensor) -> torch.Tensor:
+        """Roll the drafter cache back to its common prefix with ids; return the tail to feed."""
+        common = min(_common_prefix(self.cached_ids, ids), ids.shape[1] - 1)
+        common = max(common, 0)
+        self.model.rollback(self.model.cached_length - common)
+        self.cached_ids = ids[:, :common]
+        return ids[:, common:]

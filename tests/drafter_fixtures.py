@@ -1,0 +1,53 @@
+"""Tiny tokenizers and models for the drafter tests (two overlapping vocabularies)."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from specdec.models import wrap
+from specdec.sampling import SamplingParams, adjusted_probs
+from tiny import tiny_llama
+
+# target: 8 model tokens a-f, ab, cd; its tokenizer also knows "g" (id 8) past the logits width,
+# so a drafter must never propose it. drafter: a-g, ba, de, ef.
+TARGET_VOCAB = {**{c: i for i, c in enumerate("abcdef")}, "ab": 6, "cd": 7, "g": 8}
+TARGET_MERGES = [("a", "b"), ("c", "d")]
+DRAFTER_VOCAB = {**{c: i for i, c in enumerate("abcdefg")}, "ba": 7, "de": 8, "ef": 9}
+DRAFTER_MERGES = [("b", "a"), ("d", "e"), ("e", "f")]
+
+
+def bpe_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]) -> PreTrainedTokenizerFast:
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer)
+
+
+def target_model(vocab_size: int = 8, seed: int = 0, tokenizer=None):
+    return wrap(tiny_llama(vocab_size, seed=seed, layers=1), tokenizer, name="target")
+
+
+def cross_pair(seed: int = 0):
+    """(target, drafter) with different tokenizers: 8 target tokens, 10 drafter tokens."""
+    target = target_model(8, seed, bpe_tokenizer(TARGET_VOCAB, TARGET_MERGES))
+    drafter = wrap(tiny_llama(10, seed=seed + 100, layers=1),
+                   bpe_tokenizer(DRAFTER_VOCAB, DRAFTER_MERGES), name="drafter")
+    return target, drafter
+
+
+def exact_continuations(target, prompt: list[int], length: int,
+                        params: SamplingParams) -> dict[tuple[int, ...], float]:
+    """P(x_1..x_length | prompt) under the target's adjusted distribution, by enumeration."""
+    vocab = target.vocab_size
+    seqs = torch.tensor(list(itertools.product(range(vocab), repeat=length)))
+    inputs = torch.cat([torch.tensor(prompt).expand(len(seqs), -1), seqs], dim=1)
+    with torch.no_grad():
+        logits = target.model(input_ids=inputs).logits.float()
+    start = len(prompt) - 1
+    probs = adjusted_probs(logits[:, start:start + length], params)  # [N, length, V]
+    per_token = probs.gather(-1, seqs.unsqueeze(-1))[..., 0].double().prod(dim=-1)
+    return {tuple(s): float(p) for s, p in zip(seqs.tolist(), per_token, strict=True)}

@@ -1,0 +1,182 @@
+"""Every drafter keeps the target's output distribution: sampled (chi-square) and greedy (equal).
+
+Statistical tests: N continuations of 3 tokens from SpeculativeDecoder with seeds 0..N-1 are
+compared with the exact distribution enumerated over all 8^3 continuations. Cells with an
+expected count below 5 are pooled. The test fails when the chi-square p-value is below 1e-3,
+a false-alarm rate of 0.1% per test; seeds are fixed, so the outcome is deterministic.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from drafter_fixtures import cross_pair, exact_continuations, target_model
+from specdec.decoding import SpeculativeDecoder
+from specdec.drafters.combined import CombinedDrafter
+from specdec.drafters.cross_tokenizer import CrossTokenizerDrafter
+from specdec.drafters.model import ModelDrafter
+from specdec.drafters.ngram import NgramDrafter
+from specdec.drafters.ngram_lm import NgramLMDrafter
+from specdec.models import wrap
+from specdec.sampling import SamplingParams
+from tiny import perturbed, tiny_llama
+
+SAMPLES = 1200
+LENGTH = 3
+FALSE_ALARM = 1e-3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # tiny forwards are dominated by thread start-up on a shared 2-core machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _random_ids(vocab: int, seed: int, n: int = 20, length: int = 30) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (n, length), generator=g).tolist()
+
+
+def make_drafter(kind: str, target, seed: int = 0):
+    """A drafter of `kind` for target (same vocabulary unless cross)."""
+    vocab = target.vocab_size
+    if kind == "ngram":
+        return NgramDrafter(1, 3)
+    if kind in ("unigram", "bigram"):
+        order = 1 if kind == "unigram" else 2
+        return NgramLMDrafter.from_token_ids(_random_ids(vocab, seed), vocab, order)
+    model = wrap(perturbed(target.model, 0.3, seed=seed + 1), name="draft")
+    if kind == "model":
+        return ModelDrafter(model)
+    if kind == "ngram+model":
+        return CombinedDrafter(NgramDrafter(2, 3), ModelDrafter(model))
+    raise ValueError(kind)
+
+
+def _chi_square_pvalue(observed: Counter, exact: dict[tuple[int, ...], float], n: int) -> float:
+    cells = sorted(exact, key=exact.get, reverse=True)
+    obs, exp, pool_o, pool_e = [], [], 0, 0.0
+    for cell in cells:
+        if exact[cell] * n >= 5:
+            obs.append(observed[cell])
+            exp.append(exact[cell] * n)
+        else:
+            pool_o += observed[cell]
+            pool_e += exact[cell] * n
+    if pool_e == 0 and pool_o:
+        return 0.0  # an impossible continuation was emitted
+    if pool_e > 0:
+        obs.append(pool_o)
+        exp.append(pool_e)
+    total = sum(exp)
+    exp = [e * n / total for e in exp]  # float round-off in the enumeration
+    return float(chisquare(obs, exp).pvalue)
+
+
+def _sampled(decoder, prompt, params: SamplingParams) -> Counter:
+    counts: Counter = Counter()
+    for seed in range(SAMPLES):
+        run = SamplingParams(**{**params.__dict__, "seed": seed})
+        counts[tuple(decoder.generate(prompt, run).tokens)] += 1
+    return counts
+
+
+SAMPLING_CASES = [
+    ("ngram", [1, 2, 3, 1, 2, 3, 1, 2], 3, SamplingParams(temperature=1.0)),
+    ("unigram", [4, 1, 5], 2, SamplingParams(temperature=1.0)),
+    ("bigram", [4, 1, 5], 3, SamplingParams(temperature=0.7, top_k=5)),
+    ("ngram+model", [1, 2, 3, 1, 2, 4], 2, SamplingParams(temperature=1.0, top_p=0.9)),
+]
+
+
+@pytest.mark.parametrize(("kind", "prompt", "gamma", "base"), SAMPLING_CASES,
+                         ids=[c[0] for c in SAMPLING_CASES])
+def test_sampling_matches_target_distribution(kind, prompt, gamma, base):
+    target = target_model(8, seed=3)
+    drafter = make_drafter(kind, target)
+    params = SamplingParams(**{**base.__dict__, "max_new_tokens": LENGTH, "ignore_eos": True})
+    decoder = SpeculativeDecoder(target, drafter, gamma=gamma)
+    counts = _sampled(decoder, prompt, params)
+    exact = exact_continuations(target, prompt, LENGTH, params)
+    assert _chi_square_pvalue(counts, exact, SAMPLES) > FALSE_ALARM
+
+
+def test_cross_tokenizer_sampling_matches_target_distribution():
+    target, draft_model = cross_pair(seed=5)
+    drafter = CrossTokenizerDrafter(draft_model, target)
+    params = SamplingParams(temperature=1.0, max_new_tokens=LENGTH, ignore_eos=True)
+    prompt = [0, 1, 2, 3, 6]  # "abcdab"
+    counts = _sampled(SpeculativeDecoder(target, drafter, gamma=3), prompt, params)
+    exact = exact_continuations(target, prompt, LENGTH, params)
+    assert _chi_square_pvalue(counts, exact, SAMPLES) > FALSE_ALARM
+
+
+def test_chi_square_check_has_power():
+    """The same check rejects a wrong distribution: drafts accepted blindly (no verification)."""
+    target = target_model(8, seed=3)
+    prompt = [4, 1, 5]
+    params = SamplingParams(temperature=1.0, max_new_tokens=LENGTH, ignore_eos=True)
+    drafter = make_drafter("unigram", target)
+    counts: Counter = Counter()
+    for seed in range(SAMPLES):
+        g = torch.Generator().manual_seed(seed)
+        drafts = drafter.propose(torch.tensor([prompt]), LENGTH, params, g).tokens
+        counts[tuple(drafts[0].tolist())] += 1
+    exact = exact_continuations(target, prompt, LENGTH, params)
+    assert _chi_square_pvalue(counts, exact, SAMPLES) < FALSE_ALARM
+
+
+def _plain_greedy(target, prompt, n):
+    params = SamplingParams(temperature=0, max_new_tokens=n, ignore_eos=True)
+    return SpeculativeDecoder(target, None).generate(prompt, params).tokens
+
+
+GREEDY_PROMPTS = [[1, 2, 3, 4, 1, 2, 3], [7] * 5, [5, 9, 11, 5, 9], [30, 31, 32, 33, 34, 35]]
+
+
+@pytest.mark.parametrize("kind", ["ngram", "unigram", "bigram", "model", "ngram+model"])
+def test_greedy_identical_to_plain_greedy(kind):
+    target = wrap(tiny_llama(64, seed=7), name="target")
+    params = SamplingParams(temperature=0, max_new_tokens=20, ignore_eos=True)
+    for prompt in GREEDY_PROMPTS:
+        expected = _plain_greedy(target, prompt, 20)
+        for gamma in (1, 2, 4, 7):
+            drafter = make_drafter(kind, target, seed=gamma)
+            got = SpeculativeDecoder(target, drafter, gamma=gamma).generate(prompt, params)
+            assert got.tokens == expected, (kind, prompt, gamma)
+
+
+def test_cross_tokenizer_greedy_identical_to_plain_greedy():
+    target, draft_model = cross_pair(seed=1)
+    params = SamplingParams(temperature=0, max_new_tokens=16, ignore_eos=True)
+    for prompt in ([0, 1, 2, 3, 6], [5, 4, 3], [6, 7, 6, 7, 0]):
+        expected = _plain_greedy(target, prompt, 16)
+        for gamma in (1, 3, 5):
+            drafter = CrossTokenizerDrafter(draft_model, target)
+            got = SpeculativeDecoder(target, drafter, gamma=gamma).generate(prompt, params)
+            assert got.tokens == expected, (prompt, gamma)
+            assert got.stats.drafted > 0
+
+
+def test_cross_tokenizer_rolls_back_instead_of_recomputing():
+    """Each step feeds the drafter only the re-tokenized tail, never the whole context."""
+    target, draft_model = cross_pair(seed=2)
+    fed: list[int] = []
+    extend = draft_model.extend
+    draft_model.extend = lambda tokens: fed.append(tokens.shape[1]) or extend(tokens)
+    drafter = CrossTokenizerDrafter(draft_model, target)
+    prompt = [0, 1, 2, 3, 4, 5] * 6
+    params = SamplingParams(temperature=0, max_new_tokens=24, ignore_eos=True)
+    SpeculativeDecoder(target, drafter, gamma=4).generate(prompt, params)
+    prefill, steps = fed[0], fed[1:]
+    assert prefill >= 20  # "abcdef" * 6 re-tokenized by the drafter (de, ef merge)
+    assert steps and max(steps) <= 4 + 2  # accepted drafts + correction + a re-merged token
+    # the cache is exactly the drafter-side prefix it claims to hold
+    assert draft_model.cached_length == drafter.cached_ids.shape[1]
