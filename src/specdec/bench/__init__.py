@@ -1,0 +1,1 @@
+"""`specdec bench`: Spec-Bench workloads, methods compared in one interleaved run, report."""

@@ -1,0 +1,149 @@
+"""Build the compared methods for a target and run the whole benchmark (library entry point)."""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from specdec.bench import llamacpp
+from specdec.bench.methods import PLAIN, Method, hf_methods, specdec_method
+from specdec.bench.metrics import summarize
+from specdec.bench.report import write_outputs
+from specdec.bench.runner import Prompt, RunConfig, run
+from specdec.bench.workloads import CATEGORIES, load_questions, prompt_ids
+from specdec.decoding import SpeculativeDecoder
+from specdec.drafters.factory import build_drafter, build_gamma
+from specdec.models.base import LanguageModel
+from specdec.sampling import SamplingParams
+
+Loader = Callable[[str], LanguageModel]
+MODEL_FREE = ("none", "ngram", "unigram", "bigram")
+
+
+@dataclass
+class BenchConfig:
+    target: str
+    questions: str
+    out: str
+    drafts: list[str] = field(default_factory=lambda: ["ngram"])
+    gammas: list[int | str] = field(default_factory=lambda: [4, "auto"])
+    categories: list[str] = field(default_factory=lambda: list(CATEGORIES))
+    per_category: int = 8
+    max_new_tokens: int = 128
+    temperatures: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    repeats: int = 1
+    dtype: str = "bfloat16"
+    threads: int = 2
+    baselines: bool = True  # transformers' generate methods
+    llamacpp: bool = True  # when installed and the target is a GGUF
+    lookup_tokens: int = 10  # prompt lookup draft length of the transformers / llama.cpp methods
+    progress: bool = True
+    command: str = ""
+
+
+def drafter_models(drafts: list[str]) -> list[str]:
+    """The model specs among draft specs ('smollm2-135m', 'ngram+X' -> X), in order, once."""
+    models = []
+    for spec in drafts:
+        model = spec.split("+", 1)[1] if spec.startswith("ngram+") else spec
+        if model.split(":", 1)[0] not in MODEL_FREE and model not in models:
+            models.append(model)
+    return models
+
+
+def build_methods(config: BenchConfig, target: LanguageModel, loader: Loader,
+                  gguf: str | Path | None) -> tuple[list[Method], list[str]]:
+    """All methods of the run, the plain baseline first; plus notes on what was left out."""
+    notes: list[str] = []
+    methods = [specdec_method(target, None, 0, PLAIN)]
+    hf_model = getattr(target, "model", None)
+    if config.baselines and hf_model is not None and not hf_model.config.is_encoder_decoder:
+        assistants = {}
+        for spec in drafter_models(config.drafts):
+            model = loader(spec)
+            assistants[spec] = (model.model, model.tokenizer)
+        methods += hf_methods(hf_model, _eos_ids(target), assistants, target.tokenizer,
+                              config.lookup_tokens)
+    for spec in config.drafts:
+        for gamma in config.gammas:
+            drafter = build_drafter(spec, target, loader)
+            methods.append(specdec_method(target, drafter, build_gamma(gamma),
+                                          f"specdec {spec} g={gamma}", spec, gamma))
+    if config.llamacpp:
+        if not llamacpp.available():
+            notes.append("llama.cpp left out: llama-cpp-python is not installed "
+                         "(pip install -e '.[llamacpp]', builds from source)")
+        elif gguf is None:
+            notes.append("llama.cpp left out: the target is not a GGUF file")
+        else:
+            methods += llamacpp.llamacpp_methods(gguf, config.threads,
+                                                 lookup_tokens=config.lookup_tokens)
+    return methods, notes
+
+
+def run_benchmark(config: BenchConfig, target: LanguageModel, loader: Loader,
+                  gguf: str | Path | None = None) -> dict[str, Path]:
+    """Run every method on the configured questions; write results.json, report.md, plots."""
+    if target.tokenizer is None:
+        raise ValueError("the benchmark needs a target with a tokenizer (for the questions)")
+    questions = load_questions(config.questions, config.categories, config.per_category)
+    prompts = [Prompt(q, prompt_ids(target.tokenizer, q.text)) for q in questions]
+    methods, notes = build_methods(config, target, loader, gguf)
+    run_config = RunConfig(tuple(config.temperatures), config.max_new_tokens, config.repeats,
+                           progress=config.progress)
+    start = time.perf_counter()
+    records = run(methods, prompts, run_config)
+    seconds = time.perf_counter() - start
+    notes += _fixed_notes(config)
+    meta = {"command": config.command, "config": _config_dict(config),
+            "environment": _environment(), "seconds": seconds, "notes": notes,
+            "sample": f"{len(prompts)} questions ({config.per_category} per category max, "
+                      f"{len({q.category for q in questions})} categories) x "
+                      f"{len(config.temperatures)} temperatures x {config.repeats} repeats x "
+                      f"{len(methods)} methods, up to {config.max_new_tokens} new tokens"}
+    return write_outputs(Path(config.out), meta, methods, summarize(records, methods), records)
+
+
+def _eos_ids(target: LanguageModel) -> set[int]:
+    """The end tokens our decoder stops at, so transformers stops at the same ones."""
+    return SpeculativeDecoder(target, None, 0)._eos_ids(SamplingParams())
+
+
+def _fixed_notes(config: BenchConfig) -> list[str]:
+    return [f"target {config.target} in {config.dtype}, {config.threads} threads; the "
+            "transformers methods run the same model object; llama.cpp runs the GGUF in its "
+            "native quantization (a different numeric model: its greedy outputs may differ)",
+            "methods interleaved per prompt (order rotating), one warm-up generation each; "
+            "temperature > 0 uses a fixed seed per prompt, pure temperature sampling",
+            "tokens/s counts tokens up to and including the end-of-sequence token; prefill "
+            "is included in tokens/s and excluded from decode speedup, c and v"]
+
+
+def _config_dict(config: BenchConfig) -> dict[str, Any]:
+    out = asdict(config)
+    for key in ("out", "progress", "command", "baselines", "llamacpp", "lookup_tokens"):
+        out.pop(key)
+    return out
+
+
+def _environment() -> dict[str, Any]:
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "machine": platform.machine(),
+            "processor": platform.processor(), "torch_threads": torch.get_num_threads(),
+            "llama_cpp": _llamacpp_version()}
+
+
+def _llamacpp_version() -> str | None:
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    return getattr(llama_cpp, "__version__", "unknown")

@@ -1,0 +1,82 @@
+"""Spec-Bench questions as benchmark prompts (first turn only)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Spec-Bench's own categories; the MT-bench ones are grouped as "conversation"
+CATEGORIES = ("conversation", "translation", "summarization", "qa", "math_reasoning", "rag")
+MT_BENCH = frozenset({"writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem",
+                      "humanities"})
+# the checkout sits beside shared/ (../shared/data/...)
+DEFAULT_QUESTIONS = Path(__file__).resolve().parents[4] / "shared/data/spec_bench" / \
+    "questions.dev.jsonl"
+MAX_QUESTIONS_BYTES = 64 * 1024 * 1024  # bound what a user-given file may make us read
+
+
+@dataclass(frozen=True)
+class Question:
+    question_id: str
+    category: str  # one of CATEGORIES (or the file's own name for unknown ones)
+    text: str  # first turn
+
+
+def category_of(raw: str) -> str:
+    return "conversation" if raw in MT_BENCH else raw
+
+
+def load_questions(path: str | Path, categories: list[str] | None = None,
+                   per_category: int | None = None) -> list[Question]:
+    """Questions from a Spec-Bench jsonl file, in file order, `per_category` of each category.
+
+    Lines need "question_id", "category" and "turns" (a list of strings; the first is used).
+    """
+    path = Path(path)
+    if path.stat().st_size > MAX_QUESTIONS_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_QUESTIONS_BYTES} bytes")
+    wanted = None if categories is None else set(categories)
+    by_category: dict[str, list[tuple[int, Question]]] = {}
+    seen_raw: dict[str, int] = {}
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            raw, question = _parse(json.loads(line), path, number)
+            if wanted is not None and question.category not in wanted:
+                continue
+            # rank within the raw category: a grouped category takes its members round-robin
+            seen_raw[raw] = seen_raw.get(raw, 0) + 1
+            by_category.setdefault(question.category, []).append((seen_raw[raw], question))
+    missing = sorted((wanted or set()) - set(by_category))
+    if missing:
+        raise ValueError(f"{path}: no questions in categories {', '.join(missing)}")
+    questions = []
+    for members in by_category.values():
+        ranked = sorted(members, key=lambda item: item[0])  # stable: file order within a rank
+        questions.extend(q for _, q in ranked[:per_category])
+    return questions
+
+
+def _parse(row: Any, path: Path, number: int) -> tuple[str, Question]:
+    try:
+        text = row["turns"][0]
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("first turn is empty")
+        raw = str(row["category"])
+        return raw, Question(str(row["question_id"]), category_of(raw), text)
+    except (KeyError, IndexError, TypeError, ValueError) as error:
+        raise ValueError(f"{path}:{number}: not a Spec-Bench question ({error!r})") from error
+
+
+def prompt_ids(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of the prompt: the chat template with a generation prompt when there is one."""
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                            add_generation_prompt=True, tokenize=True)
+        if hasattr(ids, "keys"):  # some versions return a BatchEncoding
+            ids = ids["input_ids"]
+        return [int(t) for t in ids]
+    return [int(t) for t in tokenizer(text).input_ids]
