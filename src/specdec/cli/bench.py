@@ -1,0 +1,119 @@
+"""`specdec bench`: Spec-Bench questions through every method in one interleaved run."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from specdec.bench.workloads import CATEGORIES, DEFAULT_QUESTIONS
+
+DEFAULT_TARGET = "qwen2.5-coder-0.5b"
+DEFAULT_DRAFTS = "ngram,smollm2-135m,ngram+smollm2-135m"
+# --quick: a ~2-minute smoke run (options given explicitly still win)
+QUICK = {"drafts": "ngram", "categories": "summarization,qa", "per_category": 1,
+         "max_new_tokens": 32, "gammas": "4,auto", "no_llamacpp": True}
+DEFAULTS = {"drafts": DEFAULT_DRAFTS, "categories": ",".join(CATEGORIES), "per_category": 8,
+            "max_new_tokens": 128, "gammas": "4,auto", "no_llamacpp": False}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="specdec bench", description=__doc__)
+    p.add_argument("--target", default=DEFAULT_TARGET, help="registry name, directory or .gguf")
+    p.add_argument("--drafts", help=f"comma-separated drafter specs (default {DEFAULT_DRAFTS})")
+    p.add_argument("--gammas", help="comma-separated gammas per drafter, integers or 'auto' "
+                                    "(default 4,auto)")
+    p.add_argument("--categories",
+                   help=f"comma-separated, of {', '.join(CATEGORIES)} (default all)")
+    p.add_argument("--per-category", type=int, help="questions per category (default 8)")
+    p.add_argument("--max-new-tokens", type=int, help="per generation (default 128)")
+    p.add_argument("--temperatures", default="0,1", help="comma-separated (default 0,1)")
+    p.add_argument("--repeats", type=int, default=1, help="repeat the whole run (spread)")
+    p.add_argument("--questions", default=str(DEFAULT_QUESTIONS), help="Spec-Bench jsonl file")
+    p.add_argument("--out", default="bench-out", help="output directory (default bench-out)")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--no-baselines", action="store_true", help="skip transformers' generate")
+    p.add_argument("--no-llamacpp", action="store_true", default=None, help="skip llama.cpp")
+    p.add_argument("--quick", action="store_true", help="~2-minute smoke run")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    from specdec.bench.suite import BenchConfig, run_benchmark
+    from specdec.models.loading import load_model
+
+    args = parser().parse_args(argv)
+    for key, value in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    config = BenchConfig(
+        target=args.target, questions=args.questions, out=args.out,
+        drafts=_list(args.drafts, "--drafts"), gammas=[_gamma(g) for g in _list(args.gammas,
+                                                                                "--gammas")],
+        categories=_list(args.categories, "--categories"),
+        per_category=_bounded(args.per_category, "--per-category", 1, 1000),
+        max_new_tokens=_bounded(args.max_new_tokens, "--max-new-tokens", 1, 8192),
+        temperatures=[_temperature(t) for t in _list(args.temperatures, "--temperatures")],
+        repeats=_bounded(args.repeats, "--repeats", 1, 100), dtype=args.dtype,
+        threads=_bounded(args.threads, "--threads", 1, 512), baselines=not args.no_baselines,
+        llamacpp=not args.no_llamacpp, command="specdec bench " + shlex.join(argv))
+    torch.set_num_threads(config.threads)
+    models: dict[str, object] = {}
+
+    def loader(spec: str):
+        if spec not in models:  # one copy per model, shared by every method using it
+            models[spec] = load_model(spec, dtype=config.dtype, threads=config.threads)
+        return models[spec]
+
+    outputs = run_benchmark(config, loader(config.target), loader, _gguf(config.target))
+    print(outputs["report"].read_text())
+    print(f"wrote {', '.join(str(p) for p in outputs.values())}", file=sys.stderr)
+    return 0
+
+
+def _list(text: str, flag: str) -> list[str]:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise ValueError(f"{flag} is empty")
+    return items
+
+
+def _bounded(value: int, flag: str, low: int, high: int) -> int:
+    if not low <= value <= high:
+        raise ValueError(f"{flag} must be in [{low}, {high}], got {value}")
+    return value
+
+
+def _gamma(text: str) -> int | str:
+    from specdec.drafters.factory import build_gamma
+
+    build_gamma(text)  # validates: an integer in range or 'auto'
+    return "auto" if text.lower() == "auto" else int(text)
+
+
+def _temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 100:
+        raise ValueError(f"--temperatures: each must be a number in [0, 100], got {text!r}")
+    return value
+
+
+def _gguf(target: str) -> Path | None:
+    """The GGUF file behind the target, for llama.cpp (None for a transformers directory)."""
+    if target.endswith(".gguf") and Path(target).is_file():
+        return Path(target)
+    from specdec.errors import ModelLoadError
+    from specdec.models import fetch, registry
+
+    try:
+        registry.get_entry(target)
+    except ModelLoadError:  # not a registry name
+        return None
+    return fetch.ensure_model(target)
