@@ -86,6 +86,8 @@ class GammaController:
             return  # nothing drafted (plain step, or the drafter found nothing): no alpha info
         self.alpha_stat.add(sum(step.betas), len(step.betas), decay)
         self.draft_time.add(step.drafter_s, step.drafted, decay)
+        if self.probing and step.betas and sum(step.betas) / len(step.betas) > self.c:
+            self.probe_every = self.config.probe_every  # promising probe: stop backing off
 
     # --- estimates ------------------------------------------------------------------------
 

@@ -1,0 +1,154 @@
+"""GammaController: the gamma it picks is the argmax of S for the alpha, c and v it measured;
+it falls back to plain decoding when no speedup is possible and probes again later; the
+decoder's output does not depend on it (greedy identity); the factory specs parse."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from specdec.controller import StepRecord
+from specdec.controller_auto import ControllerConfig, GammaController
+from specdec.decoding import SpeculativeDecoder
+from specdec.drafters.factory import build_drafter, build_gamma
+from specdec.drafters.model import ModelDrafter
+from specdec.drafters.ngram import NgramDrafter
+from specdec.models import wrap
+from specdec.sampling import SamplingParams
+from tiny import perturbed, tiny_llama
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # tiny forwards are dominated by thread start-up on a shared 2-core machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+TARGET_S = 0.020  # seconds for a 1-token target pass
+SLOPE = 0.04  # each drafted token adds 4% of a 1-token pass
+
+
+def _brute_force_gamma(alpha: float, c: float, max_gamma: int) -> int:
+    """argmax_g E(alpha, g) / (g*c + v(g)), written out independently of specdec.theory."""
+    def s(g: int) -> float:
+        expected = sum(alpha ** i for i in range(g + 1))
+        return expected / (g * c + 1 + SLOPE * g)
+    return max(range(max_gamma + 1), key=s)
+
+
+def _feed(controller: GammaController, alpha: float, c: float, steps: int = 200) -> None:
+    """Steps with every beta = alpha, drafter c per drafted token, target a + b*k."""
+    for i in range(steps):
+        k = 1 + i % 6  # several draft lengths so the verify-cost line is identifiable
+        controller.observe(StepRecord(
+            drafted=k, accepted=0, betas=[alpha] * k, drafter_s=c * TARGET_S * k,
+            drafter_forwards=k, target_s=TARGET_S * (1 + SLOPE * k)))
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95])
+@pytest.mark.parametrize("c", [0.0, 0.01, 0.05, 0.1, 0.3, 0.6])
+def test_gamma_is_argmax_of_speedup(alpha, c):
+    controller = GammaController(ControllerConfig(max_gamma=16))
+    _feed(controller, alpha, c)
+    assert controller.alpha == pytest.approx(alpha, abs=1e-6)
+    assert controller.c == pytest.approx(c, abs=1e-6)
+    assert controller.verify_costs()[5] == pytest.approx(1 + 5 * SLOPE, rel=1e-6)
+    assert controller.choose() == _brute_force_gamma(alpha, c, 16)
+
+
+def test_falls_back_to_plain_decoding_and_probes_with_backoff():
+    config = ControllerConfig(probe_every=3, probe_gamma=2, max_probe_every=6)
+    controller = GammaController(config)
+    _feed(controller, alpha=0.2, c=0.4)  # alpha < c: no gamma gives a speedup
+    chosen = []
+    for _ in range(20):
+        gamma = controller.choose()
+        chosen.append(gamma)
+        controller.observe(StepRecord(gamma, 0, [0.2] * gamma, 0.4 * TARGET_S * gamma, gamma,
+                                      TARGET_S * (1 + SLOPE * gamma)))
+    probes = [i for i, g in enumerate(chosen) if g]
+    assert all(chosen[i] == 2 for i in probes)
+    assert probes == [3, 10, 17]  # after 3 plain steps, then 6 (doubled, capped)
+
+
+def test_recovers_when_the_drafter_becomes_good():
+    controller = GammaController(ControllerConfig(probe_every=2))
+    _feed(controller, alpha=0.1, c=0.3)
+    assert controller.choose() == 0
+    for _ in range(40):  # probes now get everything accepted
+        gamma = controller.choose()
+        controller.observe(StepRecord(gamma, gamma, [1.0] * gamma, 0.3 * TARGET_S * gamma,
+                                      gamma, TARGET_S * (1 + SLOPE * gamma)))
+    assert controller.choose() > 2
+
+
+def test_empty_proposals_do_not_move_alpha():
+    controller = GammaController()
+    _feed(controller, alpha=0.7, c=0.0)
+    controller.observe(StepRecord(0, 0, [], 1e-5, 0, TARGET_S))  # n-gram found nothing
+    assert controller.alpha == pytest.approx(0.7, abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["ngram", "model"])
+def test_auto_gamma_keeps_greedy_output(kind):
+    target = wrap(tiny_llama(64, seed=11), name="target")
+    drafter = (NgramDrafter() if kind == "ngram"
+               else ModelDrafter(wrap(perturbed(target.model, 0.2), name="d")))
+    params = SamplingParams(temperature=0, max_new_tokens=40, ignore_eos=True)
+    prompt = [3, 4, 5, 6, 3, 4, 5, 6, 3, 4]
+    expected = SpeculativeDecoder(target, None).generate(prompt, params).tokens
+    result = SpeculativeDecoder(target, drafter, gamma=GammaController).generate(prompt, params)
+    assert result.tokens == expected
+    assert result.stats.drafted > 0
+
+
+class _Broken:
+    name = "broken"
+
+    def __init__(self, crash: bool):
+        self.crash = crash
+
+    def begin(self, prompt_ids):
+        pass
+
+    def propose(self, context, gamma, params, generator):
+        if self.crash:
+            raise RuntimeError("drafter died")
+        from specdec.drafters.base import Proposal
+        return Proposal.empty(1)
+
+
+@pytest.mark.parametrize("crash", [True, False])
+def test_broken_drafter_degrades_to_plain_decoding(crash):
+    target = wrap(tiny_llama(64, seed=12), name="target")
+    params = SamplingParams(temperature=1.0, seed=3, max_new_tokens=12, ignore_eos=True)
+    expected = SpeculativeDecoder(target, None).generate([1, 2, 3], params).tokens
+    decoder = SpeculativeDecoder(target, _Broken(crash), gamma=GammaController)
+    if crash:
+        with pytest.warns(RuntimeWarning, match="drafter died"):
+            result = decoder.generate([1, 2, 3], params)
+        # every step but the last (no room left for a draft) asked the drafter and lost it
+        assert result.stats.drafter_failures == result.stats.target_calls - 1
+    else:
+        result = decoder.generate([1, 2, 3], params)
+    assert result.tokens == expected  # same seed, same tokens: nothing drafted, nothing lost
+
+
+def test_build_gamma_and_drafter_specs():
+    assert build_gamma("6") == 6
+    assert build_gamma("auto") is GammaController
+    for bad in ("-1", "65", "fast", "2.5"):
+        with pytest.raises(ValueError, match="--gamma"):
+            build_gamma(bad)
+    assert build_drafter("none", None, None) is None
+    ngram = build_drafter("ngram:2:5", None, None)
+    assert (ngram.min_n, ngram.max_n) == (2, 5)
+    with pytest.raises(ValueError, match="known: none, ngram"):
+        build_drafter("trigram:x.txt", None, None)
+    with pytest.raises(ValueError, match="MIN:MAX"):
+        build_drafter("ngram:3", None, None)
+    with pytest.raises(ValueError, match="min_n"):
+        build_drafter("ngram:5:2", None, None)
