@@ -12,9 +12,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-from tiny import tiny_llama
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
+
+from tiny import perturbed, tiny_llama
 
 CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}<s>assistant:{% endif %}")
@@ -36,10 +37,10 @@ def char_tokenizer(chat_template: str | None = CHAT_TEMPLATE) -> PreTrainedToken
 
 
 def save_tiny_model(path: Path, chat_template: str | None = CHAT_TEMPLATE,
-                    seed: int = 0) -> Path:
+                    layers: int = 2) -> Path:
     """A tiny random llama (safetensors) and its character tokenizer in `path`."""
     tokenizer = char_tokenizer(chat_template)
-    model = tiny_llama(vocab_size=len(tokenizer), seed=seed)
+    model = tiny_llama(vocab_size=len(tokenizer), layers=layers)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
@@ -87,3 +88,14 @@ def _wait_healthy(process: subprocess.Popen, url: str, timeout: float) -> None:
             pass
         time.sleep(0.2)
     raise TimeoutError(f"server at {url} not healthy after {timeout}s")
+
+
+def save_tiny_pair(root: Path, noise: float = 0.3) -> tuple[Path, Path]:
+    """Target and drafter directories: the drafter is the target with noisy weights."""
+    tokenizer = char_tokenizer()
+    target = tiny_llama(vocab_size=len(tokenizer), seed=0)
+    paths = root / "target", root / "draft"
+    for path, model in zip(paths, (target, perturbed(target, noise)), strict=True):
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    return paths

@@ -50,6 +50,7 @@ class _Sampling(BaseModel):
     top_k: int = Field(default=0, ge=0)  # extension (vLLM, llama.cpp)
     min_p: float = Field(default=0.0, ge=0, lt=1)  # extension
     seed: int | None = None
+    ignore_eos: bool = False  # extension (vLLM): generate max_tokens whatever the model says
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -94,7 +95,7 @@ class _Sampling(BaseModel):
     def sampling_params(self, max_new_tokens: int) -> SamplingParams:
         return SamplingParams(temperature=self.temperature, top_k=self.top_k,
                               top_p=self.top_p, min_p=self.min_p, seed=self.seed,
-                              max_new_tokens=max_new_tokens)
+                              max_new_tokens=max_new_tokens, ignore_eos=self.ignore_eos)
 
 
 class CompletionRequest(_Sampling):
