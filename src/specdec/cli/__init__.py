@@ -10,6 +10,8 @@ from specdec.errors import SpecdecError
 # name -> (module under specdec.cli, one-line help). Each module has main(argv) -> int.
 COMMANDS = {
     "theory": ("theory", "speedup theory: optimal gamma, S, E and operations for alpha and c"),
+    "generate": ("generate", "generate text with speculative decoding, streamed (--show, --json)"),
+    "models": ("models", "offline model registry: `models list`, `models fetch NAME`"),
     "bench": ("bench", "Spec-Bench: every method on the same prompts, interleaved; report"),
     "serve": ("serve", "OpenAI-compatible HTTP server with token streaming and metrics"),
 }
