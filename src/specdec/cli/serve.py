@@ -22,8 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"drafter spec: none | ngram | MODEL | ngram+MODEL | ... "
                         f"(default {DEFAULT_DRAFT})")
     parser.add_argument("--gamma", default="4", help="draft length: integer or 'auto' (default 4)")
-    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32", "float16"),
-                        help="weights dtype (default bfloat16)")
+    parser.add_argument("--dtype", default="auto",
+                        choices=("auto", "bfloat16", "float32", "float16"),
+                        help="weights dtype (default auto: bfloat16 where the CPU has it)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1: this machine only)")
@@ -57,7 +58,7 @@ def main(argv: list[str]) -> int:
     gamma = build_gamma(args.gamma)  # fail on a bad value before loading anything
 
     def load(spec: str):
-        return load_model(spec, args.dtype, args.threads)
+        return load_model(spec, None if args.dtype == "auto" else args.dtype, args.threads)
 
     target = load(args.target)
     drafter = build_drafter(args.draft, target, load)
