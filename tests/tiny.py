@@ -19,12 +19,15 @@ def tiny_llama(vocab_size: int = 64, seed: int = 0, layers: int = 2) -> LlamaFor
     return model
 
 
-def tiny_t5(vocab_size: int = 64, seed: int = 0) -> T5ForConditionalGeneration:
+def tiny_t5(vocab_size: int = 64, seed: int = 0, sharpen: bool = True,
+            ) -> T5ForConditionalGeneration:
     torch.manual_seed(seed)
     config = T5Config(vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2,
                       num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=None,
                       tie_word_embeddings=False)
     model = T5ForConditionalGeneration(config).float().eval()
+    if not sharpen:
+        return model
     with torch.no_grad():
         # T5 ties lm_head to the input embeddings, which then dominate the residual stream and
         # every token predicts itself: shrink the embeddings, sharpen at the final norm instead

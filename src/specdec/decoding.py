@@ -61,6 +61,9 @@ class SpeculativeDecoder:
         if not callable(gamma) and (
                 isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 0):
             raise ValueError(f"gamma must be an integer >= 0, got {gamma!r}")
+        if drafter is target:
+            raise ValueError("drafter and target are the same object and would share one KV "
+                             "cache; wrap the model a second time to draft with it")
         if drafter is not None and not isinstance(drafter, Drafter):
             check_same_vocabulary(target, drafter)
             drafter = ModelDrafter(drafter)

@@ -30,7 +30,6 @@ class _CachedModel:
     def rollback(self, n: int) -> None:
         if n < 0 or n > self._length:
             raise ValueError(f"cannot roll back {n} of {self._length} cached positions")
-        # crop(0) also trims sliding-window layers that recorded their past (see _new_cache)
         self._self_attention_cache().crop(-n)
         self._length -= n
 
@@ -38,11 +37,11 @@ class _CachedModel:
         return self.cache
 
     def _new_cache(self) -> DynamicCache:
-        cache = DynamicCache(config=self.model.config)
-        if hasattr(cache, "activate_past_recording") and _has_sliding_layers(cache):
-            # sliding-window layers refuse to roll back once full unless they keep their past
-            cache.activate_past_recording()
-        return cache
+        # Plain full-length layers even for sliding-window models (Gemma 3): the attention
+        # mask still applies the window, and any position can be cropped at any time.
+        # transformers' sliding layers drop what left the window, so they cannot roll back
+        # a multi-token extend unless cropped after every single forward.
+        return DynamicCache()
 
 
 class HFCausalLM(_CachedModel):
@@ -99,6 +98,3 @@ def _context_window(config: Any) -> int | None:
             return value
     return None  # e.g. T5's relative positions have no hard limit
 
-
-def _has_sliding_layers(cache: DynamicCache) -> bool:
-    return any(hasattr(layer, "sliding_window") for layer in getattr(cache, "layers", []))

@@ -1,0 +1,96 @@
+"""KV-cache rollback: logits after rollback + re-extend equal a fresh forward (float32)."""
+
+import pytest
+import torch
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+from specdec.models import HFCausalLM, HFSeq2SeqLM, LanguageModel, wrap
+from tiny import tiny_llama, tiny_t5
+
+TOLERANCE = 1e-5
+
+
+def tiny_gemma3(sliding_window: int = 4):
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=sliding_window,
+        layer_types=["sliding_attention", "full_attention"], max_position_embeddings=512)
+    return Gemma3ForCausalLM(config).float().eval()
+
+
+# unsharpened T5: logits of order 1, so an absolute tolerance of 1e-5 means something
+MODELS = {"llama": tiny_llama, "t5": lambda: tiny_t5(sharpen=False),
+          "gemma3-sliding-window-4": tiny_gemma3}
+
+
+@pytest.fixture(params=list(MODELS), scope="module")
+def model(request) -> LanguageModel:
+    return wrap(MODELS[request.param]())
+
+
+def _fresh_logits(model, prompt, continuation):
+    """Logits over `continuation` from a brand-new cache (prefill + one extend)."""
+    context = model.prefill(prompt)
+    return model.extend(torch.cat([context[:, -1:], continuation], dim=1))
+
+
+def test_adapters_follow_the_protocol(model):
+    assert isinstance(model, LanguageModel)
+    assert isinstance(model, HFSeq2SeqLM if model.model.config.is_encoder_decoder else HFCausalLM)
+    assert model.vocab_size == 64
+
+
+@pytest.mark.parametrize("drop", [1, 3, 6])
+def test_rollback_then_extend_equals_fresh_forward(model, drop):
+    gen = torch.Generator().manual_seed(drop)
+    prompt = torch.randint(0, 64, (1, 9), generator=gen)
+    tokens = torch.randint(0, 64, (1, 8), generator=gen)
+    replacement = torch.randint(0, 64, (1, 4), generator=gen)
+
+    context = model.prefill(prompt)
+    model.extend(torch.cat([context[:, -1:], tokens], dim=1))  # cache: ... + pending + tokens
+    before = model.cached_length
+    model.rollback(drop)
+    assert model.cached_length == before - drop
+    # the cache now ends after tokens[:, :8 - drop]; continue with the last kept token
+    kept = tokens[:, : 8 - drop]
+    last = kept[:, -1:] if kept.shape[1] else context[:, -1:]
+    if kept.shape[1]:
+        model.rollback(1)  # make the last kept token pending again
+    logits = model.extend(torch.cat([last, replacement], dim=1))
+
+    fresh = _fresh_logits(model, prompt, torch.cat([tokens[:, : 8 - drop], replacement], dim=1))
+    torch.testing.assert_close(logits, fresh[:, -logits.shape[1]:], atol=TOLERANCE, rtol=0)
+
+
+def test_multi_token_extend_matches_one_at_a_time(model):
+    prompt = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    tokens = torch.tensor([[11, 12, 13, 14, 15, 16]])
+    context = model.prefill(prompt)
+    block = model.extend(torch.cat([context[:, -1:], tokens], dim=1))
+    context = model.prefill(prompt)
+    singles = [model.extend(t.view(1, 1)) for t in torch.cat([context[:, -1:], tokens], dim=1)[0]]
+    torch.testing.assert_close(block, torch.cat(singles, dim=1), atol=TOLERANCE, rtol=0)
+
+
+def test_rollback_bounds(model):
+    model.prefill(torch.tensor([[1, 2, 3]]))
+    with pytest.raises(ValueError):
+        model.rollback(model.cached_length + 1)
+    with pytest.raises(ValueError):
+        model.rollback(-1)
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma3-sliding-window-4"])
+def test_cached_decoding_matches_a_cache_free_forward(name):
+    model = wrap(MODELS[name]())
+    sequence = torch.randint(0, 64, (1, 12), generator=torch.Generator().manual_seed(5))
+    context = model.prefill(sequence[:, :4])
+    pieces = [model.extend(torch.cat([context[:, -1:], sequence[:, 4:7]], dim=1))]
+    model.rollback(2)  # keep sequence[:, :5]; sequence[:, 5] becomes pending again
+    pieces.append(model.extend(sequence[:, 5:]))
+    logits = torch.cat([pieces[0][:, :2], pieces[1]], dim=1)
+    with torch.inference_mode():
+        reference = model.model(input_ids=sequence).logits.float()[:, 3:]
+    torch.testing.assert_close(logits, reference, atol=1e-4, rtol=1e-4)
