@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--draft", default=DEFAULT_DRAFT,
                         help=f"drafter spec: none | ngram | MODEL | ngram+MODEL | ... "
                         f"(default {DEFAULT_DRAFT})")
-    parser.add_argument("--gamma", default="4", help="draft length: integer or 'auto' (default 4)")
+    parser.add_argument("--gamma", default="auto",
+                        help="draft length: integer or 'auto' (default auto, as specdec generate)")
     parser.add_argument("--dtype", default="auto",
                         choices=("auto", "bfloat16", "float32", "float16"),
                         help="weights dtype (default auto: bfloat16 where the CPU has it)")
