@@ -134,3 +134,15 @@ def test_theory_prints_table1(capsys, alpha, gamma, speed, operations):
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.startswith(f"gamma={gamma}:"))
     assert f"speedup {speed}" in line and f"operations {operations}" in line
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--per-category", "0"], "--per-category must be in [1, 1000]"),
+    (["--gammas", "4,x"], "--gamma must be 'auto' or an integer"),
+    (["--temperatures", "0,-1"], "--temperatures"),
+    (["--drafts", ","], "--drafts is empty"),
+])
+def test_bench_cli_rejects_bad_options(capsys, argv, message):
+    assert main(["bench", *argv]) == 1
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1

@@ -100,7 +100,8 @@ def run_benchmark(config: BenchConfig, target: LanguageModel, loader: Loader,
     start = time.perf_counter()
     records = run(methods, prompts, run_config)
     seconds = time.perf_counter() - start
-    notes += _fixed_notes(config)
+    dtype = getattr(getattr(target, "model", None), "dtype", config.dtype)
+    notes += _fixed_notes(config, str(dtype).removeprefix("torch."))
     meta = {"command": config.command, "config": _config_dict(config),
             "environment": _environment(), "seconds": seconds, "notes": notes,
             "sample": f"{len(prompts)} questions ({config.per_category} per category max, "
@@ -115,8 +116,8 @@ def _eos_ids(target: LanguageModel) -> set[int]:
     return SpeculativeDecoder(target, None, 0)._eos_ids(SamplingParams())
 
 
-def _fixed_notes(config: BenchConfig) -> list[str]:
-    return [f"target {config.target} in {config.dtype}, {config.threads} threads; the "
+def _fixed_notes(config: BenchConfig, dtype: str) -> list[str]:
+    return [f"target {config.target} in {dtype}, {config.threads} threads; the "
             "transformers methods run the same model object; llama.cpp runs the GGUF in its "
             "native quantization (a different numeric model: its greedy outputs may differ)",
             "methods interleaved per prompt (order rotating), one warm-up generation each; "

@@ -34,7 +34,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=1, help="repeat the whole run (spread)")
     p.add_argument("--questions", default=str(DEFAULT_QUESTIONS), help="Spec-Bench jsonl file")
     p.add_argument("--out", default="bench-out", help="output directory (default bench-out)")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                   help="auto: bfloat16 where the CPU computes it natively, else float32")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--no-baselines", action="store_true", help="skip transformers' generate")
     p.add_argument("--no-llamacpp", action="store_true", default=None, help="skip llama.cpp")
@@ -44,7 +45,6 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     from specdec.bench.suite import BenchConfig, run_benchmark
-    from specdec.models.loading import load_model
 
     args = parser().parse_args(argv)
     for key, value in (QUICK if args.quick else DEFAULTS).items():
@@ -65,8 +65,11 @@ def main(argv: list[str]) -> int:
     models: dict[str, object] = {}
 
     def loader(spec: str):
+        from specdec.models.loading import load_model
+
         if spec not in models:  # one copy per model, shared by every method using it
-            models[spec] = load_model(spec, dtype=config.dtype, threads=config.threads)
+            dtype = None if config.dtype == "auto" else config.dtype
+            models[spec] = load_model(spec, dtype=dtype, threads=config.threads)
         return models[spec]
 
     outputs = run_benchmark(config, loader(config.target), loader, _gguf(config.target))
