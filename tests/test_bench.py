@@ -77,7 +77,7 @@ def bench_run(tmp_path_factory):
     target = tiny_model(tokenizer, seed=0)
     drafter = tiny_model(tokenizer, seed=0)  # the target's weights: it drafts what p wants
     config = BenchConfig(target="tiny", questions=str(questions_file(tmp)), out=str(tmp / "out"),
-                         drafts=["ngram", "tiny-draft"], gammas=[3, "auto"],
+                         drafts=["ngram@2/auto", "tiny-draft"], gammas=[3, "auto"],
                          categories=["conversation", "qa"], per_category=1, max_new_tokens=24,
                          temperatures=[0.0, 1.0], threads=1, progress=False, command="test")
     outputs = run_benchmark(config, target, lambda spec: drafter)
@@ -90,7 +90,8 @@ def test_results_validate_against_schema(bench_run):
     names = [m["name"] for m in document["methods"]]
     assert names[:2] == ["specdec plain", "transformers plain"]
     assert {"transformers prompt lookup", "transformers assisted tiny-draft",
-            "specdec ngram g=3", "specdec tiny-draft g=auto"} <= set(names)
+            "specdec ngram g=2", "specdec tiny-draft g=auto"} <= set(names)
+    assert "specdec ngram g=3" not in names  # its own gammas replace the default ones
     # 2 questions x 2 temperatures x every method, none failed
     assert len(document["records"]) == 2 * 2 * len(names)
     assert not [r for r in document["records"] if r["error"]]
@@ -123,7 +124,7 @@ def test_plots_and_report_written(bench_run):
         data = path.read_bytes()
         assert data.startswith(PNG) and len(data) > 1000
     report = outputs["report"].read_text()
-    assert "## Goals" in report and "| specdec ngram g=3 |" in report
+    assert "## Goals" in report and "| specdec ngram g=2 |" in report
     assert document["sample"] in report
 
 

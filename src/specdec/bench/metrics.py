@@ -35,6 +35,7 @@ class Summary:
     speedup: float | None  # tokens/s over plain decoding (ours), prefill included
     speedup_vs_transformers: float | None  # over transformers' plain generate
     errors: int = 0
+    drafter_failures: int | None = None  # steps decoded without drafts (drafter raised)
     # specdec methods only (None elsewhere)
     decode_speedup: float | None = None  # prefill excluded on both sides
     tokens_per_call: float | None = None
@@ -101,6 +102,7 @@ def _speculative(summary: Summary, ok: list[Record], base: list[Record]) -> None
         _ratio(totals["generated"], totals["total_s"] - totals["prefill_s"]),
         _ratio(plain["generated"], plain["total_s"] - plain["prefill_s"]))
     summary.tokens_per_call = _ratio(totals["generated"], totals["target_calls"])
+    summary.drafter_failures = int(totals["drafter_failures"])
     summary.profile = {name: _ratio(totals[key], totals["total_s"]) for name, key in (
         ("prefill", "prefill_s"), ("drafter", "drafter_s"), ("target", "decode_target_s"),
         ("overhead", "other_s"))}
@@ -124,7 +126,7 @@ def _totals(records: Iterable[Record]) -> dict[str, float]:
     for r in records:
         stats = r.stats or {}
         for key in ("generated", "target_calls", "drafted", "accepted", "beta_sum", "beta_count",
-                    "drafter_s", "target_s", "total_s", "other_s"):
+                    "drafter_s", "target_s", "total_s", "other_s", "drafter_failures"):
             totals[key] += stats.get(key, 0)
         totals["prefill_s"] += r.prefill_s
         totals["drafter_begin_s"] += r.drafter_begin_s

@@ -117,8 +117,10 @@ def theory_table(summaries: list[Summary]) -> list[str]:
 def profile_table(summaries: list[Summary]) -> list[str]:
     rows = [[s.method, f"{s.temperature:g}"] +
             [_f(100 * s.profile[k], 1, "%") for k in ("prefill", "drafter", "target", "overhead")]
+            + [str(s.drafter_failures)]
             for s in summaries if s.category == OVERALL and s.profile]
-    return _table(["method", "temp", "prefill", "drafter", "target (decode)", "overhead"], rows)
+    return _table(["method", "temp", "prefill", "drafter", "target (decode)", "overhead",
+                   "drafter failures"], rows)
 
 
 def greedy_table(summaries: list[Summary]) -> list[str]:

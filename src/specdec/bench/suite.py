@@ -31,7 +31,7 @@ class BenchConfig:
     target: str
     questions: str
     out: str
-    drafts: list[str] = field(default_factory=lambda: ["ngram"])
+    drafts: list[str] = field(default_factory=lambda: ["ngram"])  # SPEC or SPEC@G1/G2
     gammas: list[int | str] = field(default_factory=lambda: [4, "auto"])
     categories: list[str] = field(default_factory=lambda: list(CATEGORIES))
     per_category: int = 8
@@ -47,10 +47,23 @@ class BenchConfig:
     command: str = ""
 
 
+def split_draft(entry: str, default: list[int | str]) -> tuple[str, list[int | str]]:
+    """'SPEC@G1/G2/...' -> (SPEC, [G1, G2, ...]); a plain SPEC takes the default gammas."""
+    spec, at, gammas = entry.partition("@")
+    if not at:
+        return entry, list(default)
+    values: list[int | str] = []
+    for text in gammas.split("/"):
+        build_gamma(text)  # validates
+        values.append("auto" if text.strip().lower() == "auto" else int(text))
+    return spec, values
+
+
 def drafter_models(drafts: list[str]) -> list[str]:
     """The model specs among draft specs ('smollm2-135m', 'ngram+X' -> X), in order, once."""
     models = []
-    for spec in drafts:
+    for entry in drafts:
+        spec = entry.partition("@")[0]
         model = spec.split("+", 1)[1] if spec.startswith("ngram+") else spec
         if model.split(":", 1)[0] not in MODEL_FREE and model not in models:
             models.append(model)
@@ -70,8 +83,9 @@ def build_methods(config: BenchConfig, target: LanguageModel, loader: Loader,
             assistants[spec] = (model.model, model.tokenizer)
         methods += hf_methods(hf_model, _eos_ids(target), assistants, target.tokenizer,
                               config.lookup_tokens)
-    for spec in config.drafts:
-        for gamma in config.gammas:
+    for entry in config.drafts:
+        spec, gammas = split_draft(entry, config.gammas)
+        for gamma in gammas:
             drafter = build_drafter(spec, target, loader)
             methods.append(specdec_method(target, drafter, build_gamma(gamma),
                                           f"specdec {spec} g={gamma}", spec, gamma))

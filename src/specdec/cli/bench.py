@@ -23,7 +23,8 @@ DEFAULTS = {"drafts": DEFAULT_DRAFTS, "categories": ",".join(CATEGORIES), "per_c
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="specdec bench", description=__doc__)
     p.add_argument("--target", default=DEFAULT_TARGET, help="registry name, directory or .gguf")
-    p.add_argument("--drafts", help=f"comma-separated drafter specs (default {DEFAULT_DRAFTS})")
+    p.add_argument("--drafts", help="comma-separated drafter specs, each optionally with its "
+                   f"own gammas as SPEC@G1/G2 (default {DEFAULT_DRAFTS})")
     p.add_argument("--gammas", help="comma-separated gammas per drafter, integers or 'auto' "
                                     "(default 4,auto)")
     p.add_argument("--categories",
