@@ -147,3 +147,21 @@ def test_bench_cli_rejects_bad_options(capsys, argv, message):
     assert main(["bench", *argv]) == 1
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_time_limit_stops_between_questions_and_journal_keeps_records(tmp_path):
+    tokenizer = char_tokenizer()
+    config = BenchConfig(target="tiny", questions=str(questions_file(tmp_path)),
+                         out=str(tmp_path / "out"), drafts=["ngram@2"], baselines=False,
+                         categories=["qa", "conversation"], per_category=1, max_new_tokens=8,
+                         temperatures=[0.0, 1.0], threads=1, progress=False, max_minutes=0)
+    outputs = run_benchmark(config, tiny_model(tokenizer, seed=0), lambda spec: None)
+    document = json.loads(outputs["json"].read_text())
+    validate(document)
+    # one whole question (qa comes first: categories alternate in the order asked), 2 methods
+    assert {(r["question_id"], r["temperature"]) for r in document["records"]} == \
+        {("2", 0.0), ("2", 1.0)}
+    assert len(document["records"]) == 4
+    assert any("time limit" in note for note in document["notes"])
+    journal = (tmp_path / "out" / "records.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in journal] == document["records"]

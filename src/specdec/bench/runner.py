@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -21,6 +24,8 @@ class RunConfig:
     seed: int = 0  # temperature > 0: prompt i of repeat r uses seed + 1000 * r + i
     warmup_tokens: int = 8  # each method generates this much once before timing starts
     progress: bool = True
+    max_seconds: float | None = None  # start no new prompt after this long (whole prompts only)
+    journal: Path | None = None  # every record appended here as JSON lines, as it is made
 
 
 @dataclass
@@ -60,20 +65,25 @@ def warm_up(methods: Iterable[Method], prompt: list[int], tokens: int) -> None:
 
 
 def run(methods: list[Method], prompts: list[Prompt], config: RunConfig) -> list[Record]:
-    """Every method on every (repeat, temperature, prompt); methods innermost (interleaved).
+    """Every method on every (repeat, prompt, temperature); methods innermost (interleaved).
 
-    The method order rotates from prompt to prompt so none always runs first (warm caches).
+    Prompts should alternate categories: a time limit then cuts every category alike. The
+    method order rotates from prompt to prompt so none always runs first (warm caches).
     """
     if config.warmup_tokens and prompts:
         warm_up(methods, prompts[0].ids, config.warmup_tokens)
-    total = config.repeats * len(config.temperatures) * len(prompts) * len(methods)
-    bar = tqdm(total=total, desc="bench", unit="gen", file=sys.stderr,
-               disable=not config.progress, dynamic_ncols=True)
-    records = []
+    per_prompt = len(config.temperatures) * len(methods)
+    bar = tqdm(total=config.repeats * len(prompts) * per_prompt, desc="bench", unit="gen",
+               file=sys.stderr, disable=not config.progress, dynamic_ncols=True)
+    records: list[Record] = []
+    start = time.perf_counter()
     with bar:
         for repeat in range(config.repeats):
-            for temperature in config.temperatures:
-                for i, prompt in enumerate(prompts):
+            for i, prompt in enumerate(prompts):
+                if records and config.max_seconds is not None and \
+                        time.perf_counter() - start > config.max_seconds:
+                    return records  # at least one whole question, then whole ones only
+                for temperature in config.temperatures:
                     params = SamplingParams(temperature=temperature,
                                             seed=config.seed + 1000 * repeat + i,
                                             max_new_tokens=config.max_new_tokens)
@@ -82,8 +92,15 @@ def run(methods: list[Method], prompts: list[Prompt], config: RunConfig) -> list
                         bar.set_postfix_str(f"T={temperature:g} {prompt.question.category} "
                                             f"{method.name}", refresh=False)
                         records.append(_one(method, prompt, params, repeat))
+                        _journal(config.journal, records[-1])
                         bar.update()
     return records
+
+
+def _journal(path: Path | None, record: Record) -> None:
+    if path is not None:  # a crash or a kill late in a long run keeps what was measured
+        with path.open("a", encoding="utf-8") as out:
+            out.write(json.dumps(asdict(record)) + "\n")
 
 
 def _one(method: Method, prompt: Prompt, params: SamplingParams, repeat: int) -> Record:

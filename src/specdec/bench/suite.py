@@ -44,6 +44,7 @@ class BenchConfig:
     llamacpp: bool = True  # when installed and the target is a GGUF
     lookup_tokens: int = 10  # prompt lookup draft length of the transformers / llama.cpp methods
     progress: bool = True
+    max_minutes: float | None = None  # start no new question after this long
     command: str = ""
 
 
@@ -109,20 +110,31 @@ def run_benchmark(config: BenchConfig, target: LanguageModel, loader: Loader,
     questions = load_questions(config.questions, config.categories, config.per_category)
     prompts = [Prompt(q, prompt_ids(target.tokenizer, q.text)) for q in questions]
     methods, notes = build_methods(config, target, loader, gguf)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    journal = out / "records.jsonl"
+    journal.unlink(missing_ok=True)
     run_config = RunConfig(tuple(config.temperatures), config.max_new_tokens, config.repeats,
-                           progress=config.progress)
+                           progress=config.progress, journal=journal,
+                           max_seconds=None if config.max_minutes is None
+                           else 60 * config.max_minutes)
     start = time.perf_counter()
     records = run(methods, prompts, run_config)
     seconds = time.perf_counter() - start
+    done = {(r.question_id, r.repeat) for r in records}
+    if len(done) < len(prompts) * config.repeats:
+        notes.append(f"time limit of {config.max_minutes:g} min reached: {len(done)} of "
+                     f"{len(prompts) * config.repeats} question runs done")
+    categories = sorted({r.category for r in records})
     dtype = getattr(getattr(target, "model", None), "dtype", config.dtype)
     notes += _fixed_notes(config, str(dtype).removeprefix("torch."))
     meta = {"command": config.command, "config": _config_dict(config),
             "environment": _environment(), "seconds": seconds, "notes": notes,
-            "sample": f"{len(prompts)} questions ({config.per_category} per category max, "
-                      f"{len({q.category for q in questions})} categories) x "
-                      f"{len(config.temperatures)} temperatures x {config.repeats} repeats x "
+            "sample": f"{len(done)} question runs ({', '.join(categories)}; up to "
+                      f"{config.per_category} per category) x "
+                      f"{len(config.temperatures)} temperatures x "
                       f"{len(methods)} methods, up to {config.max_new_tokens} new tokens"}
-    return write_outputs(Path(config.out), meta, methods, summarize(records, methods), records)
+    return write_outputs(out, meta, methods, summarize(records, methods), records)
 
 
 def _eos_ids(target: LanguageModel) -> set[int]:
@@ -142,7 +154,8 @@ def _fixed_notes(config: BenchConfig, dtype: str) -> list[str]:
 
 def _config_dict(config: BenchConfig) -> dict[str, Any]:
     out = asdict(config)
-    for key in ("out", "progress", "command", "baselines", "llamacpp", "lookup_tokens"):
+    for key in ("out", "progress", "command", "baselines", "llamacpp", "lookup_tokens",
+                "max_minutes"):
         out.pop(key)
     return out
 

@@ -30,7 +30,7 @@ def category_of(raw: str) -> str:
 
 def load_questions(path: str | Path, categories: list[str] | None = None,
                    per_category: int | None = None) -> list[Question]:
-    """Questions from a Spec-Bench jsonl file, in file order, `per_category` of each category.
+    """Questions from a Spec-Bench jsonl file, up to `per_category` of each category.
 
     Lines need "question_id", "category" and "turns" (a list of strings; the first is used).
     """
@@ -53,11 +53,12 @@ def load_questions(path: str | Path, categories: list[str] | None = None,
     missing = sorted((wanted or set()) - set(by_category))
     if missing:
         raise ValueError(f"{path}: no questions in categories {', '.join(missing)}")
-    questions = []
-    for members in by_category.values():
-        ranked = sorted(members, key=lambda item: item[0])  # stable: file order within a rank
-        questions.extend(q for _, q in ranked[:per_category])
-    return questions
+    # categories alternate (first of each, second of each, ...) so a run cut short by a time
+    # limit still covers every category; the order of `categories` decides who goes first
+    order = list(categories) if categories else list(by_category)
+    ranked = [[q for _, q in sorted(by_category[c], key=lambda item: item[0])][:per_category]
+              for c in order]  # stable sort: file order within a rank
+    return [group[i] for i in range(max(map(len, ranked))) for group in ranked if i < len(group)]
 
 
 def _parse(row: Any, path: Path, number: int) -> tuple[str, Question]:

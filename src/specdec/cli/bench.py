@@ -40,6 +40,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--no-baselines", action="store_true", help="skip transformers' generate")
     p.add_argument("--no-llamacpp", action="store_true", default=None, help="skip llama.cpp")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="start no new question after this many minutes (categories alternate, "
+                        "so all are cut alike)")
     p.add_argument("--quick", action="store_true", help="~2-minute smoke run")
     return p
 
@@ -61,7 +64,9 @@ def main(argv: list[str]) -> int:
         temperatures=[_temperature(t) for t in _list(args.temperatures, "--temperatures")],
         repeats=_bounded(args.repeats, "--repeats", 1, 100), dtype=args.dtype,
         threads=_bounded(args.threads, "--threads", 1, 512), baselines=not args.no_baselines,
-        llamacpp=not args.no_llamacpp, command="specdec bench " + shlex.join(argv))
+        llamacpp=not args.no_llamacpp, command="specdec bench " + shlex.join(argv),
+        max_minutes=None if args.max_minutes is None else
+        float(_bounded(args.max_minutes, "--max-minutes", 0, 10080)))
     torch.set_num_threads(config.threads)
     models: dict[str, object] = {}
 
