@@ -180,3 +180,24 @@ def test_cross_tokenizer_rolls_back_instead_of_recomputing():
     assert steps and max(steps) <= 4 + 2  # accepted drafts + correction + a re-merged token
     # the cache is exactly the drafter-side prefix it claims to hold
     assert draft_model.cached_length == drafter.cached_ids.shape[1]
+
+
+def test_int8_model_drafter_from_factory_keeps_greedy_output():
+    from specdec.drafters.factory import build_drafter
+    from specdec.models.quantize import Int8Linear
+
+    target = wrap(tiny_llama(64, seed=7), name="target")
+    small = wrap(perturbed(target.model, 0.1, seed=2), name="small")
+    drafter = build_drafter("ngram+small@int8", target, lambda spec: {"small": small}[spec])
+    assert isinstance(drafter.fallback.model.model.lm_head, Int8Linear)
+    assert not isinstance(small.model.lm_head, Int8Linear)  # the loader's model is untouched
+    ids = torch.tensor([[5, 9, 11, 5, 9]])
+    with torch.no_grad():
+        exact = small.model(input_ids=ids).logits
+        quantized = drafter.fallback.model.model(input_ids=ids).logits
+    assert torch.allclose(exact, quantized, atol=0.05 * exact.abs().max().item())
+    params = SamplingParams(temperature=0, max_new_tokens=20, ignore_eos=True)
+    expected = _plain_greedy(target, ids[0].tolist(), 20)
+    result = SpeculativeDecoder(target, drafter, gamma=3).generate(ids[0].tolist(), params)
+    assert result.tokens == expected
+    assert result.stats.accepted > 0

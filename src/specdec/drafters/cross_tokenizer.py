@@ -75,6 +75,10 @@ class CrossTokenizerDrafter:
         for _ in range(gamma):
             logits = self.model.extend(feed)[:, -1, self.drafter_ids]  # restricted [1, |I|]
             fed.append(feed)
+            if not torch.isfinite(logits).all():  # sampling would index past the intersection
+                raise FloatingPointError(
+                    f"drafter logits not finite after feeding {feed.shape[1]} tokens at cache "
+                    f"length {self.model.cached_length}")
             if params.greedy:
                 choice = logits.argmax(dim=-1)
             else:

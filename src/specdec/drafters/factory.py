@@ -1,7 +1,8 @@
 """Build a drafter and a gamma policy from the short specs the CLI and server accept.
 
 Drafter specs:  none | ngram | ngram:MIN:MAX | unigram:FILE | bigram:FILE | MODEL | ngram+MODEL
-where MODEL is anything the loader accepts (a registry name or a local path).
+where MODEL is anything the loader accepts (a registry name or a local path), optionally with
+the suffix @int8: the drafter's linear layers in weight-only int8 (faster one-token forwards).
 Gamma specs:    an integer in [0, MAX_GAMMA] | auto
 """
 
@@ -17,7 +18,8 @@ from specdec.errors import VocabularyMismatchError
 from specdec.models.base import LanguageModel, check_same_vocabulary
 
 MAX_GAMMA = 64
-KINDS = ("none", "ngram", "ngram:MIN:MAX", "unigram:FILE", "bigram:FILE", "MODEL", "ngram+MODEL")
+KINDS = ("none", "ngram", "ngram:MIN:MAX", "unigram:FILE", "bigram:FILE", "MODEL[@int8]",
+         "ngram+MODEL[@int8]")
 _PREFIXED = ("ngram", "unigram", "bigram")
 
 
@@ -84,7 +86,10 @@ def _model_drafter(spec: str, target: LanguageModel,
     """ModelDrafter when the vocabularies agree, else the exact cross-tokenizer drafter."""
     if not spec:
         raise ValueError("--draft ngram+MODEL needs a model name or path after '+'")
-    model = loader(spec)
+    name, _, option = spec.rpartition("@") if spec.endswith("@int8") else (spec, "", "")
+    model = loader(name)
+    if option:
+        model = _int8(model)
     try:
         check_same_vocabulary(target, model)
     except VocabularyMismatchError:
@@ -92,3 +97,14 @@ def _model_drafter(spec: str, target: LanguageModel,
 
         return CrossTokenizerDrafter(model, target)
     return ModelDrafter(model)
+
+
+def _int8(model: LanguageModel) -> LanguageModel:
+    """A weight-only int8 copy of a transformers-backed model (the loader's stays as it was)."""
+    from specdec.models.hf import wrap
+    from specdec.models.quantize import quantize_int8
+
+    hf_model = getattr(model, "model", None)
+    if hf_model is None:
+        raise ValueError(f"@int8 needs a transformers model, {model.name!r} is not one")
+    return wrap(quantize_int8(hf_model), model.tokenizer, f"{model.name}@int8")
