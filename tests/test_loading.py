@@ -152,3 +152,28 @@ def test_dtype_and_threads_are_validated():
         resolve_dtype("int3")
     with pytest.raises(ValueError, match="threads"):
         load_model("gpt-17", threads=0)
+
+
+@pytest.mark.real
+def test_gemma3_rolls_back_past_its_sliding_window():
+    """Gemma 3's sliding-window layers (window 512) must crop after the window filled up.
+
+    Greedy in float32: speculative decoding with rollbacks beyond 512 tokens of context must
+    equal plain decoding and transformers' own generate.
+    """
+    from specdec.drafters.ngram import NgramDrafter
+
+    model = load_model("gemma3-270m", dtype="float32")
+    window = model.model.config.sliding_window
+    prompt = "\n".join(f"value_{i} = compute({i}, {i * 7 % 13})" for i in range(60))
+    ids = model.tokenizer(prompt, return_tensors="pt").input_ids
+    assert ids.shape[1] > window
+    params = SamplingParams(temperature=0, max_new_tokens=96, ignore_eos=True)
+    spec = SpeculativeDecoder(model, NgramDrafter(), 4).generate(ids[0].tolist(), params)
+    assert spec.stats.accepted > 0 and spec.stats.accepted < spec.stats.drafted  # rollbacks
+    plain = SpeculativeDecoder(model, None).generate(ids[0].tolist(), params)
+    assert spec.tokens == plain.tokens
+    with torch.no_grad():
+        reference = model.model.generate(ids, max_new_tokens=96, do_sample=False,
+                                          min_new_tokens=96)[0, ids.shape[1]:].tolist()
+    assert plain.tokens == reference
