@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from specdec.bench.methods import Method, Outcome
@@ -24,13 +26,38 @@ def llamacpp_methods(gguf: str | Path, threads: int, context: int = 4096,
     from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
     def load(draft=None) -> Llama:
-        return Llama(model_path=str(gguf), n_ctx=context, n_threads=threads,
-                     n_threads_batch=threads, draft_model=draft, verbose=False, seed=0)
+        with _plain_cpu_buffers():
+            return Llama(model_path=str(gguf), n_ctx=context, n_threads=threads,
+                         n_threads_batch=threads, draft_model=draft, verbose=False, seed=0)
 
     plain = load()
     lookup = load(LlamaPromptLookupDecoding(num_pred_tokens=lookup_tokens))
     return [Method("llama.cpp plain", "llama.cpp", _runner(plain)),
             Method("llama.cpp prompt lookup", "llama.cpp", _runner(lookup), "prompt lookup")]
+
+
+@contextmanager
+def _plain_cpu_buffers() -> Iterator[None]:
+    """Load without ggml's extra buffer types (AMX / repacked weights).
+
+    Where the CPU reports AMX but the VM does not let it run, ggml's AMX matmul dies with
+    SIGILL (seen on this machine); the plain CPU kernels (AVX-512 here) always work.
+    """
+    import llama_cpp.llama_cpp as bindings  # what Llama.__init__ calls
+
+    default = bindings.llama_model_default_params
+
+    def without_extra_buffers():
+        params = default()
+        if hasattr(params, "use_extra_bufts"):
+            params.use_extra_bufts = False
+        return params
+
+    bindings.llama_model_default_params = without_extra_buffers
+    try:
+        yield
+    finally:
+        bindings.llama_model_default_params = default
 
 
 def _runner(llm):
