@@ -59,6 +59,25 @@ def test_gamma_is_argmax_of_speedup(alpha, c):
     assert controller.choose() == _brute_force_gamma(alpha, c, 16)
 
 
+@pytest.mark.parametrize(("alpha", "fixed", "per_token"), [(0.6, 0.1, 0.25), (0.8, 0.3, 0.1),
+                                                           (0.5, 0.05, 0.4)])
+def test_fixed_drafter_cost_per_step_is_not_charged_per_token(alpha, fixed, per_token):
+    """Drafter time d0 + d1*k (e.g. a cache re-sync each step): gamma maximises
+    E / (k*d1 + v(k) + d0), not E / (k * mean cost per token + v(k))."""
+    controller = GammaController(ControllerConfig(max_gamma=16))
+    for i in range(200):
+        k = 1 + i % 6
+        controller.observe(StepRecord(k, 0, [alpha] * k, TARGET_S * (fixed + per_token * k), k,
+                                      TARGET_S * (1 + SLOPE * k)))
+    assert controller.c == pytest.approx(per_token, rel=1e-6)
+    assert controller.fixed_draft_cost == pytest.approx(fixed, rel=1e-6)
+
+    def s(g: int) -> float:
+        cost = 1 + SLOPE * g + (per_token * g + fixed if g else 0.0)
+        return sum(alpha ** i for i in range(g + 1)) / cost
+    assert controller.choose() == max(range(17), key=s)
+
+
 def test_falls_back_to_plain_decoding_and_probes_with_backoff():
     config = ControllerConfig(probe_every=3, probe_gamma=2, max_probe_every=6)
     controller = GammaController(config)

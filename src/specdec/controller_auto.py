@@ -5,6 +5,9 @@ Per request it keeps exponentially smoothed estimates of
   c      drafter time per drafted token / target time of a 1-token pass,
   v(k)   target time of a (k+1)-token pass / a 1-token pass (a line a + b*k fitted online),
 and drafts gamma = argmax S = E(alpha, gamma) / (gamma*c + v(gamma)) (theory.optimal_gamma).
+The drafter's time per step is fitted as a line too, d0 + d1*k: c = d1 / a, and the fixed part
+d0 (re-syncing a cache, re-tokenizing) is charged to every gamma > 0 through v, so it is not
+mistaken for a per-token cost that would push gamma down.
 When that is 0 (no speedup possible) it decodes plainly and probes with a short draft now and
 then, backing off while probes keep failing.
 """
@@ -55,6 +58,7 @@ class GammaController:
         cfg = self.config
         self.alpha_stat = _Smoothed(cfg.prior_alpha * cfg.prior_weight, cfg.prior_weight)
         self.draft_time = _Smoothed()  # drafter seconds per drafted token
+        self.draft_steps: dict[int, _Smoothed] = {}  # k drafted -> drafter seconds per step
         self.target_time: dict[int, _Smoothed] = {}  # k drafted -> seconds per target pass
         self.plain_steps = 0
         self.probe_every = cfg.probe_every
@@ -86,6 +90,7 @@ class GammaController:
             return  # nothing drafted (plain step, or the drafter found nothing): no alpha info
         self.alpha_stat.add(sum(step.betas), len(step.betas), decay)
         self.draft_time.add(step.drafter_s, step.drafted, decay)
+        self.draft_steps.setdefault(step.drafted, _Smoothed()).add(step.drafter_s, 1, decay)
         if self.probing and step.betas and sum(step.betas) / len(step.betas) > self.c:
             self.probe_every = self.config.probe_every  # promising probe: stop backing off
 
@@ -102,32 +107,64 @@ class GammaController:
 
     @property
     def c(self) -> float:
+        """Drafter cost per drafted token (the slope d1) over a 1-token target pass."""
         if self.draft_time.weight <= 1e-9:
             return 0.0
-        a, _ = self._target_line()
-        return self.draft_time.mean(0.0) / a
+        return self._drafter_line()[1] / self._target_line()[0]
+
+    @property
+    def fixed_draft_cost(self) -> float:
+        """The drafter's per-step cost d0 over a 1-token target pass."""
+        if self.draft_time.weight <= 1e-9:
+            return 0.0
+        return self._drafter_line()[0] / self._target_line()[0]
 
     def best_gamma(self) -> int:
         if self.draft_time.weight <= 1e-9 or not self.target_time:
             return self.config.initial_gamma
-        return optimal_gamma(self.alpha, self.c, self.config.max_gamma, self.verify_costs())
+        fixed = self.fixed_draft_cost
+        costs = [v + (fixed if k else 0.0) for k, v in enumerate(self.verify_costs())]
+        return optimal_gamma(self.alpha, self.c, self.config.max_gamma, costs)
 
     def _target_line(self) -> tuple[float, float]:
         """(a, b) with target time ~ a + b*k, weighted least squares over the observed k."""
-        points = [(k, s.mean(0.0), s.weight) for k, s in self.target_time.items() if s.weight]
+        points = _points(self.target_time)
         slope_prior = self.config.verify_slope
-        if len({k for k, _, _ in points}) < 2:
-            k, t, _ = points[0] if points else (0, 1.0, 1.0)
-            a = max(t, 1e-9) / (1 + slope_prior * k)
-            return a, slope_prior * a
-        w_sum = sum(w for _, _, w in points)
-        k_mean = sum(k * w for k, _, w in points) / w_sum
-        t_mean = sum(t * w for _, t, w in points) / w_sum
-        var = sum(w * (k - k_mean) ** 2 for k, _, w in points)
-        cov = sum(w * (k - k_mean) * (t - t_mean) for k, t, w in points)
-        b = max(cov / var, 0.0)
-        a = t_mean - b * k_mean
-        if a <= 1e-9:  # noisy fit: fall back to the prior slope through the mean
+        fit = _fit_line(points)
+        if fit is None or fit[0] <= 1e-9:  # one k, or a noisy fit: prior slope through the mean
+            k_mean, t_mean = _means(points) if points else (0.0, 1.0)
             a = max(t_mean, 1e-9) / (1 + slope_prior * k_mean)
-            b = slope_prior * a
-        return a, b
+            return a, slope_prior * a
+        if fit[1] < 0:  # longer passes cannot be cheaper: a flat line through the mean
+            return max(_means(points)[1], 1e-9), 0.0
+        return fit
+
+    def _drafter_line(self) -> tuple[float, float]:
+        """(d0, d1) with drafter time per step ~ d0 + d1*k, both >= 0."""
+        points = _points(self.draft_steps)
+        fit = _fit_line(points)
+        if fit is None or fit[0] < 0:  # no fixed part identifiable: all of it per token
+            return 0.0, self.draft_time.mean(0.0)
+        if fit[1] < 0:
+            return _means(points)[1], 0.0
+        return fit
+
+
+def _points(stats: dict[int, _Smoothed]) -> list[tuple[int, float, float]]:
+    return [(k, s.mean(0.0), s.weight) for k, s in stats.items() if s.weight > 1e-9]
+
+
+def _means(points: list[tuple[int, float, float]]) -> tuple[float, float]:
+    w_sum = sum(w for _, _, w in points)
+    return (sum(k * w for k, _, w in points) / w_sum, sum(t * w for _, t, w in points) / w_sum)
+
+
+def _fit_line(points: list[tuple[int, float, float]]) -> tuple[float, float] | None:
+    """Weighted least squares (intercept, slope) of t over k; None with fewer than 2 k."""
+    if len({k for k, _, _ in points}) < 2:
+        return None
+    k_mean, t_mean = _means(points)
+    var = sum(w * (k - k_mean) ** 2 for k, _, w in points)
+    cov = sum(w * (k - k_mean) * (t - t_mean) for k, t, w in points)
+    slope = cov / var
+    return t_mean - slope * k_mean, slope
