@@ -76,10 +76,13 @@ def build(args: argparse.Namespace, corpus: Path):
     # transformers' universal assisted generation changes its assistant in place (its lm_head
     # was seen cut down to the shared vocabulary): give it a copy of its own
     assistant = copy.deepcopy(small.model)
-    methods += hf_methods(target.model, eos, {args.draft: (assistant, small.tokenizer)},
-                          target.tokenizer, args.lookup_tokens)
+    if not args.only:
+        methods += hf_methods(target.model, eos, {args.draft: (assistant, small.tokenizer)},
+                              target.tokenizer, args.lookup_tokens)
     for spec, gammas in sweep(args.draft, corpus):
         label = spec.split(":")[0]  # bigram:/tmp/... -> bigram
+        if args.only and label != args.only:
+            continue
         for gamma in gammas:
             drafter = build_drafter(spec, target, loader)
             methods.append(specdec_method(target, drafter, build_gamma(gamma),
@@ -141,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lookup-tokens", type=int, default=10)
     parser.add_argument("--questions", type=Path, default=DEFAULT_QUESTIONS)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--only", help="one drafter label (e.g. smollm2-135m@int8) vs plain")
+    parser.add_argument("--name", default="drafters", help="output file stem")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     chosen = questions(args.questions)
@@ -163,11 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     doc = {"meta": meta, "best": best, "summaries": [s.to_dict() for s in summaries],
            "records": [asdict(r) for r in records]}
-    (args.out / "drafters.json").write_text(json.dumps(doc, indent=1, default=str))
+    (args.out / f"{args.name}.json").write_text(json.dumps(doc, indent=1, default=str))
     md = [f"# Drafters on {args.target} ({args.dtype}, greedy, {args.max_new_tokens} new "
           f"tokens, {args.threads} threads)", "", f"`{meta['command']}`", "",
           *method_table(summaries, categories), "", *best_lines, ""]
-    (args.out / "drafters.md").write_text("\n".join(md))
+    (args.out / f"{args.name}.md").write_text("\n".join(md))
     print("\n".join(md))
     return 0
 
