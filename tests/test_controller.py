@@ -5,7 +5,6 @@ decoder's output does not depend on it (greedy identity); the factory specs pars
 from __future__ import annotations
 
 import pytest
-import torch
 
 from specdec.controller import StepRecord
 from specdec.controller_auto import ControllerConfig, GammaController
@@ -16,16 +15,6 @@ from specdec.drafters.ngram import NgramDrafter
 from specdec.models import wrap
 from specdec.sampling import SamplingParams
 from tiny import perturbed, tiny_llama
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny forwards are dominated by thread start-up on a shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 TARGET_S = 0.020  # seconds for a 1-token target pass
 SLOPE = 0.04  # each drafted token adds 4% of a 1-token pass

@@ -30,15 +30,6 @@ LENGTH = 3
 FALSE_ALARM = 1e-3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny forwards are dominated by thread start-up on a shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _random_ids(vocab: int, seed: int, n: int = 20, length: int = 30) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (n, length), generator=g).tolist()
