@@ -89,7 +89,7 @@ class SpeculativeDecoder:
         prompt_ids = self.encode(prompt)
         self._check_length(prompt_ids, params)
         generator = make_generator(params.seed)
-        stop_ids = set(params.stop_token_ids) | self._eos_ids(params)
+        stop_ids = set(params.stop_token_ids) | self.eos_token_ids(params)
         stats = GenerationStats(prompt_tokens=prompt_ids.shape[1])
         policy = FixedGamma(self.gamma) if isinstance(self.gamma, int) else self.gamma()
         start = time.perf_counter()
@@ -212,7 +212,8 @@ class SpeculativeDecoder:
                 f"max_new_tokens={params.max_new_tokens} plus the prompt's "
                 f"{prompt_ids.shape[1]} tokens exceeds the model's context of {window} tokens")
 
-    def _eos_ids(self, params: SamplingParams) -> set[int]:
+    def eos_token_ids(self, params: SamplingParams) -> set[int]:
+        """The model's end-of-sequence ids that stop generation (none when ignore_eos)."""
         if params.ignore_eos:
             return set()
         config = getattr(getattr(self.target, "model", None), "generation_config", None)

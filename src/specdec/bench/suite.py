@@ -139,7 +139,7 @@ def run_benchmark(config: BenchConfig, target: LanguageModel, loader: Loader,
 
 def _eos_ids(target: LanguageModel) -> set[int]:
     """The end tokens our decoder stops at, so transformers stops at the same ones."""
-    return SpeculativeDecoder(target, None, 0)._eos_ids(SamplingParams())
+    return SpeculativeDecoder(target, None, 0).eos_token_ids(SamplingParams())
 
 
 def _fixed_notes(config: BenchConfig, dtype: str) -> list[str]:
