@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from specdec.drafters.base import Proposal
-from specdec.drafters.model import _common_prefix
+from specdec.drafters.model import sync_cache
 from specdec.errors import VocabularyMismatchError
 from specdec.models.base import LanguageModel
 from specdec.sampling import SamplingParams, adjusted_probs, sample
@@ -105,9 +105,5 @@ class CrossTokenizerDrafter:
         return torch.tensor([ids], dtype=torch.long)
 
     def _sync(self, ids: torch.Tensor) -> torch.Tensor:
-        """Roll the drafter cache back to its common prefix with ids; return the tail to feed."""
-        common = min(_common_prefix(self.cached_ids, ids), ids.shape[1] - 1)
-        common = max(common, 0)
-        self.model.rollback(self.model.cached_length - common)
-        self.cached_ids = ids[:, :common]
-        return ids[:, common:]
+        self.cached_ids, feed = sync_cache(self.model, self.cached_ids, ids)
+        return feed

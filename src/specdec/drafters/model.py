@@ -48,12 +48,20 @@ class ModelDrafter:
         return Proposal(drafted, torch.stack(probs, dim=1) if probs else None, forwards=gamma)
 
     def _sync(self, context: torch.Tensor) -> torch.Tensor:
-        """Roll the cache back to its common prefix with context; return the tokens to feed."""
-        common = _common_prefix(self.cached_ids, context)
-        common = min(common, context.shape[1] - 1)  # keep one token pending for its logits
-        self.model.rollback(self.model.cached_length - common)
-        self.cached_ids = context[:, :common]
-        return context[:, common:]
+        self.cached_ids, feed = sync_cache(self.model, self.cached_ids, context)
+        return feed
+
+
+def sync_cache(model: LanguageModel, cached_ids: torch.Tensor,
+               ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Roll model's cache (holding cached_ids) back to its common prefix with ids.
+
+    Returns the ids now cached and the tail of ids still to feed.
+    """
+    common = min(_common_prefix(cached_ids, ids), ids.shape[1] - 1)
+    common = max(common, 0)  # keep one token pending for its logits, if there is one
+    model.rollback(model.cached_length - common)
+    return ids[:, :common], ids[:, common:]
 
 
 def _common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
