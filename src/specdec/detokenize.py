@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 
@@ -23,6 +24,8 @@ class TextStream:
         text = self.tokenizer.decode(self.tokens, skip_special_tokens=self.skip_special_tokens)
         if text.endswith("\ufffd"):
             return ""
-        new = text[len(self.text):] if text.startswith(self.text) else text
+        # a tokenizer may re-read earlier text once more tokens arrive; what was emitted
+        # cannot be taken back, so emit only past the part both decodings share
+        new = text[len(os.path.commonprefix([self.text, text])):]
         self.text = text
         return new
