@@ -17,7 +17,10 @@ class SamplingParams:
     """How to turn logits into a distribution, and when to stop.
 
     temperature 0 means greedy (argmax, a one-hot distribution). top_k 0 and top_p 1 and
-    min_p 0 disable those filters.
+    min_p 0 disable those filters. coupled chooses the verification rule when sampling: True
+    = Gumbel-max noise keyed by (seed, position, token), so the text depends on the seed and
+    the target only (see specdec.noise); False = Algorithm 1's rejection rule (the highest
+    acceptance); None = coupled exactly when a seed is given.
     """
 
     temperature: float = 1.0
@@ -28,6 +31,7 @@ class SamplingParams:
     max_new_tokens: int = 128
     stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
     ignore_eos: bool = False  # keep going past the model's end-of-sequence token
+    coupled: bool | None = None
 
     def __post_init__(self) -> None:
         _check_number("temperature", self.temperature)
@@ -51,10 +55,19 @@ class SamplingParams:
         if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in stops):
             raise ValueError(f"stop_token_ids must be non-negative integers, got {stops!r}")
         object.__setattr__(self, "stop_token_ids", stops)
+        if self.coupled is not None and not isinstance(self.coupled, bool):
+            raise ValueError(f"coupled must be true, false or None, got {self.coupled!r}")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @property
+    def coupled_rule(self) -> bool:
+        """Sampling with seed-keyed noise (drafts and verification): see `coupled`."""
+        if self.greedy:
+            return False
+        return self.seed is not None if self.coupled is None else self.coupled
 
 
 def _check_number(name: str, value: object) -> None:

@@ -6,7 +6,8 @@ import torch
 
 from specdec.drafters.base import Proposal
 from specdec.models.base import LanguageModel
-from specdec.sampling import SamplingParams, adjusted_probs, sample
+from specdec.noise import draw
+from specdec.sampling import SamplingParams, adjusted_probs
 
 
 class ModelDrafter:
@@ -34,13 +35,14 @@ class ModelDrafter:
             return Proposal.empty(context.shape[0])
         feed = self._sync(context)
         tokens, probs = [], []
-        for _ in range(gamma):
+        for i in range(gamma):
             logits = self.model.extend(feed, last=1)[:, -1]
             if params.greedy:
                 token = logits.argmax(dim=-1)
             else:
                 q = adjusted_probs(logits, params)
-                token = sample(q, generator)
+                # coupled: the target's noise at this draft's position
+                token = draw(q, params, generator, context.shape[1] + i)
                 probs.append(q)
             tokens.append(token)
             feed = token[:, None]
