@@ -74,7 +74,8 @@ def _chi_square_pvalue(observed: Counter, exact: dict[tuple[int, ...], float], n
 def _sampled(decoder, prompt, params: SamplingParams) -> Counter:
     counts: Counter = Counter()
     for seed in range(SAMPLES):
-        run = SamplingParams(**{**params.__dict__, "seed": seed})
+        # Algorithm 1's rule (seeded requests default to the coupled one, tested elsewhere)
+        run = SamplingParams(**{**params.__dict__, "seed": seed, "coupled": False})
         counts[tuple(decoder.generate(prompt, run).tokens)] += 1
     return counts
 

@@ -59,7 +59,7 @@ def test_continuations_on_cuda_match_the_target_distribution(gamma, draws, param
     counts = torch.zeros(VOCAB ** LENGTH, dtype=torch.long)
     for seed in range(draws):
         result = decoder.generate(PROMPT, SamplingParams(
-            **params, seed=seed, max_new_tokens=LENGTH, ignore_eos=True))
+            **params, seed=seed, coupled=False, max_new_tokens=LENGTH, ignore_eos=True))
         x1, x2, x3 = result.tokens
         counts[x1 * VOCAB * VOCAB + x2 * VOCAB + x3] += 1
     assert counts[exact == 0].sum() == 0

@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-p", type=float, default=0.0, help="0 = off")
     p.add_argument("--max-new-tokens", type=int, default=256, help="default 256")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default random)")
+    p.add_argument("--coupled", action=argparse.BooleanOptionalAction, default=None,
+                   help="seed-keyed noise: the same seed gives the same text whatever the "
+                        "drafter and gamma (default: on with --seed; --no-coupled: Algorithm "
+                        "1's rejection rule, a little more acceptance)")
     p.add_argument("--dtype", default=None, choices=("bfloat16", "float32", "float16"),
                    help="weights dtype (default bfloat16 where the CPU supports it, else float32)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
@@ -67,7 +71,8 @@ def main(argv: list[str]) -> int:
         raise ValueError(f"--max-new-tokens must be <= {MAX_NEW_TOKENS}")
     # check every value before the (slow) model loading
     params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                            min_p=args.min_p, seed=args.seed, max_new_tokens=args.max_new_tokens)
+                            min_p=args.min_p, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                            coupled=args.coupled)
     gamma = build_gamma(args.gamma)
     runtime = runtime_options(args)
 

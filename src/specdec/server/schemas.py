@@ -51,6 +51,9 @@ class _Sampling(BaseModel):
     min_p: float = Field(default=0.0, ge=0, lt=1)  # extension
     seed: int | None = None
     ignore_eos: bool = False  # extension (vLLM): generate max_tokens whatever the model says
+    # extension: seed-keyed noise, the same text for a seed whatever the drafter and gamma
+    # (None: on exactly when seed is given); false: the rejection rule
+    coupled: bool | None = None
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -95,7 +98,8 @@ class _Sampling(BaseModel):
     def sampling_params(self, max_new_tokens: int) -> SamplingParams:
         return SamplingParams(temperature=self.temperature, top_k=self.top_k,
                               top_p=self.top_p, min_p=self.min_p, seed=self.seed,
-                              max_new_tokens=max_new_tokens, ignore_eos=self.ignore_eos)
+                              max_new_tokens=max_new_tokens, ignore_eos=self.ignore_eos,
+                              coupled=self.coupled)
 
 
 class CompletionRequest(_Sampling):
