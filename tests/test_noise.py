@@ -174,3 +174,21 @@ def test_draw_is_gumbel_max_when_coupled_and_multinomial_otherwise():
     a = draw(q, plain, torch.Generator().manual_seed(1), 12)
     b = torch.multinomial(q, 1, generator=torch.Generator().manual_seed(1))[:, 0]
     assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+def test_cpu_and_cuda_noise_are_identical():
+    assert torch.cuda.is_available(), "the gpu mark needs a CUDA device"
+    cuda = torch.device("cuda")
+    ids = torch.arange(151_936)  # Qwen2.5's vocabulary
+    for seed, start in ((0, 0), (2**63 + 5, 4000), (-7, MAX_POSITION - 63)):
+        at = position_range(start, 64)
+        bits = noise_bits(seed, at, ids)
+        assert torch.equal(noise_bits(seed, at.to(cuda), ids.to(cuda)).cpu(), bits)
+        # the float transform: the same bits, logarithms equal to float64 rounding
+        on_cpu, on_cuda = gumbel(seed, at, ids), gumbel(seed, at.to(cuda), ids.to(cuda)).cpu()
+        assert torch.allclose(on_cuda, on_cpu, rtol=1e-13, atol=0)
+        probs = torch.softmax(torch.randn(64, len(ids), generator=torch.Generator()
+                                          .manual_seed(seed % 1000)), dim=-1)
+        assert torch.equal(gumbel_argmax(probs.to(cuda), seed, at.to(cuda)).cpu(),
+                           gumbel_argmax(probs, seed, at))

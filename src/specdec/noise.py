@@ -114,10 +114,10 @@ def gumbel_argmax(probs: torch.Tensor, seed: int, at: torch.Tensor,
                   ids: torch.Tensor | None = None) -> torch.Tensor:
     """argmax over the last dim of log probs + G (column indices, int64, probs.shape[:-1]).
 
-    probs [..., V'] are distributions whose column j is token ids[j] (default: j). Computed as the equivalent exponential race, argmax
-    p / E with E = -log U: one logarithm per entry instead of three. at: the positions,
-    broadcast to probs.shape[:-1]. Columns with p = 0
-    (filtered tokens) score -inf and never win.
+    probs [..., V'] are distributions whose column j is token ids[j] (default: j); at holds
+    the absolute positions, broadcast to probs.shape[:-1]. Computed as the equivalent
+    exponential race, argmax p / E with E = -log U: one logarithm per entry instead of three.
+    Columns with p = 0 (filtered tokens) score -inf and never win.
     """
     if ids is None:
         ids = torch.arange(probs.shape[-1], device=probs.device)
