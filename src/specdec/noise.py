@@ -18,6 +18,7 @@ Pure tensor code: nothing here knows about models.
 
 from __future__ import annotations
 
+import functools
 import secrets
 from dataclasses import replace
 
@@ -92,6 +93,13 @@ def token_keys(ids: torch.Tensor) -> torch.Tensor:
     return mix32_(keys)
 
 
+@functools.lru_cache(maxsize=8)
+def _vocabulary_keys(vocab_size: int, device: torch.device) -> torch.Tensor:
+    """token_keys of 0..vocab_size-1, kept: hashing 152k ids costs more than the rest of a
+    one-position draw. Never written to (callers xor into a new tensor)."""
+    return token_keys(torch.arange(vocab_size, device=device))
+
+
 def noise_bits(seed: int, positions: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """The hash h(seed, t, x) as int32 bit patterns, [*positions.shape, len(ids)]."""
     keys = position_keys(seed, positions.to(ids.device))
@@ -119,10 +127,12 @@ def gumbel_argmax(probs: torch.Tensor, seed: int, at: torch.Tensor,
     exponential race, argmax p / E with E = -log U: one logarithm per entry instead of three.
     Columns with p = 0 (filtered tokens) score -inf and never win.
     """
-    if ids is None:
-        ids = torch.arange(probs.shape[-1], device=probs.device)
     where = at.to(probs.device).expand(probs.shape[:-1])
-    neg_e = uniforms(noise_bits(seed, where, ids.to(probs.device))).log_().float()
+    keys = position_keys(seed, where)
+    tokens = _vocabulary_keys(probs.shape[-1], probs.device) if ids is None \
+        else token_keys(ids.to(probs.device))
+    neg_e = uniforms(mix32_(tokens.expand(*keys.shape, -1).bitwise_xor(keys[..., None])))
+    neg_e = neg_e.log_().float()
     return neg_e.div_(probs.float()).argmax(dim=-1)  # max of -E/p = max of p/E
 
 
