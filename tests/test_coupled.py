@@ -183,3 +183,14 @@ def test_coupled_continuations_match_the_target_distribution():
     assert pooled_chisquare(counts.double(), exact * draws) > 1e-4
     tv = 0.5 * (counts.double() / draws - exact).abs().sum()
     assert tv < tv_threshold(exact, draws), f"TV {tv:.3f}"
+
+
+def test_a_drafter_equal_to_the_target_drafts_the_targets_own_tokens(setup):
+    """Drafts use the target's noise at the right positions: with q = p every draft is the
+    target's own Gumbel-max token (a drafter with its own random numbers would be accepted
+    with chance sum p^2 only)."""
+    twin = ModelDrafter(wrap(perturbed(setup.same.model, 0.0), name="twin"))
+    decoder = SpeculativeDecoder(setup.same, twin, 4)
+    for i in range(4):
+        stats = decoder.generate(setup.prompts["same"][i], _params(i, seed=50 + i)).stats
+        assert stats.drafted > 0 and stats.accepted == stats.drafted
