@@ -102,6 +102,7 @@ class SpeculativeDecoder:
                 t0 = time.perf_counter()
                 self.drafter.begin(prompt_ids)
                 stats.drafter_s += time.perf_counter() - t0
+            stats.prefill_s = time.perf_counter() - start
             while True:
                 remaining = params.max_new_tokens - stats.generated
                 # a step emits up to k + 1 tokens: never draft past max_new_tokens
@@ -129,6 +130,7 @@ class SpeculativeDecoder:
                     stopped = bool(emitted) and emitted[-1] in stop_ids
                     event.finish_reason = "stop" if stopped else "length"
                 stats.total_s = time.perf_counter() - start
+                stats.first_token_s = stats.first_token_s or stats.total_s
                 event.stats = stats
                 yield event
                 if event.finished:

@@ -21,7 +21,7 @@ from specdec.decoding import SpeculativeDecoder
 from specdec.detokenize import TextStream
 from specdec.sampling import SamplingParams
 from specdec.server.metrics import ServerMetrics
-from specdec.server.stop import StopMatcher
+from specdec.stop import StopMatcher
 from specdec.stats import GenerationStats
 
 log = logging.getLogger("specdec.server")
