@@ -243,6 +243,8 @@ def test_stop_strings_cut_the_text_across_blocks(models, capsys, draft):
     many of them straddle two verification blocks; the result must not depend on that."""
     full = generate_json(capsys, models, "--draft", "none", "--max-new-tokens", "24")["text"]
     spec = ["--draft", str(models["drafter"]), "--gamma", "4"] if draft == "drafter" else []
+    if spec:  # blocks of ~4 tokens: windows starting every 3 characters straddle some of them
+        assert generate_json(capsys, models, *spec)["stats"]["tokens_per_call"] > 3
     for start in range(0, 18, 3):
         stop = full[start:start + 3]
         cut = full.find(stop)
@@ -250,8 +252,6 @@ def test_stop_strings_cut_the_text_across_blocks(models, capsys, draft):
         assert result["text"] == full[:cut], stop
         assert result["finish_reason"] == "stop" and result["stop_reason"] == stop
         assert len(result["tokens"]) == cut + len(stop) == result["stats"]["generated"]
-        if draft == "drafter":  # blocks of several tokens, so some windows straddle two
-            assert result["stats"]["tokens_per_call"] > 1.5
     code, out, err = run(capsys, "def f(x):", *plain_args(models, "--stop", full[6:9]))
     assert code == 0 and out == full[:full.find(full[6:9])] + "\n"
     assert f"[stopped: stop string {full[6:9]!r}]" in err
