@@ -210,3 +210,54 @@ def test_models_health_and_metrics(url, client) -> None:
     assert all(0 <= r <= 1 for r in rates)
     assert value("specdec_queue_length") == 0
     assert value("specdec_time_to_first_token_seconds_count") >= 1
+
+
+def scrape(url: str, headers: dict | None = None) -> dict[str, object]:
+    """Metric families by name, parsed by prometheus_client."""
+    text = httpx.get(f"{url}/metrics", headers=headers).text
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def histogram(families: dict, name: str) -> tuple[float, float]:
+    """(count, sum) of an unlabelled histogram; its buckets must be cumulative."""
+    family = families[name]
+    assert family.type == "histogram"
+    samples = {s.name: s for s in family.samples if s.name != f"{name}_bucket"}
+    buckets = [s.value for s in family.samples if s.name == f"{name}_bucket"]
+    assert buckets == sorted(buckets) and buckets[-1] == samples[f"{name}_count"].value
+    return samples[f"{name}_count"].value, samples[f"{name}_sum"].value
+
+
+LATENCIES = ["specdec_time_to_first_token_seconds", "specdec_inter_token_latency_seconds",
+             "specdec_e2e_request_latency_seconds", "specdec_request_queue_time_seconds",
+             "specdec_request_time_per_output_token_seconds"]
+
+
+def test_latency_histograms(url, client) -> None:
+    before = {name: histogram(scrape(url), name) for name in LATENCIES}
+    got = client.completions.create(model="tiny", prompt="latency", max_tokens=16,
+                                    temperature=0, extra_body={"ignore_eos": True})
+    after = {name: histogram(scrape(url), name) for name in LATENCIES}
+    delta = {name: (after[name][0] - before[name][0], after[name][1] - before[name][1])
+             for name in LATENCIES}
+    steps = got.model_extra["speculative"]["target_calls"]
+    assert 1 < steps < 16  # several steps, some of several tokens
+    ttft, itl, e2e, queue, tpot = (delta[name] for name in LATENCIES)
+    assert ttft[0] == e2e[0] == queue[0] == tpot[0] == 1
+    assert itl[0] == steps - 1  # one observation per step after the first, as vLLM
+    assert 0 <= queue[1] <= ttft[1] < e2e[1]
+    assert e2e[1] == pytest.approx(ttft[1] + itl[1], abs=0.05)
+    assert tpot[1] == pytest.approx((e2e[1] - ttft[1]) / 15, rel=0.2, abs=1e-3)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_completion_echo_sends_the_prompt_first(client, library, stream: bool) -> None:
+    want = library.generate("Echo me", SamplingParams(temperature=0, max_new_tokens=8)).text
+    got = client.completions.create(model="tiny", prompt="Echo me", max_tokens=8,
+                                    temperature=0, echo=True, stream=stream)
+    text = "".join(c.choices[0].text for c in got) if stream else got.choices[0].text
+    assert text == "Echo me" + want
+    ids = library.tokenizer("Echo me").input_ids
+    got = client.completions.create(model="tiny", prompt=ids, max_tokens=8, temperature=0,
+                                    echo=True)
+    assert got.choices[0].text == "Echo me" + want

@@ -17,6 +17,7 @@ class Shape:
     chat: bool
     id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
+    echo: str = ""  # completions with echo: the prompt's text, sent before the completion
 
     def __post_init__(self) -> None:
         self.id = self.id or f"{'chatcmpl' if self.chat else 'cmpl'}-{uuid.uuid4().hex}"
@@ -27,15 +28,18 @@ class Shape:
             choice = {"index": 0, "message": {"role": "assistant", "content": text},
                       "logprobs": None, "finish_reason": done.finish_reason}
         else:
-            choice = {"index": 0, "text": text, "logprobs": None,
+            choice = {"index": 0, "text": self.echo + text, "logprobs": None,
                       "finish_reason": done.finish_reason}
         body = self._head("chat.completion" if self.chat else "text_completion")
         return {**body, "choices": [choice], "usage": usage(done),
                 "speculative": done.stats}
 
     def opening(self) -> list[dict]:
-        """Chunks sent before any text (chat announces the assistant role)."""
-        return [self.chunk("", role=True)] if self.chat else []
+        """Chunks sent before any text: chat announces the assistant role, completions
+        with echo send the prompt."""
+        if self.chat:
+            return [self.chunk("", role=True)]
+        return [self.chunk(self.echo)] if self.echo else []
 
     def chunk(self, text: str, role: bool = False) -> dict:
         if self.chat:

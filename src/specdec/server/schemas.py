@@ -119,8 +119,6 @@ class CompletionRequest(_Sampling):
 
     def check_supported(self) -> None:
         super().check_supported()
-        if self.echo:
-            raise APIError(400, "echo is not supported", "echo")
         if self.logprobs is not None:
             raise APIError(400, "logprobs is not supported", "logprobs")
         if self.best_of not in (None, 1):
