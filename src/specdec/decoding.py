@@ -17,7 +17,15 @@ from specdec.controller import FixedGamma, GammaPolicy, StepRecord
 from specdec.drafters.base import Drafter, Proposal
 from specdec.drafters.model import ModelDrafter
 from specdec.models.base import LanguageModel, check_same_vocabulary
-from specdec.sampling import SamplingParams, adjusted_probs, make_generator
+from specdec.sampling import (
+    SamplingParams,
+    TokenHistory,
+    TokenLogprob,
+    adjusted_probs,
+    make_generator,
+    penalize,
+    token_logprobs,
+)
 from specdec.stats import GenerationStats
 from specdec.verify import overlap, verify, verify_greedy
 
@@ -33,6 +41,7 @@ class StepEvent:
     finished: bool = False
     finish_reason: str | None = None  # "stop" or "length" once finished
     stats: GenerationStats = field(default_factory=GenerationStats)
+    logprobs: list[TokenLogprob] | None = None  # per emitted token, when params.logprobs
 
     @property
     def tokens(self) -> list[int]:
@@ -88,6 +97,7 @@ class SpeculativeDecoder:
         params = params or SamplingParams()
         prompt_ids = self.encode(prompt)
         self._check_length(prompt_ids, params)
+        params.check_vocabulary(self.target.vocab_size)
         generator = make_generator(params.seed)
         stop_ids = set(params.stop_token_ids) | self.eos_token_ids(params)
         stats = GenerationStats(prompt_tokens=prompt_ids.shape[1])
@@ -103,15 +113,18 @@ class SpeculativeDecoder:
                 self.drafter.begin(prompt_ids)
                 stats.drafter_s += time.perf_counter() - t0
             stats.prefill_s = time.perf_counter() - start
+            output_start = context.shape[1]  # penalties count the output from here
             while True:
+                history = TokenHistory.of(context, output_start, self.target.vocab_size) \
+                    if params.penalized else None
                 remaining = params.max_new_tokens - stats.generated
                 # a step emits up to k + 1 tokens: never draft past max_new_tokens
                 before = (stats.drafter_s, stats.drafter_calls, stats.target_s)
                 proposal = self._propose(context, min(policy.choose(), remaining - 1), params,
-                                         generator, stats)
+                                         generator, stats, history)
                 # the context's last token is pending: not yet in the target's cache
                 event, betas = self._verify_step(context[:, -1:], proposal, params, generator,
-                                                 stats)
+                                                 stats, history)
                 policy.observe(StepRecord(
                     drafted=proposal.length, accepted=len(event.accepted), betas=betas,
                     drafter_s=stats.drafter_s - before[0],
@@ -123,6 +136,8 @@ class SpeculativeDecoder:
                     emitted = emitted[:cut]
                     event.accepted = event.accepted[:cut]
                     event.next_token = emitted[-1] if len(emitted) > len(event.accepted) else None
+                    if event.logprobs is not None:
+                        event.logprobs = event.logprobs[:cut]
                 stats.generated += len(emitted)
                 context = torch.cat([context, torch.tensor([emitted])], dim=1)
                 if cut is not None or stats.generated >= params.max_new_tokens:
@@ -137,12 +152,15 @@ class SpeculativeDecoder:
                     return
 
     def _propose(self, context: torch.Tensor, k: int, params: SamplingParams,
-                 generator: torch.Generator, stats: GenerationStats) -> Proposal:
+                 generator: torch.Generator, stats: GenerationStats,
+                 history: TokenHistory | None = None) -> Proposal:
         if self.drafter is None or k <= 0:
             return Proposal.empty(context.shape[0])
         t0 = time.perf_counter()
+        # the history only when penalties need it: drafters written without it still work
+        extra = {} if history is None else {"history": history}
         try:
-            proposal = self.drafter.propose(context, k, params, generator)
+            proposal = self.drafter.propose(context, k, params, generator, **extra)
         except Exception as error:  # a broken drafter costs speed, never correctness
             warnings.warn(f"drafter {self.drafter.name!r} failed ({error!r}); "
                           "decoding this step without drafts", RuntimeWarning, stacklevel=2)
@@ -158,12 +176,14 @@ class SpeculativeDecoder:
 
     def _verify_step(self, pending: torch.Tensor, proposal: Proposal, params: SamplingParams,
                      generator: torch.Generator, stats: GenerationStats,
-                     ) -> tuple[StepEvent, list[float]]:
+                     history: TokenHistory | None = None) -> tuple[StepEvent, list[float]]:
         drafts = proposal.tokens
         k = drafts.shape[1]
         t0 = time.perf_counter()
-        logits = self.target.extend(torch.cat([pending, drafts], dim=1))  # p_1..p_{k+1}
+        raw = logits = self.target.extend(torch.cat([pending, drafts], dim=1))  # p_1..p_{k+1}
         stats.target_s += time.perf_counter() - t0
+        if history is not None:  # position i sees the history plus drafts x_1..x_{i-1}
+            logits = penalize(logits, params, history, drafts)
         if params.greedy:
             verdict = verify_greedy(drafts, logits)
             betas = (verdict.accepted[0] > torch.arange(k)).float()  # one-hot p, q: beta = match
@@ -179,6 +199,8 @@ class SpeculativeDecoder:
         stats.record_step(k, n, kept_betas)
         event = StepEvent(accepted=drafts[0, :n].tolist(), rejected=drafts[0, n:].tolist(),
                           next_token=int(verdict.next_token[0]), bonus=n == k)
+        if params.logprobs is not None:  # the verify forward's logits: no extra forward
+            event.logprobs = token_logprobs(raw[0, : n + 1], event.tokens, params.logprobs)
         return event, kept_betas
 
     # --- text, limits ---------------------------------------------------------------------

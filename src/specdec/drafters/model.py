@@ -6,7 +6,7 @@ import torch
 
 from specdec.drafters.base import Proposal
 from specdec.models.base import LanguageModel
-from specdec.sampling import SamplingParams, adjusted_probs, sample
+from specdec.sampling import SamplingParams, TokenHistory, adjusted_probs, penalize, sample
 
 
 class ModelDrafter:
@@ -27,13 +27,15 @@ class ModelDrafter:
         self.cached_ids = context[:, : self.model.cached_length]
 
     def propose(self, context: torch.Tensor, gamma: int, params: SamplingParams,
-                generator: torch.Generator) -> Proposal:
+                generator: torch.Generator, history: TokenHistory | None = None) -> Proposal:
         if gamma <= 0:
             return Proposal.empty(context.shape[0])
         feed = self._sync(context)
         tokens, probs = [], []
         for _ in range(gamma):
             logits = self.model.extend(feed)[:, -1]
+            if history is not None:
+                logits = penalize(logits, params, history)
             if params.greedy:
                 token = logits.argmax(dim=-1)
             else:
@@ -42,6 +44,8 @@ class ModelDrafter:
                 probs.append(q)
             tokens.append(token)
             feed = token[:, None]
+            if history is not None:  # the next draft sees this one, as the target will
+                history = history.plus(feed)
         drafted = torch.stack(tokens, dim=1)
         # the last draft was never fed: the cache holds context + x_1..x_{gamma-1}
         self.cached_ids = torch.cat([context, drafted[:, :-1]], dim=1)
