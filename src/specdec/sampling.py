@@ -168,9 +168,12 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> tor
     return drawn.reshape(probs.shape[:-1])
 
 
-def make_generator(seed: int | None) -> torch.Generator:
-    """A CPU generator seeded from `seed`, or from fresh entropy when seed is None."""
-    generator = torch.Generator()
+def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator on `device` seeded from `seed`, or from fresh entropy when seed is None.
+
+    Samples are drawn where the distributions are: no host round trip per draw.
+    """
+    generator = torch.Generator(device=device)
     if seed is None:
         generator.seed()
     else:
@@ -202,6 +205,7 @@ class TokenHistory:
         """This history followed by output tokens [B, m]."""
         if tokens.shape[1] == 0:
             return self
+        tokens = tokens.to(self.counts.device)
         counts = self.counts.scatter_add(1, tokens, torch.ones_like(tokens,
                                                                     dtype=self.counts.dtype))
         return TokenHistory(self.seen.scatter(1, tokens, True), counts)
@@ -219,14 +223,16 @@ def penalize(logits: torch.Tensor, params: SamplingParams, history: TokenHistory
     """
     single = logits.ndim == 2
     logits = logits.float()[:, None] if single else logits.float()
-    seen, counts = history.seen[:, None], history.counts[:, None]  # [B, 1, V]
+    device = logits.device  # a drafter may run on another device than the target
+    seen, counts = history.seen[:, None].to(device), history.counts[:, None].to(device)
     n = logits.shape[1]
     if drafts is not None and n > 1 and drafts.shape[1] > 0:
         # counts of drafts[:, :j] for j = 0..n-1: a running sum of one-hot rows
-        ahead = one_hot(drafts[:, : n - 1], counts.shape[-1]).cumsum(dim=1)
+        ahead = one_hot(drafts[:, : n - 1].to(device), counts.shape[-1]).cumsum(dim=1)
         ahead = torch.cat([torch.zeros_like(ahead[:, :1]), ahead], dim=1)  # [B, n, V]
         counts, seen = counts + ahead, seen | (ahead > 0)
     if columns is not None:
+        columns = columns.to(device)
         seen, counts = seen[..., columns], counts[..., columns]
     if params.logit_bias:
         ids, values = zip(*params.logit_bias, strict=True)
@@ -257,7 +263,8 @@ def token_logprobs(logits: torch.Tensor, tokens: list[int], top: int) -> list[To
     The model's own distribution, before temperature, filters and penalties (vLLM's default).
     """
     logprobs = torch.log_softmax(logits.float(), dim=-1)
-    chosen = logprobs[torch.arange(len(tokens)), torch.tensor(tokens)].tolist()
+    rows = torch.arange(len(tokens), device=logits.device)
+    chosen = logprobs[rows, torch.tensor(tokens, device=logits.device)].tolist()
     if top > 0:
         values, ids = logprobs.topk(top, dim=-1)
         tops = [list(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(),

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from specdec import prompts
-from specdec.cli.render import finish_line, renderer, summary
+from specdec.cli.options import add_runtime_arguments, runtime_options
+from specdec.cli.render import compile_seconds, finish_line, renderer, summary
 from specdec.decoding import SpeculativeDecoder
 from specdec.drafters.factory import build_drafter, build_gamma
 from specdec.sampling import SamplingParams
@@ -43,6 +44,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, choices=("bfloat16", "float32", "float16"),
                    help="weights dtype (default bfloat16 where the CPU supports it, else float32)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
+    add_runtime_arguments(p)
 
 
 def add_sampling_options(p: argparse.ArgumentParser) -> None:
@@ -107,7 +109,8 @@ def main(argv: list[str]) -> int:
             report["prompt"] = prompt_text
         print(json.dumps(report))
     print(finish_line(outcome, tokenizer, params.max_new_tokens), file=sys.stderr)
-    print(summary(outcome.stats, drafter_name(decoder)), file=sys.stderr)
+    print(summary(outcome.stats, drafter_name(decoder),
+                  compile_seconds(decoder.target, decoder.drafter)), file=sys.stderr)
     return 0
 
 
@@ -183,17 +186,19 @@ def _unescape(text: str) -> str:
 def load_decoder(args: argparse.Namespace) -> SpeculativeDecoder:
     """Target and drafter named by the model options, ready to decode."""
     gamma = build_gamma(args.gamma)
+    runtime = runtime_options(args)
 
     from specdec.models.loading import load_model, resolve_dtype, set_threads
 
-    dtype = resolve_dtype(args.dtype)
+    dtype = resolve_dtype(args.dtype, runtime.device)
     if args.threads is not None:
         set_threads(args.threads)
 
     def loader(spec: str) -> Any:
         if sys.stderr.isatty():
-            print(f"loading {spec} ({str(dtype).removeprefix('torch.')}) ...", file=sys.stderr)
-        return load_model(spec, dtype=dtype)
+            print(f"loading {spec} ({str(dtype).removeprefix('torch.')}, {runtime.device}) ...",
+                  file=sys.stderr)
+        return load_model(spec, dtype=dtype, **runtime.load_kwargs())
 
     target = loader(args.target)
     return SpeculativeDecoder(target, build_drafter(args.draft, target, loader), gamma)

@@ -132,7 +132,16 @@ def finish_line(outcome: Outcome, tokenizer: Any, max_new_tokens: int) -> str:
     return f"[stopped: end-of-sequence token {token!r}]"
 
 
-def summary(stats: GenerationStats, drafter: str) -> str:
+def compile_seconds(*models: Any) -> float:
+    """Time spent compiling steps in these models (and a drafter's model), 0 when eager."""
+    total = 0.0
+    for model in models:
+        total += getattr(model, "compile_s", 0.0) + getattr(getattr(model, "model", None),
+                                                             "compile_s", 0.0)
+    return total
+
+
+def summary(stats: GenerationStats, drafter: str, compile_s: float = 0.0) -> str:
     """One line of the numbers that matter, for stderr."""
     line = (f"[{stats.generated} tokens in {stats.total_s:.2f}s, {stats.tokens_per_s:.1f} tok/s: "
             f"prefill {stats.prefill_s:.2f}s ({stats.prompt_tokens} prompt tokens), "
@@ -141,4 +150,6 @@ def summary(stats: GenerationStats, drafter: str) -> str:
     if stats.drafted:
         line += (f"; drafter {drafter}: {stats.accepted}/{stats.drafted} drafts accepted "
                  f"({stats.acceptance_rate:.0%}), alpha {stats.alpha:.2f}")
+    if compile_s:
+        line += f"; compiling took {compile_s:.1f}s of that"
     return line + "]"

@@ -95,6 +95,7 @@ class NgramLMDrafter:
         tokens, probs = [], []
         for _ in range(gamma):
             logq = torch.stack([self.log_probs(int(t)) for t in prev])  # [B, V]
+            logq = logq.to(generator.device)  # q lives where the generator draws
             if history is not None:  # log q as logits: penalized as the target's are
                 logq = penalize(logq, params, history)
             q = adjusted_probs(logq, params)
