@@ -288,3 +288,23 @@ def test_finish_reason_echo_and_timings(models, capsys):
     assert stats["decode_tokens_per_s"] == pytest.approx(
         (stats["generated"] - 1) / (stats["total_s"] - stats["first_token_s"]))
     assert expected["finish_reason"] == "length" and expected["stop_reason"] is None
+
+
+def test_penalties_and_logprobs_options(models, capsys):
+    penalties = ("--repetition-penalty", "1.5", "--frequency-penalty", "0.5",
+                 "--presence-penalty", "0.3", "--logit-bias", "70=2.5")
+    plain = generate_json(capsys, models, "--draft", "none")
+    penalized = generate_json(capsys, models, "--draft", "none", *penalties, "--logprobs", "2")
+    assert penalized["tokens"] != plain["tokens"]
+    drafted = generate_json(capsys, models, "--draft", str(models["drafter"]), "--gamma", "4",
+                            *penalties)
+    assert drafted["tokens"] == penalized["tokens"]  # exact under drafting
+    assert drafted["stats"]["accepted"] > 0
+    entries = penalized["logprobs"]
+    assert [e["token"] for e in entries] == penalized["tokens"]
+    assert all(e["logprob"] <= 0 and len(e["top"]) == 2 for e in entries)
+    assert "ID=BIAS" in bad(capsys, "hi", *plain_args(models, "--logit-bias", "x=1"))
+    assert "outside the vocabulary" in bad(capsys, "hi", *plain_args(models, "--logit-bias",
+                                                                     "100000=1"))
+    assert "repetition_penalty" in bad(capsys, "hi", *plain_args(models, "--repetition-penalty",
+                                                                 "0"))

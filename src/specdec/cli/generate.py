@@ -55,6 +55,15 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-p", type=float, default=0.0, help="0 = off")
     p.add_argument("--max-new-tokens", type=int, default=256, help="default 256")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default random)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="divide the logits of tokens already in the prompt or output "
+                        "(transformers' rule; 1 = off)")
+    p.add_argument("--frequency-penalty", type=float, default=0.0,
+                   help="subtract this times the count of each token in the output (0 = off)")
+    p.add_argument("--presence-penalty", type=float, default=0.0,
+                   help="subtract this from tokens present in the output (0 = off)")
+    p.add_argument("--logit-bias", action="append", default=[], metavar="ID=BIAS",
+                   help="add BIAS (in [-100, 100]) to token ID's logit (repeatable)")
     p.add_argument("--stop", action="append", default=[], metavar="STR",
                    help="stop when the text contains STR (repeatable; \\n and \\t are newline "
                         "and tab); the text ends just before it")
@@ -77,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the prompt (as the model sees it) before the generated text")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: text, tokens, finish_reason, stats")
+    p.add_argument("--logprobs", type=int, default=None, metavar="N",
+                   help="with --json: each token's log-probability and its N most likely "
+                        "alternatives (the target's own distribution)")
     return p
 
 
@@ -85,6 +97,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.json and args.show:
         parser.error("--json and --show do not go together")
+    if args.logprobs is not None and not args.json:
+        parser.error("--logprobs needs --json")
     prompt_text = read_prompt(args.prompt, args.file)
     # check every value before the (slow) model loading
     params, stops = sampling_params(args), stop_strings(args.stop)
@@ -107,6 +121,8 @@ def main(argv: list[str]) -> int:
             "stats": outcome.stats.to_dict()}
         if args.echo:
             report["prompt"] = prompt_text
+        if outcome.logprobs is not None:
+            report["logprobs"] = logprobs_report(outcome.logprobs, tokenizer)
         print(json.dumps(report))
     print(finish_line(outcome, tokenizer, params.max_new_tokens), file=sys.stderr)
     print(summary(outcome.stats, drafter_name(decoder),
@@ -157,8 +173,36 @@ def _bounded(data: bytes, where: str) -> str:
 def sampling_params(args: argparse.Namespace) -> SamplingParams:
     if args.max_new_tokens > MAX_NEW_TOKENS:
         raise ValueError(f"--max-new-tokens must be <= {MAX_NEW_TOKENS}")
-    return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                          min_p=args.min_p, seed=args.seed, max_new_tokens=args.max_new_tokens)
+    return SamplingParams(
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+        seed=args.seed, max_new_tokens=args.max_new_tokens,
+        repetition_penalty=args.repetition_penalty, frequency_penalty=args.frequency_penalty,
+        presence_penalty=args.presence_penalty, logit_bias=logit_bias(args.logit_bias),
+        logprobs=getattr(args, "logprobs", None))
+
+
+def logit_bias(values: list[str]) -> dict[int, float]:
+    """--logit-bias ID=BIAS values as {id: bias}."""
+    out = {}
+    for value in values:
+        token, sep, bias = value.partition("=")
+        try:
+            out[int(token)] = float(bias)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"--logit-bias takes ID=BIAS (e.g. 13=-100), got {value!r}")
+    return out
+
+
+def logprobs_report(logprobs: list, tokenizer: Any) -> list[dict]:
+    """JSON entries: token id and text, its logprob, the top alternatives."""
+    def text(token: int) -> str:
+        return tokenizer.decode([token]) if tokenizer is not None else ""
+
+    return [{"token": lp.token, "text": text(lp.token), "logprob": lp.logprob,
+             "top": [{"token": t, "text": text(t), "logprob": v} for t, v in lp.top]}
+            for lp in logprobs]
 
 
 def stop_strings(values: list[str]) -> list[str]:

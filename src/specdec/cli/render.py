@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
 from specdec.decoding import StepEvent
+from specdec.sampling import TokenLogprob
 from specdec.stats import GenerationStats
 from specdec.stop import StoppingText
 
@@ -29,6 +30,7 @@ class Outcome:
     finish_reason: str  # "stop" (stop token or stop string) or "length"
     stop_reason: str | int | None  # the stop string, or the stop token id; None at length
     stats: GenerationStats
+    logprobs: list[TokenLogprob] | None = None  # one per token, when asked for
 
 
 class PlainText:
@@ -40,8 +42,12 @@ class PlainText:
 
     def run(self, events: Iterable[StepEvent]) -> Outcome:
         stats, reason = GenerationStats(), "length"
+        logprobs: list[TokenLogprob] | None = None
         for event in events:
             stats = event.stats
+            if event.logprobs is not None:
+                logprobs = logprobs if logprobs is not None else []
+                logprobs.extend(event.logprobs)
             self.step(event)
             self.out.flush()
             if self.text.stopped:
@@ -60,7 +66,9 @@ class PlainText:
             stats = replace(stats, generated=len(tokens))  # count what is shown
         else:
             stop_reason = tokens[-1] if reason == "stop" and tokens else None
-        return Outcome(self.text.output, tokens, reason, stop_reason, stats)
+        if logprobs is not None:
+            logprobs = logprobs[: len(tokens)]  # past a stop string nothing is shown
+        return Outcome(self.text.output, tokens, reason, stop_reason, stats, logprobs)
 
     def step(self, event: StepEvent) -> None:
         self.out.write(self._push(event.tokens))

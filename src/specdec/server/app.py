@@ -93,8 +93,10 @@ async def _generate(request: Request, engine: Engine, req, ids: list[int],
     max_new = _max_new_tokens(req.max_tokens, len(ids), engine)
     try:
         params = req.sampling_params(max_new)
+        params.check_vocabulary(engine.decoder.target.vocab_size)
     except ValueError as error:
-        raise APIError(400, str(error)) from None
+        param = "logit_bias" if "logit_bias" in str(error) else None
+        raise APIError(400, str(error), param) from None
     job = Job(ids, params, req.stop_strings(), asyncio.get_running_loop())
     try:
         engine.submit(job)
@@ -109,11 +111,14 @@ async def _generate(request: Request, engine: Engine, req, ids: list[int],
     watcher = asyncio.create_task(_watch_disconnect(request, engine, job))
     try:
         pieces: list[str] = []
+        logprobs = None if params.logprobs is None else []
         async for item in job.items():
             if isinstance(item, TextChunk):
                 pieces.append(item.text)
+                if logprobs is not None and item.logprobs:
+                    logprobs.extend(item.logprobs)
             elif isinstance(item, Finished):
-                return JSONResponse(shape.full("".join(pieces), item))
+                return JSONResponse(shape.full("".join(pieces), item, logprobs))
             else:
                 raise _item_error(item)
         raise APIError(500, "generation ended without a result", kind="server_error")
@@ -131,7 +136,7 @@ async def _sse(request: Request, engine: Engine, job: Job, shape: Shape,
             yield _event(body)
         async for item in job.items():
             if isinstance(item, TextChunk):
-                yield _event(shape.chunk(item.text))
+                yield _event(shape.chunk(item.text, logprobs=item.logprobs))
             elif isinstance(item, Finished):
                 for body in shape.closing(item, include_usage):
                     yield _event(body)

@@ -19,7 +19,7 @@ from typing import Any
 
 from specdec.decoding import SpeculativeDecoder
 from specdec.prompts import chat_ids
-from specdec.sampling import SamplingParams
+from specdec.sampling import SamplingParams, TokenLogprob
 from specdec.server.metrics import ServerMetrics
 from specdec.stats import GenerationStats
 from specdec.stop import StoppingText
@@ -32,8 +32,19 @@ class QueueFullError(Exception):
 
 
 @dataclass
+class TokenInfo:
+    """One generated token's log-probability, for the response's logprobs."""
+
+    text: str  # the token's own text
+    logprob: float
+    top: list[tuple[str, float]]  # the most likely alternatives (text, logprob)
+    offset: int  # where the token's text starts in the generated text
+
+
+@dataclass
 class TextChunk:
     text: str  # new text of one token (may be "" while held back)
+    logprobs: list[TokenInfo] | None = None  # when the request asked for them
 
 
 @dataclass
@@ -185,11 +196,14 @@ class Engine:
         for event in self.decoder.stream(job.prompt_ids, job.params):
             stats = event.stats
             last_step = self._observe_step(job, last_step)
-            for token in event.tokens:  # an accepted block goes out token by token
+            for i, token in enumerate(event.tokens):  # a block goes out token by token
                 with self.tokenizer_lock:
+                    offset = len(text.text.text)
                     piece = text.push(token)
-                if piece:
-                    job.emit(TextChunk(piece))
+                    info = None if event.logprobs is None else [
+                        self._token_info(event.logprobs[i], offset)]
+                if piece or info:
+                    job.emit(TextChunk(piece, info))
                 if text.stopped:
                     reason = "stop"
                     break
@@ -208,6 +222,11 @@ class Engine:
         self.metrics.record_latency(job.submitted, job.first_token_at, time.perf_counter(),
                                     count)
         job.emit(Finished(reason, len(job.prompt_ids), count, stats.to_dict()))
+
+    def _token_info(self, logprob: TokenLogprob, offset: int) -> TokenInfo:
+        decode = self.tokenizer.decode
+        top = [(decode([t]), lp) for t, lp in logprob.top]
+        return TokenInfo(decode([logprob.token]), logprob.logprob, top, offset)
 
     def _observe_step(self, job: Job, last_step: float | None) -> float:
         """Time to first token at the first step, inter-token latency at the others."""
