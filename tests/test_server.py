@@ -7,6 +7,10 @@ library's own output for the same prompt; seeded sampling with the same seed too
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import openai
@@ -335,3 +339,26 @@ def test_chat_logprobs_equal_the_library(client, library, stream: bool) -> None:
     for entry, w in zip(content, want, strict=True):
         assert [t.token for t in entry.top_logprobs] == [decode([t]) for t, _ in w.top]
         assert entry.bytes == list(entry.token.encode())
+
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def run_example(name: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(EXAMPLES / name), *args], env=env, timeout=120,
+                          capture_output=True, text=True)
+
+
+def test_examples_run(url, pair, library) -> None:
+    done = run_example("stream_client.py", "Hello", "--url", f"{url}/v1", "--max-tokens", "8")
+    assert done.returncode == 0, done.stderr
+    want = library.generate(chat_ids(library, [{"role": "user", "content": "Hello"}]),
+                            SamplingParams(temperature=0, max_new_tokens=8)).text
+    assert done.stdout == want + "\n" and "target calls" in done.stderr
+    done = run_example("logprobs_client.py", "Hi", "--url", f"{url}/v1", "--max-tokens", "4")
+    assert done.returncode == 0, done.stderr
+    assert "alternatives" in done.stdout and "mean logprob" in done.stderr
+    done = run_example("library.py", "--target", str(pair[0]), "--max-new-tokens", "12")
+    assert done.returncode == 0, done.stderr
+    assert "step 0: accepted" in done.stdout and "target calls" in done.stdout
