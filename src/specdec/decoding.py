@@ -121,7 +121,7 @@ class SpeculativeDecoder:
             t2 = clock.mark()
             stats.target_s += clock.seconds(t0, t1)
             stats.drafter_s += clock.seconds(t1, t2)
-            stats.prefill_s = time.perf_counter() - start
+            stats.prefill_s = clock.seconds(t0, t2)  # device time: a GPU prefill is queued
             # penalties: tokens seen so far and output counts, on the target's device; the
             # output begins after the context prefill returns
             history = TokenHistory.of(context.to(self.target.device), context.shape[1],
