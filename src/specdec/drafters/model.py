@@ -7,7 +7,7 @@ import torch
 from specdec.drafters.base import Proposal
 from specdec.models.base import LanguageModel
 from specdec.noise import draw
-from specdec.sampling import SamplingParams, adjusted_probs
+from specdec.sampling import SamplingParams, TokenHistory, adjusted_probs, penalize
 
 
 class ModelDrafter:
@@ -30,13 +30,15 @@ class ModelDrafter:
         self._drafts_on_device = None
 
     def propose(self, context: torch.Tensor, gamma: int, params: SamplingParams,
-                generator: torch.Generator) -> Proposal:
+                generator: torch.Generator, history: TokenHistory | None = None) -> Proposal:
         if gamma <= 0:
             return Proposal.empty(context.shape[0])
         feed = self._sync(context)
         tokens, probs = [], []
         for i in range(gamma):
             logits = self.model.extend(feed, last=1)[:, -1]
+            if history is not None:
+                logits = penalize(logits, params, history)
             if params.greedy:
                 token = logits.argmax(dim=-1)
             else:
@@ -46,6 +48,8 @@ class ModelDrafter:
                 probs.append(q)
             tokens.append(token)
             feed = token[:, None]
+            if history is not None:  # the next draft sees this one, as the target will
+                history = history.plus(feed)
         drafted = torch.stack(tokens, dim=1)
         # the last draft was never fed: the cache holds context + x_1..x_{gamma-1}. They are
         # copied to the host at the next step, after the target's step synchronized anyway:
