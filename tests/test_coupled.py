@@ -10,6 +10,7 @@ meets every drafter and gamma. The full product (20 prompts x 12 combinations x 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -194,3 +195,18 @@ def test_a_drafter_equal_to_the_target_drafts_the_targets_own_tokens(setup):
     for i in range(4):
         stats = decoder.generate(setup.prompts["same"][i], _params(i, seed=50 + i)).stats
         assert stats.drafted > 0 and stats.accepted == stats.drafted
+
+
+@pytest.mark.parametrize("kind", DRAFTERS)
+def test_coupled_output_with_penalties_equals_plain_seeded_sampling(setup, kind):
+    """Penalties change p (and q) per position; the coupled text still is plain sampling's."""
+    penalties = dict(repetition_penalty=1.4, frequency_penalty=0.5, presence_penalty=0.3,
+                     logit_bias={1: 2.0, 2: -1.0})
+    target = setup.target(kind)
+    plain = SpeculativeDecoder(target, None, 0)
+    decoder = SpeculativeDecoder(target, setup.drafter(kind), 3)
+    prompts = setup.prompts["cross" if kind == "cross" else "same"]
+    for i in range(6):
+        params = dataclasses.replace(_params(i, seed=300 + i), **penalties)
+        assert decoder.generate(prompts[i], params).tokens == \
+            plain.generate(prompts[i], params).tokens, (kind, i)
