@@ -30,6 +30,8 @@ class _CachedModel:
     def rollback(self, n: int) -> None:
         if n < 0 or n > self._length:
             raise ValueError(f"cannot roll back {n} of {self._length} cached positions")
+        if n == 0:  # crop(-0) is crop(0): some transformers versions empty the cache for it
+            return
         self._self_attention_cache().crop(-n)
         self._length -= n
 
