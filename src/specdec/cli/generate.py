@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 from specdec.decoding import SpeculativeDecoder, StepEvent
 from specdec.detokenize import TextStream
-from specdec.drafters.factory import build_drafter, build_gamma
+from specdec.drafters.factory import build_drafter, build_gamma, validate_spec
 from specdec.sampling import SamplingParams
 from specdec.stats import GenerationStats
 
@@ -22,6 +22,7 @@ DEFAULT_TARGET = "qwen2.5-coder-0.5b"
 DEFAULT_DRAFTER = "ngram"
 DEFAULT_GAMMA = "auto"
 MAX_NEW_TOKENS = 1 << 16  # a bound even for models without a context limit
+MAX_THREADS = 1024
 
 GREEN, RED, BLUE = "\x1b[32m", "\x1b[31m", "\x1b[34m"
 STRIKE, RESET = "\x1b[9m", "\x1b[0m"
@@ -45,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-p", type=float, default=0.0, help="0 = off")
     p.add_argument("--max-new-tokens", type=int, default=256, help="default 256")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default random)")
-    p.add_argument("--dtype", default=None, choices=("bfloat16", "float32", "float16"),
-                   help="weights dtype (default bfloat16 where the CPU supports it, else float32)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32", "float16"),
+                   help="weights dtype (default auto: bfloat16 where the CPU supports it, "
+                        "else float32)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
     p.add_argument("--chat", action="store_true", help="apply the model's chat template")
     out = p.add_mutually_exclusive_group()
@@ -67,16 +69,25 @@ def main(argv: list[str]) -> int:
     params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                             min_p=args.min_p, seed=args.seed, max_new_tokens=args.max_new_tokens)
     gamma = build_gamma(args.gamma)
+    validate_spec(args.draft, "--draft")
+    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
+        raise ValueError(f"--threads must be in [1, {MAX_THREADS}], got {args.threads}")
 
+    import torch
+
+    from specdec.machine import contention_warning
     from specdec.models.loading import load_model, resolve_dtype, set_threads
 
-    dtype = resolve_dtype(args.dtype)
+    dtype = resolve_dtype(None if args.dtype == "auto" else args.dtype)
     if args.threads is not None:
         set_threads(args.threads)
+    warning = contention_warning(torch.get_num_threads())
+    if warning:
+        print(f"specdec: {warning}", file=sys.stderr)
 
     def loader(spec: str) -> Any:
-        if sys.stderr.isatty():
-            print(f"loading {spec} ({str(dtype).removeprefix('torch.')}) ...", file=sys.stderr)
+        print(f"specdec: loading {spec} ({str(dtype).removeprefix('torch.')}) ...",
+              file=sys.stderr, flush=True)
         return load_model(spec, dtype=dtype)
 
     target = loader(args.target)
