@@ -16,6 +16,7 @@ import torch
 from specdec.decoding import SpeculativeDecoder
 from specdec.drafters.base import Drafter
 from specdec.models.base import LanguageModel
+from specdec.models.device import synchronize
 from specdec.sampling import SamplingParams
 from specdec.stats import GenerationStats
 
@@ -67,11 +68,12 @@ class _TimedPrefill:
         self._model = model
         self.last_s = 0.0
 
-    def prefill(self, prompt_ids: torch.Tensor) -> torch.Tensor:
+    def prefill(self, prompt_ids: torch.Tensor, reserve: int = 0) -> torch.Tensor:
         start = time.perf_counter()
         try:
-            return self._model.prefill(prompt_ids)
+            return self._model.prefill(prompt_ids, reserve=reserve)
         finally:
+            synchronize(self._model.device)  # a GPU prefill is queued, not done, on return
             self.last_s = time.perf_counter() - start
 
     def __getattr__(self, name: str) -> Any:  # extend, rollback, name, vocab_size, ...

