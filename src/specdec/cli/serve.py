@@ -11,6 +11,8 @@ DEFAULT_DRAFT = "ngram"
 MAX_QUEUE_LIMIT = 100_000
 MAX_TOKENS_CEILING = 1 << 20
 MAX_BODY_CEILING = 64 << 20
+DEFAULT_GRACE = 3.0
+MAX_GRACE = 3600.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY,
                         help="largest request body in bytes; more get HTTP 413 "
                         f"(default {DEFAULT_MAX_BODY})")
+    parser.add_argument("--shutdown-grace", type=float, default=DEFAULT_GRACE,
+                        help="on Ctrl-C / SIGTERM: seconds the running generation may take "
+                        "to finish before it is stopped; waiting requests are refused at once "
+                        f"(default {DEFAULT_GRACE:g})")
     parser.add_argument("--log-level", default="info",
                         choices=("critical", "error", "warning", "info", "debug"))
     return parser
@@ -49,14 +55,22 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     _check_bounds(parser, args)
 
-    import uvicorn
+    import sys
+
+    import torch
 
     from specdec.decoding import SpeculativeDecoder
-    from specdec.drafters.factory import build_drafter, build_gamma
+    from specdec.drafters.factory import build_drafter, build_gamma, validate_spec
+    from specdec.machine import contention_warning
     from specdec.models.loading import load_model
     from specdec.server import Engine, EngineConfig, create_app
+    from specdec.server.lifecycle import serve
 
     gamma = build_gamma(args.gamma)  # fail on a bad value before loading anything
+    validate_spec(args.draft, "--draft")
+    warning = contention_warning(args.threads or torch.get_num_threads())
+    if warning:
+        print(f"specdec: {warning}", file=sys.stderr)
 
     def load(spec: str):
         return load_model(spec, None if args.dtype == "auto" else args.dtype, args.threads)
@@ -67,7 +81,7 @@ def main(argv: list[str]) -> int:
                     EngineConfig(max_queue=args.max_queue,
                                  max_tokens_limit=args.max_tokens_limit))
     app = create_app(engine, args.served_model_name or args.target, args.max_body_bytes)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    serve(app, engine, args.host, args.port, args.log_level, args.shutdown_grace)
     return 0
 
 
@@ -80,5 +94,7 @@ def _check_bounds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(f"--max-tokens-limit must be in [1, {MAX_TOKENS_CEILING}]")
     if not 1 <= args.max_body_bytes <= MAX_BODY_CEILING:
         parser.error(f"--max-body-bytes must be in [1, {MAX_BODY_CEILING}]")
+    if not 0 <= args.shutdown_grace <= MAX_GRACE:  # also refuses nan
+        parser.error(f"--shutdown-grace must be in [0, {MAX_GRACE:g}] seconds")
     if args.threads is not None and not 1 <= args.threads <= 1024:
         parser.error(f"--threads must be in [1, 1024], got {args.threads}")
