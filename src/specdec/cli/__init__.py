@@ -11,7 +11,8 @@ from specdec.errors import SpecdecError
 COMMANDS = {
     "theory": ("theory", "speedup theory: optimal gamma, S, E and operations for alpha and c"),
     "generate": ("generate", "generate text with speculative decoding, streamed (--show, --json)"),
-    "models": ("models", "offline model registry: `models list`, `models fetch NAME`"),
+    "models": ("models", "offline model registry: `models list`, `models fetch NAME`, "
+               "`models clear [NAME]`"),
     "bench": ("bench", "Spec-Bench: every method on the same prompts, interleaved; report"),
     "serve": ("serve", "OpenAI-compatible HTTP server with token streaming and metrics"),
 }

@@ -93,7 +93,8 @@ def main(argv: list[str]) -> int:
             models[spec] = load_model(spec, dtype=dtype, threads=config.threads)
         return models[spec]
 
-    outputs = run_benchmark(config, loader(config.target), loader, _gguf(config.target))
+    outputs = run_benchmark(config, loader(config.target), loader,
+                            _gguf(config.target) if config.llamacpp else None)
     print(outputs["report"].read_text())
     print(f"wrote {', '.join(str(p) for p in outputs.values())}", file=sys.stderr)
     return 0

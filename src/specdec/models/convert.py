@@ -171,12 +171,9 @@ def save_copy(key: CopyKey, model: LanguageModel, load: DirectoryLoader,
                 _say(f"no converted copy of {name}: the copy differs from the GGUF model "
                      f"({difference})")
                 return None
-            try:
-                os.rename(temp, key.folder)
-            except OSError:
-                if not (key.folder / MANIFEST).is_file():
-                    raise
-                return key.folder  # another process installed it meanwhile
+            if key.folder.exists():  # a refused copy that could not be deleted, or a race
+                _remove(key.folder)
+            os.rename(temp, key.folder)  # fails (reported below) if it is still there
         finally:
             if temp.exists():
                 shutil.rmtree(temp, ignore_errors=True)
