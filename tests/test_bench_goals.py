@@ -97,4 +97,4 @@ def test_quick_help_states_its_cost(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "not a measurement" in out and "min on an idle" in out
+    assert "not a measurement" in out and "min of CPU" in out
