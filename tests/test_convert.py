@@ -30,9 +30,9 @@ def gguf_reads(monkeypatch) -> list[Path]:
     reads: list[Path] = []
     original = loading._read_gguf
 
-    def spy(path, dtype, name):
+    def spy(path, dtype):
         reads.append(path)
-        return original(path, dtype, name)
+        return original(path, dtype)
 
     monkeypatch.setattr(loading, "_read_gguf", spy)
     return reads

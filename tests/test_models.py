@@ -178,3 +178,19 @@ def test_many_rollbacks_to_the_same_slots_equal_a_fresh_forward():
     fresh = _fresh_logits(wrap(tiny_llama()), torch.cat([kept, pending], dim=1), probe)
     assert model.cached_length == kept.shape[1] + 4
     torch.testing.assert_close(logits, fresh, atol=TOLERANCE, rtol=0)
+
+
+def test_static_cache_grows_past_its_capacity_and_keeps_what_it_held():
+    model = wrap(tiny_llama())
+    gen = torch.Generator().manual_seed(3)
+    prompt = torch.randint(0, 64, (1, 200), generator=gen)
+    context = model.prefill(prompt, reserve=1)
+    capacity = model.cache.capacity
+    steps = [model.extend(context[:, -1:])]
+    tokens = torch.randint(0, 64, (1, capacity), generator=gen)
+    for block in tokens.split(50, dim=1):  # crosses the capacity inside a block
+        steps.append(model.extend(block))
+    assert model.cache.capacity > capacity
+    fresh = wrap(tiny_llama())
+    reference = _fresh_logits(fresh, prompt, tokens)
+    torch.testing.assert_close(torch.cat(steps, dim=1), reference, atol=1e-4, rtol=0)

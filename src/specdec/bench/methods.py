@@ -107,7 +107,7 @@ def hf_method(model: Any, name: str, eos_ids: set[int], drafter_name: str | None
     """transformers `generate` (plain, prompt lookup or assisted via generate_kwargs)."""
 
     def run(prompt: list[int], params: SamplingParams) -> Outcome:
-        ids = torch.tensor([prompt])
+        ids = torch.tensor([prompt], device=model.device)
         sampling = {"do_sample": False} if params.greedy else {
             "do_sample": True, "temperature": params.temperature, "top_k": 0, "top_p": 1.0}
         if params.seed is not None:
@@ -120,6 +120,7 @@ def hf_method(model: Any, name: str, eos_ids: set[int], drafter_name: str | None
                                  min_new_tokens=params.max_new_tokens if params.ignore_eos else 0,
                                  eos_token_id=eos or None, pad_token_id=_pad(model, eos_ids),
                                  repetition_penalty=1.0, **sampling, **generate_kwargs)
+        synchronize(model.device)
         seconds = time.perf_counter() - start
         return Outcome(_cut_at_eos(out[0, ids.shape[1]:].tolist(), eos), seconds)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from specdec.bench.workloads import CATEGORIES, DEFAULT_QUESTIONS
+from specdec.cli.options import add_runtime_arguments, runtime_options
 from specdec.machine import contention_warning
 
 DEFAULT_TARGET = "qwen2.5-coder-0.5b"
@@ -54,6 +55,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="smoke run (does it work?), not a measurement: 2 questions, greedy, "
                         f"32 tokens, ngram with gamma auto against the baselines; {QUICK_COST}")
+    add_runtime_arguments(p)
     return p
 
 
@@ -61,6 +63,7 @@ def main(argv: list[str]) -> int:
     from specdec.bench.suite import BenchConfig, run_benchmark
 
     args = parser().parse_args(argv)
+    runtime = runtime_options(args)
     for key, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -81,7 +84,7 @@ def main(argv: list[str]) -> int:
     if not Path(config.questions).expanduser().is_file():
         raise ValueError(f"--questions: no such file: {config.questions}")
     torch.set_num_threads(config.threads)
-    warning = contention_warning(config.threads)
+    warning = contention_warning(config.threads) if runtime.device.type == "cpu" else None
     if warning:
         print(f"specdec: {warning}", file=sys.stderr)
     models: dict[str, object] = {}
@@ -91,7 +94,8 @@ def main(argv: list[str]) -> int:
 
         if spec not in models:  # one copy per model, shared by every method using it
             dtype = None if config.dtype == "auto" else config.dtype
-            models[spec] = load_model(spec, dtype=dtype, threads=config.threads)
+            models[spec] = load_model(spec, dtype=dtype, threads=config.threads,
+                                      **runtime.load_kwargs())
         return models[spec]
 
     outputs = run_benchmark(config, loader(config.target), loader,

@@ -11,6 +11,7 @@ import json
 import sys
 from typing import Any, TextIO
 
+from specdec.cli.options import add_runtime_arguments, runtime_options
 from specdec.decoding import SpeculativeDecoder, StepEvent
 from specdec.detokenize import TextStream
 from specdec.drafters.factory import build_drafter, build_gamma, validate_spec
@@ -47,10 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=256, help="default 256")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default random)")
     p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32", "float16"),
-                   help="weights dtype (default auto: bfloat16 where the CPU supports it, "
-                        "else float32)")
+                   help="weights dtype (default auto: bfloat16 where the device computes it "
+                        "natively, else float32 on a CPU, float16 on a GPU)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
     p.add_argument("--chat", action="store_true", help="apply the model's chat template")
+    add_runtime_arguments(p)
     out = p.add_mutually_exclusive_group()
     out.add_argument("--show", action="store_true",
                      help="color accepted drafts green, rejected red, corrections blue (tty only)")
@@ -72,23 +74,25 @@ def main(argv: list[str]) -> int:
     validate_spec(args.draft, "--draft")
     if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
         raise ValueError(f"--threads must be in [1, {MAX_THREADS}], got {args.threads}")
+    runtime = runtime_options(args)
 
     import torch
 
     from specdec.machine import contention_warning
     from specdec.models.loading import load_model, resolve_dtype, set_threads
 
-    dtype = resolve_dtype(None if args.dtype == "auto" else args.dtype)
+    dtype = resolve_dtype(None if args.dtype == "auto" else args.dtype, runtime.device)
     if args.threads is not None:
         set_threads(args.threads)
-    warning = contention_warning(torch.get_num_threads())
+    warning = contention_warning(torch.get_num_threads()) if runtime.device.type == "cpu" \
+        else None
     if warning:
         print(f"specdec: {warning}", file=sys.stderr)
 
     def loader(spec: str) -> Any:
-        print(f"specdec: loading {spec} ({str(dtype).removeprefix('torch.')}) ...",
-              file=sys.stderr, flush=True)
-        return load_model(spec, dtype=dtype)
+        print(f"specdec: loading {spec} ({str(dtype).removeprefix('torch.')}, "
+              f"{runtime.device}) ...", file=sys.stderr, flush=True)
+        return load_model(spec, dtype=dtype, **runtime.load_kwargs())
 
     target = loader(args.target)
     drafter = build_drafter(args.draft, target, loader)
@@ -107,7 +111,8 @@ def main(argv: list[str]) -> int:
         render = Figure1(sys.stdout, target.tokenizer) if color else PlainText(
             sys.stdout, target.tokenizer)
         stats = render.run(decoder.stream(prompt, params))
-    print(summary(stats, drafter.name if drafter is not None else "none"), file=sys.stderr)
+    print(summary(stats, drafter.name if drafter is not None else "none",
+                  compile_seconds(target, drafter)), file=sys.stderr)
     return 0
 
 
@@ -185,11 +190,22 @@ class Figure1(PlainText):
             self.out.write(f"{color}{text}{RESET}")
 
 
-def summary(stats: GenerationStats, drafter: str) -> str:
+def compile_seconds(*models: Any) -> float:
+    """Time spent compiling steps in these models (and a drafter's model), 0 when eager."""
+    total = 0.0
+    for model in models:
+        total += getattr(model, "compile_s", 0.0) + getattr(getattr(model, "model", None),
+                                                             "compile_s", 0.0)
+    return total
+
+
+def summary(stats: GenerationStats, drafter: str, compile_s: float = 0.0) -> str:
     """One line of the numbers that matter, for stderr."""
     line = (f"[{stats.generated} tokens in {stats.total_s:.2f}s, {stats.tokens_per_s:.1f} tok/s; "
             f"{stats.target_calls} target calls, {stats.tokens_per_call:.2f} tokens/call")
     if stats.drafted:
         line += (f"; drafter {drafter}: {stats.accepted}/{stats.drafted} drafts accepted "
                  f"({stats.acceptance_rate:.0%}), alpha {stats.alpha:.2f}")
+    if compile_s:
+        line += f"; compiling took {compile_s:.1f}s of that"
     return line + "]"

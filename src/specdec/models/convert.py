@@ -29,7 +29,6 @@ from typing import Any
 
 import torch
 
-from specdec.models.base import LanguageModel
 from specdec.models.fetch import CHUNK, cache_dir
 
 FORMAT = 1
@@ -37,8 +36,8 @@ MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 PROBE_TEXT = "def quicksort(arr):\n    return sorted(arr)  # größer, 速い 🙂\n"
 
-# loads a transformers directory (safetensors only) as a LanguageModel
-DirectoryLoader = Callable[[Path], LanguageModel]
+# reads a transformers directory (safetensors only): (model, tokenizer) on the CPU
+DirectoryReader = Callable[[Path], tuple[Any, Any]]
 
 
 class CopyRefused(Exception):
@@ -87,8 +86,9 @@ def sha256_file(path: Path) -> str:
 
 # --- reading ----------------------------------------------------------------------------
 
-def load_copy(key: CopyKey, load: DirectoryLoader) -> LanguageModel | None:
-    """The converted copy of key, verified; None if there is none or it was refused (deleted)."""
+def load_copy(key: CopyKey, read: DirectoryReader) -> tuple[Any, Any] | None:
+    """(model, tokenizer) of key's converted copy, verified; None if there is none or it was
+    refused (and deleted)."""
     folder = key.folder
     if not (folder / MANIFEST).is_file():
         return None
@@ -97,7 +97,7 @@ def load_copy(key: CopyKey, load: DirectoryLoader) -> LanguageModel | None:
             files = _manifest_files(folder, key)
             check = pool.submit(_check_files, folder, files)
             try:
-                model = load(folder)
+                loaded = read(folder)
             except Exception as error:  # noqa: BLE001 - a corrupt file fails in many ways
                 check.result()  # a hash mismatch explains it better than the loader's error
                 raise CopyRefused(f"cannot load it: {_first_line(error)}") from error
@@ -107,7 +107,7 @@ def load_copy(key: CopyKey, load: DirectoryLoader) -> LanguageModel | None:
             _say(f"converted copy {folder} refused ({reason}); deleted, rebuilding it from "
                  "the GGUF")
             return None
-    return model
+    return loaded
 
 
 def _manifest_files(folder: Path, key: CopyKey) -> dict[str, dict[str, Any]]:
@@ -139,14 +139,14 @@ def _check_files(folder: Path, files: dict[str, dict[str, Any]]) -> None:
 
 # --- writing ----------------------------------------------------------------------------
 
-def save_copy(key: CopyKey, model: LanguageModel, load: DirectoryLoader,
+def save_copy(key: CopyKey, hf_model: Any, tokenizer: Any, read: DirectoryReader,
               name: str) -> Path | None:
-    """Write, check and install the converted copy of model; None (with a message) if not kept.
+    """Write, check and install the converted copy of a model read from its GGUF; None (with a
+    message) if it is not kept.
 
     Never raises for a cache problem (disk full, read-only cache): the model is loaded
     already, so the run goes on without a copy.
     """
-    hf_model, tokenizer = getattr(model, "model", None), model.tokenizer
     why_not = _unconvertible(hf_model, tokenizer, key)
     if why_not:
         _say(f"no converted copy of {name}: {why_not}")
@@ -166,7 +166,7 @@ def save_copy(key: CopyKey, model: LanguageModel, load: DirectoryLoader,
                                      suffix=".partial"))
         try:
             _write(temp, key, hf_model, tokenizer, name)
-            difference = _difference(model, load(temp))
+            difference = _difference((hf_model, tokenizer), read(temp))
             if difference:
                 _say(f"no converted copy of {name}: the copy differs from the GGUF model "
                      f"({difference})")
@@ -250,9 +250,9 @@ def _list_added_tokens(config_path: Path, tokenizer: Any) -> None:
         config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
-def _difference(original: LanguageModel, loaded: LanguageModel) -> str | None:
-    """What differs between the GGUF model and its loaded copy, or None."""
-    a, b = original.tokenizer, loaded.tokenizer
+def _difference(original: tuple[Any, Any], loaded: tuple[Any, Any]) -> str | None:
+    """What differs between the GGUF (model, tokenizer) and its loaded copy, or None."""
+    (model_a, a), (model_b, b) = original, loaded
     ids = a(PROBE_TEXT).input_ids
     if b(PROBE_TEXT).input_ids != ids or a.decode(ids) != b.decode(ids) or len(a) != len(b):
         return "tokenizer"
@@ -260,12 +260,11 @@ def _difference(original: LanguageModel, loaded: LanguageModel) -> str | None:
         return "added tokens"
     if getattr(a, "chat_template", None) != getattr(b, "chat_template", None):
         return "chat template"
-    if (a.eos_token_id, _eos(original)) != (b.eos_token_id, _eos(loaded)):
+    if (a.eos_token_id, _eos(model_a)) != (b.eos_token_id, _eos(model_b)):
         return "end-of-sequence tokens"
     probe = torch.tensor([ids[:16]])
     with torch.inference_mode():
-        same = torch.equal(original.model(input_ids=probe).logits,
-                           loaded.model(input_ids=probe).logits)
+        same = torch.equal(model_a(input_ids=probe).logits, model_b(input_ids=probe).logits)
     return None if same else "logits"
 
 
@@ -274,8 +273,8 @@ def _added(tokenizer: Any) -> dict[int, Any]:
             (getattr(tokenizer, "added_tokens_decoder", None) or {}).items()}
 
 
-def _eos(model: LanguageModel) -> Any:
-    return getattr(getattr(model.model, "generation_config", None), "eos_token_id", None)
+def _eos(hf_model: Any) -> Any:
+    return getattr(getattr(hf_model, "generation_config", None), "eos_token_id", None)
 
 
 # --- listing and clearing ---------------------------------------------------------------

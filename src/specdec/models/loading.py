@@ -18,6 +18,7 @@ import torch
 from specdec.errors import ModelLoadError
 from specdec.models.base import LanguageModel
 from specdec.models.convert import CopyKey, dtype_name, load_copy, save_copy, sha256_file
+from specdec.models.device import resolve_device
 from specdec.models.fetch import Downloader, ensure_model, pip_download
 from specdec.models.registry import REGISTRY, get_entry
 from specdec.models.wrap import wrap
@@ -31,38 +32,46 @@ GGUF_MAGIC = b"GGUF"
 
 def load_model(spec: str | os.PathLike, dtype: str | torch.dtype | None = None,
                threads: int | None = None,
-               downloader: Downloader = pip_download, *, convert: bool = True) -> LanguageModel:
+               downloader: Downloader = pip_download, *,
+               device: str | torch.device | None = "cpu", compile: bool = False,
+               runtime: str = "auto", convert: bool = True) -> LanguageModel:
     """Load `spec` (registry name, transformers directory or .gguf file) with its tokenizer.
 
-    dtype: None picks bfloat16 where the CPU computes it natively, else float32.
+    dtype: None picks bfloat16 where the device computes it natively, else float32.
     threads: torch's intra-op threads (process-wide), left alone when None.
+    device: 'cpu', 'cuda[:N]' or 'auto'; compile / runtime: see specdec.models.wrap.
     convert: for a GGUF, load its converted copy from the cache (keyed by the GGUF's sha256
     and the dtype, verified) or write one after loading the GGUF; False: always the GGUF.
     """
-    torch_dtype = resolve_dtype(dtype)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
     if threads is not None:
         set_threads(threads)
+    runner = {"device": torch_device, "compile": compile, "runtime": runtime}
     text = os.fspath(spec)
     if text in REGISTRY:
         entry = get_entry(text)
         key = CopyKey(entry.filename, entry.sha256, dtype_name(torch_dtype))
         # with a verified copy at hand the GGUF is not needed: not even fetched or hashed
         return _load_gguf(lambda: ensure_model(text, downloader), key, torch_dtype, text,
-                          convert)
+                          convert, **runner)
     path = Path(text).expanduser()
     if path.is_dir():
-        return _load_directory(path, torch_dtype)
+        return _load_directory(path, torch_dtype, **runner)
     if path.suffix.lower() == ".gguf" or path.is_file():
-        return _load_file(path, torch_dtype, convert)
+        return _load_file(path, torch_dtype, convert, **runner)
     if os.sep in text or "/" in text or text.startswith("."):
         raise ModelLoadError(f"no such model file or directory: {text}")
     get_entry(text)  # raises, listing the registry's names
     raise AssertionError("unreachable")
 
 
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    """A torch dtype from a name; None -> bfloat16 if the CPU supports it, else float32."""
+def resolve_dtype(dtype: str | torch.dtype | None,
+                  device: torch.device | None = None) -> torch.dtype:
+    """A torch dtype from a name; None -> bfloat16 if the device supports it, else float32."""
     if dtype is None:
+        if device is not None and device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16 if cpu_supports_bfloat16() else torch.float32
     if isinstance(dtype, torch.dtype):
         if dtype not in DTYPES.values():
@@ -90,7 +99,8 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _load_file(path: Path, dtype: torch.dtype, convert: bool = True) -> LanguageModel:
+def _load_file(path: Path, dtype: torch.dtype, convert: bool = True,
+               **runner: Any) -> LanguageModel:
     if not path.exists():
         raise ModelLoadError(f"no such model file: {path}")
     if path.suffix.lower() in PICKLED:
@@ -105,32 +115,34 @@ def _load_file(path: Path, dtype: torch.dtype, convert: bool = True) -> Language
                              "name or a transformers directory with safetensors weights)")
     # the copy's key is what the file holds now (a local file has no registry sha256)
     key = CopyKey(path.name, sha256_file(path) if convert else "", dtype_name(dtype))
-    return _load_gguf(lambda: path, key, dtype, path.name, convert)
+    return _load_gguf(lambda: path, key, dtype, path.name, convert, **runner)
 
 
 def _load_gguf(locate: Callable[[], Path], key: CopyKey, dtype: torch.dtype, name: str,
-               convert: bool) -> LanguageModel:
-    """The verified converted copy when there is one; else the GGUF (then kept converted)."""
+               convert: bool, **runner: Any) -> LanguageModel:
+    """The verified converted copy when there is one; else the GGUF (then kept converted).
 
-    def load_directory(folder: Path) -> LanguageModel:
-        return _load_directory(folder, dtype, name)
+    Both are read on the CPU; the runner (device, compile) is applied after.
+    """
 
-    if convert:
-        model = load_copy(key, load_directory)
-        if model is not None:
-            return model
-    path = locate()
-    print(f"specdec: loading {name} from GGUF: dequantizing the weights and converting the "
-          "tokenizer (30-80 s on a 2-core CPU"
-          + ("; once: later loads read a converted copy)" if convert else ")") + " ...",
-          file=sys.stderr, flush=True)
-    model = _read_gguf(path, dtype, name)
-    if convert:
-        save_copy(key, model, load_directory, name)
-    return model
+    def read_copy(folder: Path) -> tuple[Any, Any]:
+        return _read_directory(folder, dtype)
+
+    loaded = load_copy(key, read_copy) if convert else None
+    if loaded is None:
+        path = locate()
+        print(f"specdec: loading {name} from GGUF: dequantizing the weights and converting "
+              "the tokenizer (30-80 s on a 2-core CPU"
+              + ("; once: later loads read a converted copy)" if convert else ")") + " ...",
+              file=sys.stderr, flush=True)
+        loaded = _read_gguf(path, dtype)
+        if convert:
+            save_copy(key, *loaded, read_copy, name)
+    return wrap(*loaded, name, **runner)
 
 
-def _read_gguf(path: Path, dtype: torch.dtype, name: str) -> LanguageModel:
+def _read_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    """(model, tokenizer) from a GGUF file, dequantized on the CPU."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging
 
@@ -144,10 +156,15 @@ def _read_gguf(path: Path, dtype: torch.dtype, name: str) -> LanguageModel:
         tokenizer = _call(path, AutoTokenizer.from_pretrained, folder, **kwargs)
     finally:
         logging.set_verbosity(level)
-    return wrap(model, tokenizer, name)
+    return model, tokenizer
 
 
-def _load_directory(path: Path, dtype: torch.dtype, name: str | None = None) -> LanguageModel:
+def _load_directory(path: Path, dtype: torch.dtype, **runner: Any) -> LanguageModel:
+    return wrap(*_read_directory(path, dtype), str(path), **runner)
+
+
+def _read_directory(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    """(model, tokenizer) from a transformers directory with safetensors weights."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     if not any(path.glob("*.safetensors")):
@@ -160,7 +177,7 @@ def _load_directory(path: Path, dtype: torch.dtype, name: str | None = None) -> 
     model = _call(path, auto.from_pretrained, path, dtype=dtype, use_safetensors=True,
                   local_files_only=True)
     tokenizer = _call(path, AutoTokenizer.from_pretrained, path, local_files_only=True)
-    return wrap(model, tokenizer, name or str(path))
+    return model, tokenizer
 
 
 def _call(path: Path, function: Any, *args: Any, **kwargs: Any) -> Any:

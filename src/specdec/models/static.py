@@ -27,7 +27,10 @@ from specdec.models.hf import HFModel
 STATIC_ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral")
 DEFAULT_WIDTHS = (1, 2, 4, 8, 16)
 PREFILL_CHUNK = 512  # bounds prefill's activations and attention scores, not just its logits
-CAPACITY_STEP = 256  # the cache grows in these steps, so compiled shapes rarely change
+CAPACITY_STEP = 256  # capacities are multiples of this
+# positions reserved past the prompt when the caller gives no hint (a drafter's begin does
+# not know max_new_tokens); a slot costs 2 * layers * kv_heads * head_dim values
+DEFAULT_RESERVE = 1024
 
 
 def static_unsupported(model: PreTrainedModel) -> str | None:
@@ -113,7 +116,7 @@ class StaticCausalLM(HFModel):
     def prefill(self, prompt_ids: torch.Tensor, reserve: int = 0) -> torch.Tensor:
         rows, length = prompt_ids.shape
         self._length = 0
-        self._ensure_capacity(rows, length + max(reserve, 0))
+        self._ensure_capacity(rows, length + (reserve if reserve > 0 else DEFAULT_RESERVE))
         ids = self.to_device(prompt_ids)
         for start in range(0, length - 1, PREFILL_CHUNK):
             chunk = ids[:, start:min(start + PREFILL_CHUNK, length - 1)]
@@ -238,6 +241,8 @@ class StaticCausalLM(HFModel):
         cache = self.cache
         if cache is not None and cache.rows == rows and cache.capacity >= needed:
             return
+        if cache is not None and cache.rows == rows:
+            needed = max(needed, 2 * cache.capacity)  # doubling: few regrows, few recompiles
         capacity = -(-max(needed, 1) // CAPACITY_STEP) * CAPACITY_STEP
         grown = StaticKVCache(len(self.layers), rows, self.kv_heads, self.head_dim, capacity,
                               self.embed.weight.dtype, self.device)
