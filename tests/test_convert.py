@@ -133,6 +133,25 @@ def test_a_copy_that_differs_from_the_gguf_is_not_kept(gguf, monkeypatch, capsys
     assert convert.list_copies() == [] and list(convert.root().iterdir()) == []
 
 
+def test_a_copy_that_cannot_be_written_or_read_back_never_fails_the_load(gguf, monkeypatch,
+                                                                         capsys):
+    from specdec.errors import ModelLoadError
+
+    def unreadable(path, dtype):
+        raise ModelLoadError(f"cannot load {path}: broken")
+
+    readable = loading._read_directory
+    monkeypatch.setattr(loading, "_read_directory", unreadable)
+    model = load_model(gguf, dtype="float32")
+    assert model.vocab_size == 259
+    assert "no converted copy of tiny.gguf: cannot load" in capsys.readouterr().err
+    assert list(convert.root().iterdir()) == []  # the temporary folder is gone too
+    monkeypatch.setattr(loading, "_read_directory", readable)
+    monkeypatch.setattr(convert, "root", lambda: Path("/proc/no-such-dir"))  # not writable
+    assert load_model(gguf, dtype="float32").vocab_size == 259
+    assert "no converted copy of tiny.gguf" in capsys.readouterr().err
+
+
 def test_a_registry_model_loads_from_its_copy_without_its_gguf(gguf, gguf_reads, monkeypatch):
     data = gguf.read_bytes()
     entry = RegistryEntry("tiny-registered", "tiny", "tiny-registered.gguf", (), len(data),

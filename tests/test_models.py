@@ -106,7 +106,7 @@ def test_rollback_zero_holds_where_crop_0_empties_the_cache(model, monkeypatch):
     model.rollback(0)
     assert model.cached_length == length
     logits = model.extend(continuation[:, 1:])
-    monkeypatch.undo()
+    monkeypatch.setattr(DynamicCache, "crop", original)
     fresh = _fresh_logits(model, prompt, continuation)
     torch.testing.assert_close(logits, fresh[:, -2:], atol=TOLERANCE, rtol=0)
 

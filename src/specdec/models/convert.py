@@ -144,8 +144,8 @@ def save_copy(key: CopyKey, hf_model: Any, tokenizer: Any, read: DirectoryReader
     """Write, check and install the converted copy of a model read from its GGUF; None (with a
     message) if it is not kept.
 
-    Never raises for a cache problem (disk full, read-only cache): the model is loaded
-    already, so the run goes on without a copy.
+    Never raises (disk full, read-only cache, a copy that cannot be read back): the model is
+    loaded already, so the run goes on without a copy.
     """
     why_not = _unconvertible(hf_model, tokenizer, key)
     if why_not:
@@ -177,7 +177,7 @@ def save_copy(key: CopyKey, hf_model: Any, tokenizer: Any, read: DirectoryReader
         finally:
             if temp.exists():
                 shutil.rmtree(temp, ignore_errors=True)
-    except (OSError, CopyRefused) as error:
+    except Exception as error:  # noqa: BLE001 - the model is loaded: the run goes on
         _say(f"no converted copy of {name}: {_first_line(error)}")
         return None
     _say(f"kept a converted copy of {name} in {time.perf_counter() - start:.1f}s: "
