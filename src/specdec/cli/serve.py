@@ -17,6 +17,8 @@ MAX_TOKENS_CEILING = 1 << 20
 MAX_BODY_CEILING = 64 << 20
 DEFAULT_GRACE = 3.0
 MAX_GRACE = 3600.0
+API_KEY_ENV = "SPECDEC_API_KEY"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on Ctrl-C / SIGTERM: seconds the running generation may take "
                         "to finish before it is stopped; waiting requests are refused at once "
                         f"(default {DEFAULT_GRACE:g})")
+    parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV) or None,
+                        help="require 'Authorization: Bearer KEY' on every path but /health "
+                        f"(default: ${API_KEY_ENV}, else no key; the variable keeps the key "
+                        "out of the process list)")
+    parser.add_argument("--public-metrics", action="store_true",
+                        help="serve /metrics without the API key (for a Prometheus scraper)")
     parser.add_argument("--log-level", default="info",
                         choices=("critical", "error", "warning", "info", "debug"))
     return parser
@@ -89,7 +97,11 @@ def main(argv: list[str]) -> int:
     engine = Engine(SpeculativeDecoder(target, drafter, gamma),
                     EngineConfig(max_queue=args.max_queue,
                                  max_tokens_limit=args.max_tokens_limit))
-    app = create_app(engine, args.served_model_name or args.target, args.max_body_bytes)
+    app = create_app(engine, args.served_model_name or args.target, args.max_body_bytes,
+                     api_key=args.api_key, public_metrics=args.public_metrics)
+    if args.api_key is None and args.host not in LOOPBACK:
+        print(f"specdec serve: warning: listening on {args.host} without --api-key: anyone who "
+              "can reach this port can use the model", file=sys.stderr)
     serve(app, engine, args.host, args.port, args.log_level, args.shutdown_grace)
     # every response is finished and the worker has ended: skip the interpreter's teardown of
     # the loaded model (~2 s here), which would make a stopped server linger
@@ -125,5 +137,7 @@ def _check_bounds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(f"--max-body-bytes must be in [1, {MAX_BODY_CEILING}]")
     if not 0 <= args.shutdown_grace <= MAX_GRACE:  # also refuses nan
         parser.error(f"--shutdown-grace must be in [0, {MAX_GRACE:g}] seconds")
+    if args.api_key is not None and (not args.api_key.strip() or len(args.api_key) > 4096):
+        parser.error("--api-key must be 1 to 4096 characters, not only spaces")
     if args.threads is not None and not 1 <= args.threads <= 1024:
         parser.error(f"--threads must be in [1, 1024], got {args.threads}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from specdec.drafters.base import Drafter, Proposal
-from specdec.sampling import SamplingParams
+from specdec.sampling import SamplingParams, TokenHistory
 
 
 class CombinedDrafter:
@@ -27,11 +27,12 @@ class CombinedDrafter:
         self.lookup_steps = self.fallback_steps = 0
 
     def propose(self, context: torch.Tensor, gamma: int, params: SamplingParams,
-                generator: torch.Generator) -> Proposal:
-        proposal = self.lookup.propose(context, gamma, params, generator)
+                generator: torch.Generator, history: TokenHistory | None = None) -> Proposal:
+        extra = {} if history is None else {"history": history}
+        proposal = self.lookup.propose(context, gamma, params, generator, **extra)
         if proposal.length > 0:
             self.lookup_steps += 1
             return proposal
         self.fallback_steps += 1
         # the fallback re-syncs its cache with the whole context itself, however long it skipped
-        return self.fallback.propose(context, gamma, params, generator)
+        return self.fallback.propose(context, gamma, params, generator, **extra)

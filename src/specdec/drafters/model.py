@@ -6,7 +6,7 @@ import torch
 
 from specdec.drafters.base import Proposal
 from specdec.models.base import LanguageModel
-from specdec.sampling import SamplingParams, adjusted_probs, sample
+from specdec.sampling import SamplingParams, TokenHistory, adjusted_probs, penalize, sample
 
 
 class ModelDrafter:
@@ -29,13 +29,15 @@ class ModelDrafter:
         self._drafts_on_device = None
 
     def propose(self, context: torch.Tensor, gamma: int, params: SamplingParams,
-                generator: torch.Generator) -> Proposal:
+                generator: torch.Generator, history: TokenHistory | None = None) -> Proposal:
         if gamma <= 0:
             return Proposal.empty(context.shape[0])
         feed = self._sync(context)
         tokens, probs = [], []
         for _ in range(gamma):
             logits = self.model.extend(feed, last=1)[:, -1]
+            if history is not None:
+                logits = penalize(logits, params, history)
             if params.greedy:
                 token = logits.argmax(dim=-1)
             else:
@@ -44,6 +46,8 @@ class ModelDrafter:
                 probs.append(q)
             tokens.append(token)
             feed = token[:, None]
+            if history is not None:  # the next draft sees this one, as the target will
+                history = history.plus(feed)
         drafted = torch.stack(tokens, dim=1)
         # the last draft was never fed: the cache holds context + x_1..x_{gamma-1}. They are
         # copied to the host at the next step, after the target's step synchronized anyway:
