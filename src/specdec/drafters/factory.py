@@ -108,3 +108,62 @@ def _int8(model: LanguageModel) -> LanguageModel:
     if hf_model is None:
         raise ValueError(f"@int8 needs a transformers model, {model.name!r} is not one")
     return wrap(quantize_int8(hf_model), model.tokenizer, f"{model.name}@int8")
+
+
+def validate_spec(spec: str, flag: str = "--draft") -> None:
+    """Check a drafter spec without loading anything, so a typo fails before the target loads.
+
+    Checks the kind, ngram sizes, that corpus files exist and can be read, and that model
+    names are registry names or existing paths. Errors name `flag` (the option the user typed).
+    """
+    spec = spec.strip()
+    if spec.lower() in ("", "none"):
+        return
+    try:
+        if spec.startswith("ngram+"):
+            _check_model_spec(spec[len("ngram+"):])
+            return
+        kind, _, arg = spec.partition(":")
+        if kind == "ngram":
+            _ngram(arg)
+        elif kind in ("unigram", "bigram"):
+            _check_corpus(kind, arg)
+        elif arg and not Path(spec).exists() and len(kind) > 1:
+            raise ValueError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
+        else:
+            _check_model_spec(spec)
+    except (ValueError, OSError) as error:
+        message = str(error).removeprefix("--draft ").removeprefix("--draft: ")
+        raise ValueError(f"{flag} {spec!r}: {message}") from None
+
+
+def _check_corpus(kind: str, arg: str) -> None:
+    from specdec.drafters.ngram_lm import MAX_CORPUS_BYTES
+
+    if not arg:
+        raise ValueError(f"{kind}:FILE needs a text corpus file")
+    path = Path(arg).expanduser()
+    if not path.exists():
+        raise ValueError(f"corpus file not found: {path}")
+    if not path.is_file():
+        raise ValueError(f"corpus {path} is not a file")
+    if path.stat().st_size > MAX_CORPUS_BYTES:
+        raise ValueError(f"corpus file {path} is larger than {MAX_CORPUS_BYTES} bytes")
+    try:
+        with open(path, "rb") as data:
+            data.read(1)
+    except OSError as error:
+        raise ValueError(f"cannot read corpus file {path}: {error.strerror}") from None
+
+
+def _check_model_spec(spec: str) -> None:
+    """A drafter model must be a registry name or an existing file or directory."""
+    from specdec.models.registry import REGISTRY
+
+    if not spec:
+        raise ValueError("ngram+MODEL needs a model name or path after '+'")
+    for name in dict.fromkeys((spec, spec.removesuffix("@int8"))):
+        if name in REGISTRY or Path(name).expanduser().exists():
+            return
+    raise ValueError(f"unknown model {spec.removesuffix('@int8')!r}: not a registry name "
+                     f"({', '.join(REGISTRY)}), an existing directory or a .gguf file")
