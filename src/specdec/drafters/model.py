@@ -33,12 +33,8 @@ class ModelDrafter:
         feed = self._sync(context)
         tokens, probs = [], []
         for _ in range(gamma):
-            logits = self.model.extend(feed)[:, -1]
-            if params.greedy:
-                token = logits.argmax(dim=-1)
-            else:
-                q = adjusted_probs(logits, params)
-                token = sample(q, generator)
+            token, q = self._choose(self.model.extend(feed)[:, -1], params, generator)
+            if q is not None:
                 probs.append(q)
             tokens.append(token)
             feed = token[:, None]
@@ -46,6 +42,14 @@ class ModelDrafter:
         # the last draft was never fed: the cache holds context + x_1..x_{gamma-1}
         self.cached_ids = torch.cat([context, drafted[:, :-1]], dim=1)
         return Proposal(drafted, torch.stack(probs, dim=1) if probs else None, forwards=gamma)
+
+    def _choose(self, logits: torch.Tensor, params: SamplingParams,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The next draft [B] from the last position's logits [B, V], and q (None if greedy)."""
+        if params.greedy:
+            return logits.argmax(dim=-1), None
+        q = adjusted_probs(logits, params)
+        return sample(q, generator), q
 
     def _sync(self, context: torch.Tensor) -> torch.Tensor:
         self.cached_ids, feed = sync_cache(self.model, self.cached_ids, context)
