@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 from specdec.decoding import SpeculativeDecoder, StepEvent
 from specdec.detokenize import TextStream
-from specdec.drafters.factory import build_drafter, build_gamma
+from specdec.drafters.factory import build_drafter, build_gamma, parse_draft
 from specdec.sampling import SamplingParams
 from specdec.stats import GenerationStats
 
@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {DEFAULT_TARGET})")
     p.add_argument("--draft", default=DEFAULT_DRAFTER,
                    help="drafter: none | ngram | ngram:MIN:MAX | unigram:FILE | bigram:FILE | "
-                        f"MODEL | ngram+MODEL (default {DEFAULT_DRAFTER})")
+                        "MODEL[@int8|@int4] | self[@int8|@int4][@vocab=N] | ngram+MODEL | "
+                        f"ngram+self[@...] (default {DEFAULT_DRAFTER})")
     p.add_argument("--gamma", default=DEFAULT_GAMMA,
                    help=f"draft length per step: an integer or 'auto' (default {DEFAULT_GAMMA})")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default 0)")
@@ -67,6 +68,7 @@ def main(argv: list[str]) -> int:
     params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                             min_p=args.min_p, seed=args.seed, max_new_tokens=args.max_new_tokens)
     gamma = build_gamma(args.gamma)
+    parse_draft(args.draft)
 
     from specdec.models.loading import load_model, resolve_dtype, set_threads
 

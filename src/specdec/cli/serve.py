@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="target model: registry name or local path "
                         f"(default {DEFAULT_TARGET})")
     parser.add_argument("--draft", default=DEFAULT_DRAFT,
-                        help=f"drafter spec: none | ngram | MODEL | ngram+MODEL | ... "
+                        help="drafter spec: none | ngram | MODEL[@int8|@int4] | self[@int4] | "
+                        "ngram+MODEL | ... "
                         f"(default {DEFAULT_DRAFT})")
     parser.add_argument("--gamma", default="auto",
                         help="draft length: integer or 'auto' (default auto, as specdec generate)")
@@ -52,11 +53,12 @@ def main(argv: list[str]) -> int:
     import uvicorn
 
     from specdec.decoding import SpeculativeDecoder
-    from specdec.drafters.factory import build_drafter, build_gamma
+    from specdec.drafters.factory import build_drafter, build_gamma, parse_draft
     from specdec.models.loading import load_model
     from specdec.server import Engine, EngineConfig, create_app
 
     gamma = build_gamma(args.gamma)  # fail on a bad value before loading anything
+    parse_draft(args.draft)
 
     def load(spec: str):
         return load_model(spec, None if args.dtype == "auto" else args.dtype, args.threads)
