@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import torch
 from tokenizers import Tokenizer
 from tokenizers import models as tok_models
 from transformers import PreTrainedTokenizerFast
@@ -104,6 +105,14 @@ def test_sampling_with_a_seed_is_reproducible(models, capsys):
     assert generate_json(capsys, models, *flags)["tokens"] == first["tokens"]
 
 
+@pytest.mark.parametrize("runtime", [("--runtime", "dynamic"), ("--runtime", "static"),
+                                     ("--device", "cpu", "--compile")])
+def test_runtimes_give_the_same_greedy_output(models, capsys, runtime):
+    expected = generate_json(capsys, models, "--draft", "ngram", "--runtime", "dynamic")
+    got = generate_json(capsys, models, "--draft", "ngram", *runtime)
+    assert got["tokens"] == expected["tokens"]
+
+
 def test_chat_template_is_applied(models, capsys):
     chat = generate_json(capsys, models, "--chat", "--draft", "none")
     plain = generate_json(capsys, models, "--draft", "none")
@@ -162,6 +171,11 @@ def test_bad_inputs_give_one_line_and_exit_code_1(models, capsys, tmp_path):
     assert "exceeds the model's context of 512" in bad(capsys, "hi", *target,
                                                         "--max-new-tokens", "600")
     assert "no chat template" in bad(capsys, "hi", "--target", str(models["plain"]), "--chat")
+    assert "device must be" in bad(capsys, "hi", *target, "--device", "tpu")
+    if not torch.cuda.is_available():
+        assert "CUDA is not available" in bad(capsys, "hi", *target, "--device", "cuda")
+    assert "--compile needs the static runtime" in bad(capsys, "hi", *target, "--compile",
+                                                       "--runtime", "dynamic")
     pickled = tmp_path / "pickled"
     pickled.mkdir()
     (pickled / "pytorch_model.bin").write_bytes(b"x")

@@ -137,14 +137,16 @@ def test_cross_tokenizer_rolls_back_instead_of_recomputing():
     """Each step feeds the drafter only the re-tokenized tail, never the whole context."""
     target, draft_model = cross_pair(seed=2)
     fed: list[int] = []
-    extend = draft_model.extend
-    draft_model.extend = lambda tokens: fed.append(tokens.shape[1]) or extend(tokens)
+    prefill, extend = draft_model.prefill, draft_model.extend
+    draft_model.prefill = lambda ids, reserve=0: fed.append(ids.shape[1]) or prefill(ids, reserve)
+    draft_model.extend = lambda tokens, last=None: fed.append(tokens.shape[1]) or extend(tokens,
+                                                                                         last)
     drafter = CrossTokenizerDrafter(draft_model, target)
     prompt = [0, 1, 2, 3, 4, 5] * 6
     params = SamplingParams(temperature=0, max_new_tokens=24, ignore_eos=True)
     SpeculativeDecoder(target, drafter, gamma=4).generate(prompt, params)
-    prefill, steps = fed[0], fed[1:]
-    assert prefill >= 20  # "abcdef" * 6 re-tokenized by the drafter (de, ef merge)
+    prompt_length, steps = fed[0], fed[1:]
+    assert prompt_length >= 20  # "abcdef" * 6 re-tokenized by the drafter (de, ef merge)
     assert steps and max(steps) <= 4 + 2  # accepted drafts + correction + a re-merged token
     # the cache is exactly the drafter-side prefix it claims to hold
     assert draft_model.cached_length == drafter.cached_ids.shape[1]

@@ -10,6 +10,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -17,9 +18,14 @@ from specdec.controller import FixedGamma, GammaPolicy, StepRecord
 from specdec.drafters.base import Drafter, Proposal
 from specdec.drafters.model import ModelDrafter
 from specdec.models.base import LanguageModel, check_same_vocabulary
+from specdec.models.device import StepClock
 from specdec.sampling import SamplingParams, adjusted_probs, make_generator
 from specdec.stats import GenerationStats
-from specdec.verify import overlap, verify, verify_greedy
+from specdec.verify import Verdict, overlap, verify, verify_greedy
+
+# cache positions a step may write past the output: the pending token, up to 64 drafts and
+# the padding of a compiled width (a hint; runners grow when it is exceeded)
+DRAFT_RESERVE = 80
 
 
 @dataclass
@@ -88,34 +94,36 @@ class SpeculativeDecoder:
         params = params or SamplingParams()
         prompt_ids = self.encode(prompt)
         self._check_length(prompt_ids, params)
-        generator = make_generator(params.seed)
+        clock = StepClock(self.target.device)
+        generator = make_generator(params.seed, self.target.device)
         stop_ids = set(params.stop_token_ids) | self.eos_token_ids(params)
         stats = GenerationStats(prompt_tokens=prompt_ids.shape[1])
         policy = FixedGamma(self.gamma) if isinstance(self.gamma, int) else self.gamma()
         start = time.perf_counter()
 
         with torch.inference_mode():
-            t0 = time.perf_counter()
-            context = self.target.prefill(prompt_ids)
-            stats.target_s += time.perf_counter() - t0
+            t0 = clock.mark()
+            reserve = params.max_new_tokens + DRAFT_RESERVE
+            context = self.target.prefill(prompt_ids, reserve=reserve)
+            t1 = clock.mark()
             if self.drafter is not None:
-                t0 = time.perf_counter()
                 self.drafter.begin(prompt_ids)
-                stats.drafter_s += time.perf_counter() - t0
+            t2 = clock.mark()
+            stats.target_s += clock.seconds(t0, t1)
+            stats.drafter_s += clock.seconds(t1, t2)
             while True:
                 remaining = params.max_new_tokens - stats.generated
                 # a step emits up to k + 1 tokens: never draft past max_new_tokens
-                before = (stats.drafter_s, stats.drafter_calls, stats.target_s)
-                proposal = self._propose(context, min(policy.choose(), remaining - 1), params,
-                                         generator, stats)
+                proposal, draft_clock = self._propose(context, min(policy.choose(), remaining - 1),
+                                                      params, generator, clock, stats)
                 # the context's last token is pending: not yet in the target's cache
-                event, betas = self._verify_step(context[:, -1:], proposal, params, generator,
-                                                 stats)
+                event, betas, target_s = self._verify_step(context[:, -1:], proposal, params,
+                                                           generator, clock, stats)
+                drafter_s = clock.seconds(*draft_clock)  # read after the step's one sync
+                stats.drafter_s += drafter_s
                 policy.observe(StepRecord(
                     drafted=proposal.length, accepted=len(event.accepted), betas=betas,
-                    drafter_s=stats.drafter_s - before[0],
-                    drafter_forwards=stats.drafter_calls - before[1],
-                    target_s=stats.target_s - before[2]))
+                    drafter_s=drafter_s, drafter_forwards=proposal.forwards, target_s=target_s))
                 emitted = event.tokens
                 cut = _cut(emitted, stop_ids, remaining)
                 if cut is not None:
@@ -123,7 +131,7 @@ class SpeculativeDecoder:
                     event.accepted = event.accepted[:cut]
                     event.next_token = emitted[-1] if len(emitted) > len(event.accepted) else None
                 stats.generated += len(emitted)
-                context = torch.cat([context, torch.tensor([emitted])], dim=1)
+                context = torch.cat([context, torch.tensor([emitted], dtype=torch.long)], dim=1)
                 if cut is not None or stats.generated >= params.max_new_tokens:
                     event.finished = True
                     stopped = bool(emitted) and emitted[-1] in stop_ids
@@ -135,10 +143,12 @@ class SpeculativeDecoder:
                     return
 
     def _propose(self, context: torch.Tensor, k: int, params: SamplingParams,
-                 generator: torch.Generator, stats: GenerationStats) -> Proposal:
+                 generator: torch.Generator, clock: StepClock, stats: GenerationStats,
+                 ) -> tuple[Proposal, tuple[Any, Any]]:
+        """The drafter's proposal (at most k tokens) and the clock marks around it."""
+        t0 = clock.mark()
         if self.drafter is None or k <= 0:
-            return Proposal.empty(context.shape[0])
-        t0 = time.perf_counter()
+            return Proposal.empty(context.shape[0]), (t0, t0)
         try:
             proposal = self.drafter.propose(context, k, params, generator)
         except Exception as error:  # a broken drafter costs speed, never correctness
@@ -146,38 +156,43 @@ class SpeculativeDecoder:
                           "decoding this step without drafts", RuntimeWarning, stacklevel=2)
             stats.drafter_failures += 1
             proposal = Proposal.empty(context.shape[0])
-        stats.drafter_s += time.perf_counter() - t0
+        marks = (t0, clock.mark())
         stats.drafter_calls += proposal.forwards
         if proposal.length > k:
             proposal = Proposal(proposal.tokens[:, :k],
                                 None if proposal.probs is None else proposal.probs[:, :k],
                                 proposal.forwards)
-        return proposal
+        return proposal, marks
 
     def _verify_step(self, pending: torch.Tensor, proposal: Proposal, params: SamplingParams,
-                     generator: torch.Generator, stats: GenerationStats,
-                     ) -> tuple[StepEvent, list[float]]:
-        drafts = proposal.tokens
+                     generator: torch.Generator, clock: StepClock, stats: GenerationStats,
+                     ) -> tuple[StepEvent, list[float], float]:
+        device = self.target.device
+        drafts = proposal.tokens.to(device, non_blocking=True)  # moved once
         k = drafts.shape[1]
-        t0 = time.perf_counter()
-        logits = self.target.extend(torch.cat([pending, drafts], dim=1))  # p_1..p_{k+1}
-        stats.target_s += time.perf_counter() - t0
+        t0 = clock.mark()
+        logits = self.target.extend(torch.cat([pending.to(device), drafts], dim=1))  # p_1..p_{k+1}
+        t1 = clock.mark()
         if params.greedy:
             verdict = verify_greedy(drafts, logits)
-            betas = (verdict.accepted[0] > torch.arange(k)).float()  # one-hot p, q: beta = match
+            betas = None  # one-hot p and q: beta is 1 where the draft matched, derived below
         else:
+            draft_probs = None if proposal.probs is None else proposal.probs.to(device)
             target_probs = adjusted_probs(logits, params)
-            verdict = verify(drafts, proposal.probs, target_probs, generator)
-            betas = overlap(target_probs, proposal.probs, drafts)[0]
-        n = int(verdict.accepted[0])
-        t0 = time.perf_counter()
+            verdict = verify(drafts, draft_probs, target_probs, generator)
+            betas = overlap(target_probs, draft_probs, drafts)[0]
+        # the step's one host synchronization: count, next token, drafts and betas together
+        n, next_token, draft_list, beta_list = _to_host(verdict, drafts, betas)
+        if betas is None:
+            beta_list = [1.0] * n + [0.0] * (k - n)
         self.target.rollback(k - n)  # drop x_{n+1}..x_k; x_1..x_n stay cached
-        stats.target_s += time.perf_counter() - t0
-        kept_betas = betas[: min(n + 1, k)].tolist()
+        target_s = clock.seconds(t0, t1)  # the forward; the verification math is loop time
+        stats.target_s += target_s
+        kept_betas = beta_list[: min(n + 1, k)]
         stats.record_step(k, n, kept_betas)
-        event = StepEvent(accepted=drafts[0, :n].tolist(), rejected=drafts[0, n:].tolist(),
-                          next_token=int(verdict.next_token[0]), bonus=n == k)
-        return event, kept_betas
+        event = StepEvent(accepted=draft_list[:n], rejected=draft_list[n:],
+                          next_token=next_token, bonus=n == k)
+        return event, kept_betas, target_s
 
     # --- text, limits ---------------------------------------------------------------------
 
@@ -214,15 +229,22 @@ class SpeculativeDecoder:
 
     def eos_token_ids(self, params: SamplingParams) -> set[int]:
         """The model's end-of-sequence ids that stop generation (none when ignore_eos)."""
-        if params.ignore_eos:
-            return set()
-        config = getattr(getattr(self.target, "model", None), "generation_config", None)
-        eos = getattr(config, "eos_token_id", None)
-        if eos is None and self.tokenizer is not None:
-            eos = self.tokenizer.eos_token_id
-        if eos is None:
-            return set()
-        return {int(e) for e in (eos if isinstance(eos, list | tuple) else [eos])}
+        return set() if params.ignore_eos else set(self.target.eos_token_ids)
+
+
+def _to_host(verdict: Verdict, drafts: torch.Tensor, betas: torch.Tensor | None,
+             ) -> tuple[int, int, list[int], list[float]]:
+    """Row 0's accepted count, next token, drafts and betas in ONE device-to-host copy.
+
+    Token ids are exact in float64 (< 2**53), so one float64 tensor carries them all.
+    """
+    k = drafts.shape[1]
+    parts = [verdict.accepted[:1].double(), verdict.next_token[:1].double(), drafts[0].double()]
+    if betas is not None:
+        parts.append(betas.double())
+    values = torch.cat(parts).tolist()
+    drafted = [int(v) for v in values[2:2 + k]]
+    return int(values[0]), int(values[1]), drafted, values[2 + k:]
 
 
 def _cut(tokens: list[int], stop_ids: set[int], remaining: int) -> int | None:

@@ -70,9 +70,10 @@ def verify(
     The emitted tokens are distributed exactly as sampling from target_probs autoregressively.
     """
     rows, k = draft_tokens.shape
-    uniforms = torch.rand(rows, k, generator=generator)
+    device = target_probs.device
+    uniforms = torch.rand(rows, k, generator=generator, device=device)
     accepted = count_accepted(acceptance_ratio(draft_tokens, draft_probs, target_probs), uniforms)
-    row_index = torch.arange(rows)
+    row_index = torch.arange(rows, device=device)
     p_next = target_probs[row_index, accepted]  # p_{n+1}, [B, V]
     if k == 0:
         return Verdict(accepted, sample(p_next, generator))

@@ -16,6 +16,7 @@ import torch
 from specdec.decoding import SpeculativeDecoder
 from specdec.drafters.base import Drafter
 from specdec.models.base import LanguageModel
+from specdec.models.device import synchronize
 from specdec.sampling import SamplingParams
 from specdec.stats import GenerationStats
 
@@ -67,11 +68,12 @@ class _TimedPrefill:
         self._model = model
         self.last_s = 0.0
 
-    def prefill(self, prompt_ids: torch.Tensor) -> torch.Tensor:
+    def prefill(self, prompt_ids: torch.Tensor, reserve: int = 0) -> torch.Tensor:
         start = time.perf_counter()
         try:
-            return self._model.prefill(prompt_ids)
+            return self._model.prefill(prompt_ids, reserve=reserve)
         finally:
+            synchronize(self._model.device)  # a GPU prefill is queued, not done, on return
             self.last_s = time.perf_counter() - start
 
     def __getattr__(self, name: str) -> Any:  # extend, rollback, name, vocab_size, ...
@@ -105,7 +107,7 @@ def hf_method(model: Any, name: str, eos_ids: set[int], drafter_name: str | None
     """transformers `generate` (plain, prompt lookup or assisted via generate_kwargs)."""
 
     def run(prompt: list[int], params: SamplingParams) -> Outcome:
-        ids = torch.tensor([prompt])
+        ids = torch.tensor([prompt], device=model.device)
         sampling = {"do_sample": False} if params.greedy else {
             "do_sample": True, "temperature": params.temperature, "top_k": 0, "top_p": 1.0}
         if params.seed is not None:
@@ -118,6 +120,7 @@ def hf_method(model: Any, name: str, eos_ids: set[int], drafter_name: str | None
                                  min_new_tokens=params.max_new_tokens if params.ignore_eos else 0,
                                  eos_token_id=eos or None, pad_token_id=_pad(model, eos_ids),
                                  repetition_penalty=1.0, **sampling, **generate_kwargs)
+        synchronize(model.device)
         seconds = time.perf_counter() - start
         return Outcome(_cut_at_eos(out[0, ids.shape[1]:].tolist(), eos), seconds)
 

@@ -123,7 +123,7 @@ def run_benchmark(config: BenchConfig, target: LanguageModel, loader: Loader,
                      f"{len(prompts) * config.repeats} question runs done")
     categories = sorted({r.category for r in records})
     dtype = getattr(getattr(target, "model", None), "dtype", config.dtype)
-    notes += _fixed_notes(config, str(dtype).removeprefix("torch."))
+    notes += _fixed_notes(config, str(dtype).removeprefix("torch."), _runner_note(target))
     meta = {"command": config.command, "config": _config_dict(config),
             "environment": _environment(), "seconds": seconds, "notes": notes,
             "sample": f"{len(done)} question runs ({', '.join(categories)}; up to "
@@ -138,8 +138,16 @@ def _eos_ids(target: LanguageModel) -> set[int]:
     return SpeculativeDecoder(target, None, 0).eos_token_ids(SamplingParams())
 
 
-def _fixed_notes(config: BenchConfig, dtype: str) -> list[str]:
-    return [f"target {config.target} in {dtype}, {config.threads} threads; the "
+def _runner_note(target: LanguageModel) -> str:
+    """Device, runner and compiled widths of the target, as the report states them."""
+    runner = type(getattr(target, "_model", target)).__name__
+    widths = getattr(getattr(target, "_model", target), "widths", ())
+    compiled = f"compiled widths {list(widths)}" if widths else "eager"
+    return f"on {target.device} ({runner}, {compiled})"
+
+
+def _fixed_notes(config: BenchConfig, dtype: str, runner: str = "") -> list[str]:
+    return [f"target {config.target} in {dtype} {runner}, {config.threads} threads; the "
             "transformers methods run the same model object; llama.cpp runs the GGUF in its "
             "native quantization (a different numeric model: its greedy outputs may differ)",
             "methods interleaved per prompt (order rotating), one warm-up generation each; "
@@ -162,6 +170,7 @@ def _environment() -> dict[str, Any]:
     return {"python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "machine": platform.machine(),
             "processor": platform.processor(), "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "llama_cpp": _llamacpp_version()}
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from specdec.bench.workloads import CATEGORIES, DEFAULT_QUESTIONS
+from specdec.cli.options import add_runtime_arguments, runtime_options
 
 DEFAULT_TARGET = "qwen2.5-coder-0.5b"
 DEFAULT_DRAFTS = "ngram,smollm2-135m,ngram+smollm2-135m"
@@ -44,6 +45,7 @@ def parser() -> argparse.ArgumentParser:
                    help="start no new question after this many minutes (categories alternate, "
                         "so all are cut alike)")
     p.add_argument("--quick", action="store_true", help="~2-minute smoke run")
+    add_runtime_arguments(p)
     return p
 
 
@@ -51,6 +53,7 @@ def main(argv: list[str]) -> int:
     from specdec.bench.suite import BenchConfig, run_benchmark
 
     args = parser().parse_args(argv)
+    runtime = runtime_options(args)
     for key, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -75,7 +78,8 @@ def main(argv: list[str]) -> int:
 
         if spec not in models:  # one copy per model, shared by every method using it
             dtype = None if config.dtype == "auto" else config.dtype
-            models[spec] = load_model(spec, dtype=dtype, threads=config.threads)
+            models[spec] = load_model(spec, dtype=dtype, threads=config.threads,
+                                      **runtime.load_kwargs())
         return models[spec]
 
     outputs = run_benchmark(config, loader(config.target), loader, _gguf(config.target))

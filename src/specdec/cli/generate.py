@@ -11,6 +11,7 @@ import json
 import sys
 from typing import Any, TextIO
 
+from specdec.cli.options import add_runtime_arguments, runtime_options
 from specdec.decoding import SpeculativeDecoder, StepEvent
 from specdec.detokenize import TextStream
 from specdec.drafters.factory import build_drafter, build_gamma, parse_draft
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights dtype (default bfloat16 where the CPU supports it, else float32)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
     p.add_argument("--chat", action="store_true", help="apply the model's chat template")
+    add_runtime_arguments(p)
     out = p.add_mutually_exclusive_group()
     out.add_argument("--show", action="store_true",
                      help="color accepted drafts green, rejected red, corrections blue (tty only)")
@@ -69,17 +71,19 @@ def main(argv: list[str]) -> int:
                             min_p=args.min_p, seed=args.seed, max_new_tokens=args.max_new_tokens)
     gamma = build_gamma(args.gamma)
     parse_draft(args.draft)
+    runtime = runtime_options(args)
 
     from specdec.models.loading import load_model, resolve_dtype, set_threads
 
-    dtype = resolve_dtype(args.dtype)
+    dtype = resolve_dtype(args.dtype, runtime.device)
     if args.threads is not None:
         set_threads(args.threads)
 
     def loader(spec: str) -> Any:
         if sys.stderr.isatty():
-            print(f"loading {spec} ({str(dtype).removeprefix('torch.')}) ...", file=sys.stderr)
-        return load_model(spec, dtype=dtype)
+            print(f"loading {spec} ({str(dtype).removeprefix('torch.')}, {runtime.device}) ...",
+                  file=sys.stderr)
+        return load_model(spec, dtype=dtype, **runtime.load_kwargs())
 
     target = loader(args.target)
     drafter = build_drafter(args.draft, target, loader)
@@ -98,7 +102,8 @@ def main(argv: list[str]) -> int:
         render = Figure1(sys.stdout, target.tokenizer) if color else PlainText(
             sys.stdout, target.tokenizer)
         stats = render.run(decoder.stream(prompt, params))
-    print(summary(stats, drafter.name if drafter is not None else "none"), file=sys.stderr)
+    print(summary(stats, drafter.name if drafter is not None else "none",
+                  compile_seconds(target, drafter)), file=sys.stderr)
     return 0
 
 
@@ -176,11 +181,22 @@ class Figure1(PlainText):
             self.out.write(f"{color}{text}{RESET}")
 
 
-def summary(stats: GenerationStats, drafter: str) -> str:
+def compile_seconds(*models: Any) -> float:
+    """Time spent compiling steps in these models (and a drafter's model), 0 when eager."""
+    total = 0.0
+    for model in models:
+        total += getattr(model, "compile_s", 0.0) + getattr(getattr(model, "model", None),
+                                                             "compile_s", 0.0)
+    return total
+
+
+def summary(stats: GenerationStats, drafter: str, compile_s: float = 0.0) -> str:
     """One line of the numbers that matter, for stderr."""
     line = (f"[{stats.generated} tokens in {stats.total_s:.2f}s, {stats.tokens_per_s:.1f} tok/s; "
             f"{stats.target_calls} target calls, {stats.tokens_per_call:.2f} tokens/call")
     if stats.drafted:
         line += (f"; drafter {drafter}: {stats.accepted}/{stats.drafted} drafts accepted "
                  f"({stats.acceptance_rate:.0%}), alpha {stats.alpha:.2f}")
+    if compile_s:
+        line += f"; compiling took {compile_s:.1f}s of that"
     return line + "]"

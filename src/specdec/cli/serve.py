@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any
 
+from specdec.cli.options import add_runtime_arguments, runtime_options
 from specdec.server.app import DEFAULT_MAX_BODY
 
 DEFAULT_TARGET = "qwen2.5-coder-0.5b"
@@ -28,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=("auto", "bfloat16", "float32", "float16"),
                         help="weights dtype (default auto: bfloat16 where the CPU has it)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_runtime_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
@@ -59,18 +63,39 @@ def main(argv: list[str]) -> int:
 
     gamma = build_gamma(args.gamma)  # fail on a bad value before loading anything
     parse_draft(args.draft)
+    runtime = runtime_options(args)
 
     def load(spec: str):
-        return load_model(spec, None if args.dtype == "auto" else args.dtype, args.threads)
+        return load_model(spec, None if args.dtype == "auto" else args.dtype, args.threads,
+                          **runtime.load_kwargs())
 
     target = load(args.target)
     drafter = build_drafter(args.draft, target, load)
+    if runtime.compile:  # compile before the first request, not during it
+        seconds = warm_up(target, drafter, args.max_tokens_limit)
+        print(f"specdec serve: compiled steps in {seconds:.1f}s", file=sys.stderr)
     engine = Engine(SpeculativeDecoder(target, drafter, gamma),
                     EngineConfig(max_queue=args.max_queue,
                                  max_tokens_limit=args.max_tokens_limit))
     app = create_app(engine, args.served_model_name or args.target, args.max_body_bytes)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
+
+
+def warm_up(target: Any, drafter: Any, max_tokens: int) -> float:
+    """Compile every width of the target and of a model drafter; returns the seconds taken.
+
+    The cache is sized for a long request, so later requests rarely regrow it (which would
+    recompile); compiled steps attend over the whole buffer, which a GPU does not notice.
+    """
+    window = target.max_length or max_tokens + 2048
+    capacity = min(window, max_tokens + 2048)
+    seconds = 0.0
+    for model in (target, getattr(drafter, "model", None),
+                  getattr(getattr(drafter, "fallback", None), "model", None)):
+        if hasattr(model, "warmup"):
+            seconds += model.warmup(capacity)
+    return seconds
 
 
 def _check_bounds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -52,8 +52,10 @@ class CrossTokenizerDrafter:
         self.name = f"{model.name} (cross-tokenizer)"
         self.target_tokenizer = target.tokenizer
         self.target_vocab_size = target.vocab_size
-        self.drafter_ids, self.target_ids = vocabulary_intersection(
+        drafter_ids, target_ids = vocabulary_intersection(
             model.tokenizer, model.vocab_size, target.tokenizer, target.vocab_size)
+        self.drafter_ids = drafter_ids.to(model.device)
+        self.target_ids = target_ids.to(model.device)
         self.cached_ids = torch.zeros(1, 0, dtype=torch.long)
 
     def begin(self, prompt_ids: torch.Tensor) -> None:
@@ -73,8 +75,9 @@ class CrossTokenizerDrafter:
         tokens, probs = [], []
         fed = [self.cached_ids]
         for _ in range(gamma):
-            logits = self.model.extend(feed)[:, -1, self.drafter_ids]  # restricted [1, |I|]
-            fed.append(feed)
+            # restricted to the intersection, [1, |I|]
+            logits = self.model.extend(feed, last=1)[:, -1, self.drafter_ids]
+            fed.append(feed.cpu())
             if not torch.isfinite(logits).all():  # sampling would index past the intersection
                 raise FloatingPointError(
                     f"drafter logits not finite after feeding {feed.shape[1]} tokens at cache "
@@ -94,7 +97,7 @@ class CrossTokenizerDrafter:
 
     def _to_target(self, q: torch.Tensor) -> torch.Tensor:
         """q over the intersection [1, |I|] -> q over the target vocabulary [1, V]."""
-        full = torch.zeros(q.shape[0], self.target_vocab_size)
+        full = torch.zeros(q.shape[0], self.target_vocab_size, device=q.device)
         full[:, self.target_ids] = q
         return full
 

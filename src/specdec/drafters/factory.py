@@ -197,11 +197,12 @@ def _model_drafter(parsed: DraftSpec, target: LanguageModel,
 
 def _quantized(model: LanguageModel, bits: int) -> LanguageModel:
     """A low-bit view of a transformers-backed model (the loader's stays as it was)."""
-    from specdec.models.hf import wrap
     from specdec.models.low_bit_view import low_bit_view
+    from specdec.models.wrap import wrap
 
     hf_model = getattr(model, "model", None)
     if hf_model is None:
         raise ValueError(f"@int{bits} needs a transformers model, {model.name!r} is not one")
     # a view: the loader's model keeps its layers; norms and embeddings are shared, not copied
-    return wrap(low_bit_view(hf_model, bits), model.tokenizer, f"{model.name}@int{bits}")
+    return wrap(low_bit_view(hf_model, bits), model.tokenizer, f"{model.name}@int{bits}",
+                compile=bool(getattr(model, "widths", ())))

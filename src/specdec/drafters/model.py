@@ -33,14 +33,15 @@ class ModelDrafter:
         feed = self._sync(context)
         tokens, probs = [], []
         for _ in range(gamma):
-            token, q = self._choose(self.model.extend(feed)[:, -1], params, generator)
+            token, q = self._choose(self.model.extend(feed, last=1)[:, -1], params, generator)
             if q is not None:
                 probs.append(q)
             tokens.append(token)
             feed = token[:, None]
         drafted = torch.stack(tokens, dim=1)
-        # the last draft was never fed: the cache holds context + x_1..x_{gamma-1}
-        self.cached_ids = torch.cat([context, drafted[:, :-1]], dim=1)
+        # the last draft was never fed: the cache holds context + x_1..x_{gamma-1}; on a GPU the
+        # drafts reach the host only after the target's step has synchronized anyway
+        self.cached_ids = torch.cat([context, drafted[:, :-1].cpu()], dim=1)
         return Proposal(drafted, torch.stack(probs, dim=1) if probs else None, forwards=gamma)
 
     def _choose(self, logits: torch.Tensor, params: SamplingParams,

@@ -95,6 +95,7 @@ class NgramLMDrafter:
         tokens, probs = [], []
         for _ in range(gamma):
             logq = torch.stack([self.log_probs(int(t)) for t in prev])  # [B, V]
+            logq = logq.to(generator.device)  # q lives where the generator draws
             q = adjusted_probs(logq, params)
             token = q.argmax(dim=-1) if params.greedy else sample(q, generator)
             tokens.append(token)

@@ -53,20 +53,31 @@ class SelfDrafter(ModelDrafter):
     """ModelDrafter over a low-bit view of the target; maps subset-head columns to token ids."""
 
     def __init__(self, model: LanguageModel, head: VocabularySubsetHead | None, vocab_size: int,
-                 name: str, context_tokens: bool = True):
+                 name: str, context_tokens: bool = True, target: LanguageModel | None = None):
         super().__init__(model)
         self.name = name
         self.head = head
         self.vocab_size = vocab_size  # the target's: width of q
         self.context_tokens = context_tokens and head is not None
         self.seen = 0  # context tokens already added to the head
+        self.target = target  # whose prompt cache begin() copies, when it can
+        self.copied_prefill = False  # how the last begin() filled the cache, for tests
 
     def begin(self, prompt_ids: torch.Tensor) -> None:
         if self.head is not None:
             self.head.reset()
             self.seen = 0
             self._cover(prompt_ids)
-        super().begin(prompt_ids)
+        # the loop prefills the target first: its cache holds the prompt's keys and values in
+        # full precision, which is what the drafter's own prefill would compute (prefill runs
+        # the full-precision weights); copying them skips a second prefill
+        copy = getattr(self.model, "prefill_from", None)
+        self.copied_prefill = copy is not None and self.target is not None and \
+            copy(self.target, prompt_ids)
+        if self.copied_prefill:
+            self.cached_ids = prompt_ids[:, : self.model.cached_length]
+        else:
+            super().begin(prompt_ids)
 
     def propose(self, context: torch.Tensor, gamma: int, params: SamplingParams,
                 generator: torch.Generator):
@@ -89,6 +100,7 @@ class SelfDrafter(ModelDrafter):
         if self.head is None:
             return super()._choose(logits, params, generator)
         ids = self.head.ids
+        logits = logits[:, : len(ids)]  # columns past the subset's are unused capacity
         if params.greedy:
             return ids[logits.argmax(dim=-1)], None
         q_subset = adjusted_probs(logits, params)  # renormalised over the subset
@@ -114,7 +126,7 @@ def special_token_ids(target: LanguageModel) -> list[int]:
 
 def build_self_drafter(target: LanguageModel, config: SelfDraftConfig) -> SelfDrafter:
     """A SelfDrafter over a low-bit view of `target` (a transformers-backed model)."""
-    from specdec.models.hf import wrap
+    from specdec.models.wrap import wrap
 
     hf_model = getattr(target, "model", None)
     output = getattr(hf_model, "get_output_embeddings", lambda: None)()
@@ -127,5 +139,8 @@ def build_self_drafter(target: LanguageModel, config: SelfDraftConfig) -> SelfDr
         ids = frequent_token_ids(target.vocab_size, config.vocab, special_token_ids(target))
         head = VocabularySubsetHead(output, ids, config.bits, config.group_size)
     view = low_bit_view(hf_model, config.bits, config.group_size, config.full_rows, head)
-    model = wrap(view, target.tokenizer, config.label)
-    return SelfDrafter(model, head, target.vocab_size, config.label, config.context)
+    # the target's runner and compile setting (the view's tensors are already on its device)
+    runtime = "static" if hasattr(target, "prefill_from") else "dynamic"
+    model = wrap(view, target.tokenizer, config.label, runtime=runtime,
+                 compile=bool(getattr(target, "widths", ())))
+    return SelfDrafter(model, head, target.vocab_size, config.label, config.context, target)

@@ -21,21 +21,28 @@ class LanguageModel(Protocol):
     vocab_size: int  # width of the logits
     max_length: int | None  # context window in tokens, None if unbounded
     tokenizer: Any  # a transformers tokenizer, or None
+    eos_token_ids: frozenset[int]  # ids that end a sequence
+    device: torch.device  # where extend's logits live; inputs may come from anywhere
 
-    def prefill(self, prompt_ids: torch.Tensor) -> torch.Tensor:
+    def prefill(self, prompt_ids: torch.Tensor, reserve: int = 0) -> torch.Tensor:
         """Reset the cache for prompt_ids [B, T]; return the decoder context [B, T'].
 
         Decoder-only models return the prompt with all but its last token cached;
         encoder-decoder models encode the prompt and return the decoder start token.
+        reserve: positions the caller expects to add after the prompt (a capacity hint).
+        No logits are computed for the prompt.
         """
         ...
 
-    def extend(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Feed tokens [B, k] in ONE forward; return float32 logits [B, k, V] at every one."""
+    def extend(self, tokens: torch.Tensor, last: int | None = None) -> torch.Tensor:
+        """Feed tokens [B, k] in ONE forward; float32 logits [B, k, V] on `device`.
+
+        last: return (and compute) the logits of only the last `last` positions.
+        """
         ...
 
     def rollback(self, n: int) -> None:
-        """Drop the last n cached positions (crop the KV cache; never recompute)."""
+        """Drop the last n cached positions (move the write position; never recompute)."""
         ...
 
     @property

@@ -1,25 +1,50 @@
-"""transformers models behind the LanguageModel protocol.
+"""transformers models behind the LanguageModel protocol: shared properties and the dynamic path.
 
-One forward per `extend`; `rollback` crops the DynamicCache (`crop(-n)`), never recomputes.
+The dynamic path runs transformers' own forward with a DynamicCache: one forward per `extend`,
+`rollback` crops the cache (`crop(-n)`), never recomputes. It serves every architecture the
+static runner (models/static.py) does not: encoder-decoders (T5), sliding-window models
+(Gemma 3), GPT-2 and the rest.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
 
 
-class _CachedModel:
-    """Shared bookkeeping: name, vocabulary, the cache and its length."""
+class HFModel:
+    """What every transformers-backed model exposes: name, vocabulary, window, device, EOS."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: Any = None, name: str | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name or getattr(model.config, "name_or_path", "") or type(model).__name__
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
-        self.max_length = _context_window(model.config)
+        self.max_length = context_window(model.config)
+        # transformers 5.24 renamed the forward's `past_key_values` to `cache`
+        self._cache_kwarg = ("cache" if "cache" in inspect.signature(model.forward).parameters
+                             else "past_key_values")
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return eos_token_ids(self.model, self.tokenizer)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to_device(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens.to(self.device, non_blocking=True)
+
+
+class _CachedModel(HFModel):
+    """The dynamic cache and its length."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: Any = None, name: str | None = None):
+        super().__init__(model, tokenizer, name)
         self.cache: Any = None
         self._length = 0
 
@@ -30,6 +55,8 @@ class _CachedModel:
     def rollback(self, n: int) -> None:
         if n < 0 or n > self._length:
             raise ValueError(f"cannot roll back {n} of {self._length} cached positions")
+        if n == 0:  # crop(-0) is crop(0): some versions read that as "keep nothing"
+            return
         self._self_attention_cache().crop(-n)
         self._length -= n
 
@@ -45,18 +72,19 @@ class _CachedModel:
 
 
 class HFCausalLM(_CachedModel):
-    """A decoder-only transformers model (Llama, Qwen2, Gemma 3, GPT-2, ...)."""
+    """A decoder-only transformers model (Llama, Qwen2, Gemma 3, GPT-2, ...), dynamic cache."""
 
     @torch.inference_mode()
-    def prefill(self, prompt_ids: torch.Tensor) -> torch.Tensor:
+    def prefill(self, prompt_ids: torch.Tensor, reserve: int = 0) -> torch.Tensor:
         self.cache, self._length = self._new_cache(), 0
         if prompt_ids.shape[1] > 1:
-            self.extend(prompt_ids[:, :-1])
+            self.extend(prompt_ids[:, :-1], last=1)  # logits of one position, not T x V
         return prompt_ids
 
     @torch.inference_mode()
-    def extend(self, tokens: torch.Tensor) -> torch.Tensor:
-        out = self.model(input_ids=tokens, past_key_values=self.cache, use_cache=True)
+    def extend(self, tokens: torch.Tensor, last: int | None = None) -> torch.Tensor:
+        out = self.model(input_ids=self.to_device(tokens), use_cache=True,
+                         logits_to_keep=last or 0, **{self._cache_kwarg: self.cache})
         self._length += tokens.shape[1]
         return out.logits.float()
 
@@ -65,36 +93,40 @@ class HFSeq2SeqLM(_CachedModel):
     """An encoder-decoder model (T5): the encoder runs once, the decoder cache is cropped."""
 
     @torch.inference_mode()
-    def prefill(self, prompt_ids: torch.Tensor) -> torch.Tensor:
+    def prefill(self, prompt_ids: torch.Tensor, reserve: int = 0) -> torch.Tensor:
         encoder = self.model.get_encoder()
-        self.encoder_outputs = encoder(input_ids=prompt_ids)
+        self.encoder_outputs = encoder(input_ids=self.to_device(prompt_ids))
         self.cache = EncoderDecoderCache(self._new_cache(), DynamicCache())
         self._length = 0
         start = self.model.config.decoder_start_token_id
         return torch.full((prompt_ids.shape[0], 1), start, dtype=torch.long)
 
     @torch.inference_mode()
-    def extend(self, tokens: torch.Tensor) -> torch.Tensor:
-        out = self.model(encoder_outputs=self.encoder_outputs, decoder_input_ids=tokens,
-                         past_key_values=self.cache, use_cache=True)
+    def extend(self, tokens: torch.Tensor, last: int | None = None) -> torch.Tensor:
+        out = self.model(encoder_outputs=self.encoder_outputs,
+                         decoder_input_ids=self.to_device(tokens), use_cache=True,
+                         **{self._cache_kwarg: self.cache})
         self._length += tokens.shape[1]
-        return out.logits.float()
+        logits = out.logits if last is None else out.logits[:, -last:]
+        return logits.float()
 
     def _self_attention_cache(self) -> DynamicCache:
         return self.cache.self_attention_cache
 
 
-def wrap(model: PreTrainedModel, tokenizer: Any = None, name: str | None = None):
-    """The right LanguageModel adapter for a transformers model."""
-    if model.config.is_encoder_decoder:
-        return HFSeq2SeqLM(model, tokenizer, name)
-    return HFCausalLM(model, tokenizer, name)
-
-
-def _context_window(config: Any) -> int | None:
+def context_window(config: Any) -> int | None:
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
         value = getattr(config, key, None)
         if isinstance(value, int) and value > 0:
             return value
     return None  # e.g. T5's relative positions have no hard limit
 
+
+def eos_token_ids(model: PreTrainedModel, tokenizer: Any) -> frozenset[int]:
+    """The ids that end a sequence: the generation config's, else the tokenizer's."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None and tokenizer is not None:
+        eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        return frozenset()
+    return frozenset(int(e) for e in (eos if isinstance(eos, list | tuple) else [eos]))

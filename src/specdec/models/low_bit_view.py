@@ -71,22 +71,24 @@ def low_bit_view(model: nn.Module, bits: int | None, group_size: int = 32, full_
 
 
 class VocabularySubsetHead(nn.Module):
-    """Logits for `ids` only: a fixed part in low bits, plus tokens added later in full precision.
+    """Logits for a vocabulary subset: a fixed part in low bits, plus tokens added later.
 
-    `ids` [S] maps logit column j to its token id. `add(tokens)` appends the given tokens that
-    are not covered yet (up to MAX_EXTRA_TOKENS), reading their rows from the full head's
-    weight (shared, not copied); `reset()` drops them again.
+    Column j < `size` holds the logit of token `ids[j]`; the fixed part comes first. Tokens
+    added with `add` (up to `max_extra`) get full-precision rows copied from the head they
+    came from, into a buffer whose capacity doubles when full (a compiled step sees few
+    shapes); its unused columns are -inf and lie past `size`. `reset()` drops the added ones.
     """
 
     def __init__(self, head: nn.Linear, fixed_ids: torch.Tensor, bits: int | None = 4,
-                 group_size: int = 32, max_extra: int = MAX_EXTRA_TOKENS):
+                 group_size: int = 32, max_extra: int = MAX_EXTRA_TOKENS,
+                 initial_capacity: int = 256):
         super().__init__()
         weight = head.weight.detach()
         self.vocab_size = int(weight.shape[0])
         fixed_ids = torch.unique(fixed_ids.long())  # sorted, once each
         if fixed_ids.numel() == 0 or fixed_ids.min() < 0 or fixed_ids.max() >= self.vocab_size:
             raise ValueError(f"subset ids must be a non-empty set in [0, {self.vocab_size})")
-        self.register_buffer("full_weight", weight, persistent=False)  # the target's, shared
+        self.register_buffer("full_weight", weight, persistent=False)  # the head's, shared
         self.full_bias = None if head.bias is None else head.bias.detach()
         rows = nn.Linear(weight.shape[1], len(fixed_ids), bias=head.bias is not None,
                          device="meta")
@@ -96,20 +98,26 @@ class VocabularySubsetHead(nn.Module):
         self.fixed = rows if bits is None else quantized_linear(rows, bits, group_size)
         self.fixed_ids = fixed_ids
         self.max_extra = max_extra
+        capacity = max(1, min(initial_capacity, max_extra))
+        self.extra_weight = weight.new_zeros(capacity, weight.shape[1])
+        self.extra_offset = torch.full((capacity,), float("-inf"), dtype=weight.dtype)
         self.extra_ids: list[int] = []
-        self.extra_weight = weight.new_zeros(0, weight.shape[1])
         self.covered = torch.zeros(self.vocab_size, dtype=torch.bool)
         self.reset()
 
     @property
+    def size(self) -> int:
+        """Number of valid logit columns (the fixed part and the added tokens)."""
+        return len(self.fixed_ids) + len(self.extra_ids)
+
+    @property
     def weight(self) -> torch.Tensor:
         """An [S, hidden]-shaped stand-in (no storage) for callers that read the width."""
-        return self.full_weight.new_zeros(()).expand(len(self.fixed_ids) + len(self.extra_ids),
-                                                     self.full_weight.shape[1])
+        return self.full_weight.new_zeros(()).expand(self.size, self.full_weight.shape[1])
 
     @property
     def ids(self) -> torch.Tensor:
-        """Token id of each logit column, [S]."""
+        """Token id of each valid logit column, [size]."""
         if self._ids is None:
             self._ids = torch.cat([self.fixed_ids, torch.tensor(self.extra_ids, dtype=torch.long)])
         return self._ids
@@ -117,7 +125,7 @@ class VocabularySubsetHead(nn.Module):
     def reset(self) -> None:
         self._ids: torch.Tensor | None = None
         self.extra_ids = []
-        self.extra_weight = self.extra_weight[:0]
+        self.extra_offset.fill_(float("-inf"))
         self.covered.zero_()
         self.covered[self.fixed_ids] = True
 
@@ -128,22 +136,34 @@ class VocabularySubsetHead(nn.Module):
             if 0 <= token < self.vocab_size and not self.covered[token] and \
                     len(self.extra_ids) + len(fresh) < self.max_extra:
                 fresh.append(token)
-        if fresh:
-            index = torch.tensor(fresh, dtype=torch.long)
-            self.covered[index] = True
-            self._ids = None
-            self.extra_ids.extend(fresh)
-            self.extra_weight = torch.cat([self.extra_weight, self.full_weight[index]])
+        if not fresh:
+            return 0
+        start, end = len(self.extra_ids), len(self.extra_ids) + len(fresh)
+        if end > self.extra_weight.shape[0]:
+            self._grow(end)
+        index = torch.tensor(fresh, dtype=torch.long)
+        self.extra_weight[start:end] = self.full_weight[index]
+        self.extra_offset[start:end] = 0 if self.full_bias is None else self.full_bias[index]
+        self.covered[index] = True
+        self.extra_ids.extend(fresh)
+        self._ids = None
         return len(fresh)
+
+    def _grow(self, needed: int) -> None:
+        capacity = self.extra_weight.shape[0]
+        while capacity < needed:
+            capacity *= 2
+        weight = self.extra_weight.new_zeros(capacity, self.extra_weight.shape[1])
+        offset = self.extra_offset.new_full((capacity,), float("-inf"))
+        used = len(self.extra_ids)
+        weight[:used], offset[:used] = self.extra_weight[:used], self.extra_offset[:used]
+        self.extra_weight, self.extra_offset = weight, offset
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.fixed(hidden)
-        if self.extra_ids:
-            extra = F.linear(hidden.to(self.extra_weight.dtype), self.extra_weight,
-                             None if self.full_bias is None else
-                             self.full_bias[torch.tensor(self.extra_ids)])
-            logits = torch.cat([logits, extra.to(logits.dtype)], dim=-1)
-        return logits
+        extra = F.linear(hidden.to(self.extra_weight.dtype), self.extra_weight) + \
+            self.extra_offset
+        return torch.cat([logits, extra.to(logits.dtype)], dim=-1)
 
 
 def frequent_token_ids(vocab_size: int, count: int, always: Iterable[int] = ()) -> torch.Tensor:

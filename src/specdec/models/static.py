@@ -1,0 +1,301 @@
+"""The static runner: llama-family decoders over a preallocated, position-indexed KV cache.
+
+gpt-fast's design (a static cache indexed by position) on transformers' own weights and layer
+modules: the runner calls the model's embedding, norms, MLPs and q/k/v/o projections (so
+quantized linear layers work unchanged) and does attention itself, writing keys and values at
+their absolute positions. Rollback moves the write position and nothing else: slots past it
+are never attended (the causal mask only admits keys at or before a query's position) and are
+overwritten by the next extend. Prefill runs in chunks and computes no logits.
+
+With `compile=True` the k-token step is compiled (torch.compile; CUDA graphs on a GPU) for a
+few widths: a block of k tokens is padded up to the next width, the padded positions' logits
+are dropped, and the cache slots they wrote lie past the write position. Compiled steps attend
+over the whole buffer (static shapes) under a mask; eager steps attend over the filled part.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+from specdec.models.hf import HFModel
+
+STATIC_ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral")
+DEFAULT_WIDTHS = (1, 2, 4, 8, 16)
+PREFILL_CHUNK = 512  # bounds prefill's activations and attention scores, not just its logits
+CAPACITY_STEP = 256  # capacities are multiples of this
+# positions reserved past the prompt when the caller gives no hint (a drafter's begin does
+# not know max_new_tokens); a slot costs 2 * layers * kv_heads * head_dim values
+DEFAULT_RESERVE = 1024
+
+
+def static_unsupported(model: PreTrainedModel) -> str | None:
+    """Why the static runner cannot run `model`, or None when it can."""
+    config = model.config
+    kind = getattr(config, "model_type", "")
+    if config.is_encoder_decoder or kind not in STATIC_ARCHITECTURES:
+        return f"architecture {kind!r} (static runner: {', '.join(STATIC_ARCHITECTURES)})"
+    if getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None):
+        return "sliding-window attention"
+    if any(t != "full_attention" for t in getattr(config, "layer_types", None) or []):
+        return "layers other than full attention"
+    inner = getattr(model, "model", None)
+    parts = ("embed_tokens", "layers", "norm", "rotary_emb")
+    if inner is None or not all(hasattr(inner, p) for p in parts):
+        return "an unfamiliar module layout"
+    if "dynamic" in str(getattr(inner.rotary_emb, "rope_type", "default")):
+        return "dynamic rotary scaling (depends on the sequence length)"
+    for layer in inner.layers:
+        attn = getattr(layer, "self_attn", None)
+        if attn is None or not all(hasattr(attn, p) for p in ("q_proj", "k_proj", "v_proj",
+                                                              "o_proj", "head_dim")):
+            return "an unfamiliar attention module"
+    return None
+
+
+class StaticKVCache:
+    """Keys and values per layer, [rows, kv_heads, capacity, head_dim], written by position."""
+
+    def __init__(self, layers: int, rows: int, kv_heads: int, head_dim: int, capacity: int,
+                 dtype: torch.dtype, device: torch.device):
+        shape = (rows, kv_heads, capacity, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+
+    @property
+    def rows(self) -> int:
+        return self.keys[0].shape[0]
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2]
+
+    def copy_from(self, other: StaticKVCache, length: int) -> None:
+        for mine, theirs in zip(self.keys + self.values, other.keys + other.values, strict=True):
+            mine[:, :, :length] = theirs[:, :, :length]
+
+    def mark_static(self) -> None:
+        """Fixed addresses for CUDA graphs (the buffers are mutated in place)."""
+        for tensor in self.keys + self.values:
+            torch._dynamo.mark_static_address(tensor)
+
+
+class StaticCausalLM(HFModel):
+    """A llama-family decoder (Llama, Qwen2, Qwen3, Mistral) on a static KV cache."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: Any = None, name: str | None = None,
+                 compile: bool = False, widths: tuple[int, ...] = DEFAULT_WIDTHS):
+        reason = static_unsupported(model)
+        if reason is not None:
+            raise ValueError(f"the static runner cannot run this model: {reason}")
+        super().__init__(model, tokenizer, name)
+        inner = model.model
+        self.embed, self.layers, self.norm = inner.embed_tokens, list(inner.layers), inner.norm
+        self.head = model.get_output_embeddings()
+        self.head_dim = int(self.layers[0].self_attn.head_dim)
+        self.kv_heads = int(model.config.num_key_value_heads)
+        self.cache: StaticKVCache | None = None
+        self._length = 0
+        self._cos = self._sin = torch.empty(0)
+        self.widths = tuple(sorted(set(widths))) if compile else ()
+        self.compile_s = 0.0  # time spent compiling (first call of each width), reported
+        self._compiled_widths: set[int] = set()
+        self._step = self._compile() if compile else None
+
+    # --- the protocol -----------------------------------------------------------------
+
+    @property
+    def cached_length(self) -> int:
+        return self._length
+
+    @torch.inference_mode()
+    def prefill(self, prompt_ids: torch.Tensor, reserve: int = 0) -> torch.Tensor:
+        rows, length = prompt_ids.shape
+        self._length = 0
+        self._ensure_capacity(rows, length + (reserve if reserve > 0 else DEFAULT_RESERVE))
+        ids = self.to_device(prompt_ids)
+        for start in range(0, length - 1, PREFILL_CHUNK):
+            chunk = ids[:, start:min(start + PREFILL_CHUNK, length - 1)]
+            self._eager(chunk, keep=0)
+            self._length += chunk.shape[1]
+        return prompt_ids
+
+    @torch.inference_mode()
+    def prefill_from(self, other: Any, prompt_ids: torch.Tensor, reserve: int = 0) -> bool:
+        """Prefill by copying `other`'s cache, if it holds exactly this prompt's prefix.
+
+        For a drafter that shares the target's architecture (self-speculation): True when
+        copied; False (nothing done) when the caches differ in shape, dtype or device, or
+        `other` does not hold prompt_ids[:, :-1]; the caller then prefills itself.
+        """
+        rows, length = prompt_ids.shape
+        theirs = getattr(other, "cache", None)
+        if not isinstance(other, StaticCausalLM) or not isinstance(theirs, StaticKVCache) or \
+                other.cached_length != length - 1 or theirs.rows != rows or \
+                (len(other.layers), other.kv_heads, other.head_dim) != \
+                (len(self.layers), self.kv_heads, self.head_dim) or \
+                theirs.keys[0].dtype != self.embed.weight.dtype or other.device != self.device:
+            return False
+        self._length = 0
+        self._ensure_capacity(rows, length + (reserve if reserve > 0 else DEFAULT_RESERVE))
+        assert self.cache is not None
+        self.cache.copy_from(theirs, length - 1)
+        self._length = length - 1
+        return True
+
+    @torch.inference_mode()
+    def extend(self, tokens: torch.Tensor, last: int | None = None) -> torch.Tensor:
+        rows, k = tokens.shape
+        width = self._width(k)
+        self._ensure_capacity(rows, self._length + (width or k))
+        ids = self.to_device(tokens)
+        if width is None:
+            logits = self._eager(ids, keep=k if last is None else min(last, k))
+        else:
+            logits = self._compiled(ids, width)[:, :k]
+            if last is not None:
+                logits = logits[:, -last:]
+        self._length += k
+        return logits.float()
+
+    def rollback(self, n: int) -> None:
+        if n < 0 or n > self._length:
+            raise ValueError(f"cannot roll back {n} of {self._length} cached positions")
+        self._length -= n  # slots past the write position are masked, then overwritten
+
+    def warmup(self, capacity: int, rows: int = 1) -> float:
+        """Compile every width now (for servers: not on the first request); returns seconds."""
+        self._ensure_capacity(rows, capacity)
+        saved, self._length = self._length, 0
+        try:
+            with torch.inference_mode():
+                for width in self.widths:
+                    self._compiled(torch.zeros(rows, width, dtype=torch.long,
+                                               device=self.device), width)
+        finally:
+            self._length = saved
+        return self.compile_s
+
+    # --- forwards -------------------------------------------------------------------------
+
+    def _eager(self, ids: torch.Tensor, keep: int) -> torch.Tensor | None:
+        start, width = self._length, ids.shape[1]
+        positions = torch.arange(start, start + width, device=ids.device)
+        hidden = self._layers(ids, positions, end=start + width)
+        if keep == 0:
+            return None
+        return self.head(self.norm(hidden[:, -keep:]))
+
+    def _full(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Static shapes only: attends over the whole buffer, logits at every position."""
+        return self.head(self.norm(self._layers(ids, positions, end=None)))
+
+    def _compiled(self, ids: torch.Tensor, width: int) -> torch.Tensor:
+        rows, k = ids.shape
+        if k < width:  # pad: these positions' logits are dropped, their slots overwritten later
+            ids = torch.cat([ids, ids.new_zeros(rows, width - k)], dim=1)
+        positions = torch.arange(self._length, self._length + width, device=ids.device)
+        first = width not in self._compiled_widths
+        t0 = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
+        assert self._step is not None
+        logits = self._step(ids, positions)
+        if self.device.type == "cuda":
+            logits = logits.clone()  # a CUDA graph's output is overwritten by its next replay
+        if first:
+            self.compile_s += time.perf_counter() - t0
+            self._compiled_widths.add(width)
+        return logits
+
+    def _layers(self, ids: torch.Tensor, positions: torch.Tensor,
+                end: int | None) -> torch.Tensor:
+        assert self.cache is not None
+        hidden = self.embed(ids)
+        cos, sin = self._cos[positions], self._sin[positions]
+        length = self.cache.capacity if end is None else end
+        # key j is visible to the query at position t iff j <= t
+        mask = torch.arange(length, device=ids.device)[None, :] <= positions[:, None]
+        for index, layer in enumerate(self.layers):
+            attended = self._attention(index, layer.self_attn, layer.input_layernorm(hidden),
+                                       positions, cos, sin, mask, end)
+            hidden = hidden + attended
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        return hidden
+
+    def _attention(self, index: int, attn: Any, x: torch.Tensor, positions: torch.Tensor,
+                   cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+                   end: int | None) -> torch.Tensor:
+        rows, width, _ = x.shape
+        shape = (rows, width, -1, self.head_dim)
+        q = attn.q_proj(x).view(shape)
+        k = attn.k_proj(x).view(shape)
+        v = attn.v_proj(x).view(shape).transpose(1, 2)
+        if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm per head before rotary
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q = _rotate(q.transpose(1, 2), cos, sin)
+        k = _rotate(k.transpose(1, 2), cos, sin)
+        assert self.cache is not None
+        keys, values = self.cache.keys[index], self.cache.values[index]
+        keys.index_copy_(2, positions, k)
+        values.index_copy_(2, positions, v)
+        if end is not None:
+            keys, values = keys[:, :, :end], values[:, :, :end]
+        # grouped-query attention without repeating keys: the query heads that share a key
+        # head become extra query rows of that head, [B, H_kv, groups * width, D]
+        groups = q.shape[1] // self.kv_heads
+        q = q.reshape(rows, self.kv_heads, groups * width, self.head_dim)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask.repeat(groups, 1),
+                                             scale=attn.scaling)
+        out = out.view(rows, self.kv_heads * groups, width, self.head_dim).transpose(1, 2)
+        return attn.o_proj(out.reshape(rows, width, -1))
+
+    # --- buffers --------------------------------------------------------------------------
+
+    def _width(self, k: int) -> int | None:
+        """The compiled width a block of k tokens pads to, or None to run it eagerly."""
+        return next((w for w in self.widths if w >= k), None)
+
+    def _ensure_capacity(self, rows: int, needed: int) -> None:
+        cache = self.cache
+        if cache is not None and cache.rows == rows and cache.capacity >= needed:
+            return
+        if cache is not None and cache.rows == rows:
+            needed = max(needed, 2 * cache.capacity)  # doubling: few regrows, few recompiles
+        capacity = -(-max(needed, 1) // CAPACITY_STEP) * CAPACITY_STEP
+        grown = StaticKVCache(len(self.layers), rows, self.kv_heads, self.head_dim, capacity,
+                              self.embed.weight.dtype, self.device)
+        if cache is not None and cache.rows == rows:
+            grown.copy_from(cache, self._length)
+        if self._step is not None:
+            self._compiled_widths.clear()  # new buffers: the next call of each width recompiles
+            if self.device.type == "cuda":
+                grown.mark_static()
+        self.cache = grown
+        if self._cos.shape[0] < capacity:
+            self._cos, self._sin = self._rotary_tables(capacity)
+
+    def _rotary_tables(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin [length, head_dim] from the model's own rotary module (any rope type)."""
+        rotary = self.model.model.rotary_emb
+        probe = torch.zeros(1, 1, self.head_dim, dtype=self.embed.weight.dtype,
+                            device=self.device)
+        positions = torch.arange(length, device=self.device)[None]
+        with torch.inference_mode():
+            cos, sin = rotary(probe, positions)
+        return cos[0], sin[0]
+
+    def _compile(self) -> Any:
+        mode = "reduce-overhead" if self.device.type == "cuda" else None  # CUDA graphs
+        return torch.compile(self._full, mode=mode, dynamic=False)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding (rotate-half convention), x [B, H, T, D], cos/sin [T, D]."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
