@@ -26,9 +26,9 @@ import torch
 from specdec.bench.workloads import DEFAULT_QUESTIONS, load_questions, prompt_ids
 from specdec.decoding import SpeculativeDecoder
 from specdec.drafters.ngram import NgramDrafter
-from specdec.drafters.self_spec import SelfDraftConfig, build_self_drafter, special_token_ids
-from specdec.models.low_bit_view import frequent_token_ids
-from specdec.models.quantize import Int4Linear, Int8Linear, _LowBitLinear
+from specdec.drafters.self_spec import special_token_ids
+from specdec.models.low_bit_view import frequent_token_ids, shared_tree
+from specdec.models.quantize import Int4Linear, Int8Linear, _LowBitLinear, fake_quantize
 from specdec.sampling import SamplingParams
 
 SUBSETS = (1024, 4096, 8192, 16384, 32768, 65536, None)  # None: the whole vocabulary
@@ -64,30 +64,49 @@ def kernels(args: argparse.Namespace) -> None:
 
 # --- acceptance ---------------------------------------------------------------------------
 
-def _hidden_states(drafter, prompt: list[int], output: list[int]) -> torch.Tensor:
+class _PassThrough(torch.nn.Module):
+    """Stands in for the output head: the runner's "logits" are then the final hidden states."""
+
+    def __init__(self, head: torch.nn.Module):
+        super().__init__()
+        self.weight = head.weight  # shared; read for its shape only
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden
+
+
+def _simulated_trunk(target, bits: int, group: int):
+    """The target's trunk with fake-quantized linears (the low-bit layers' exact weights, run
+    as bf16 matmuls: the low-bit kernels are slow over many rows) and no head."""
+    from specdec.models.wrap import wrap
+
+    head = target.model.get_output_embeddings()
+
+    def replace(path: str, child: torch.nn.Module):
+        if child is head:
+            return _PassThrough(head)
+        if isinstance(child, torch.nn.Linear):
+            layer = torch.nn.Linear(child.in_features, child.out_features,
+                                    bias=child.bias is not None, device="meta")
+            layer.weight = torch.nn.Parameter(fake_quantize(child.weight, bits, group),
+                                              requires_grad=False)
+            if child.bias is not None:
+                layer.bias = child.bias
+            return layer
+        return None
+
+    return wrap(shared_tree(target.model, replace), runtime="static")
+
+
+def _hidden_states(trunk, target, prompt: list[int], output: list[int]) -> torch.Tensor:
     """Final hidden states at the positions predicting output[0..n-1], [n, H] (teacher-forced).
 
-    The prompt runs through the full-precision path (as drafter.begin does), the output
-    through the low-bit path (as accepted drafts do).
+    The prompt's keys and values are the target's (as SelfDrafter.begin copies them), the
+    output's come from the low-bit trunk (as accepted drafts do). Call after target.prefill.
     """
-    model = drafter.model.model  # the low-bit view (a transformers model)
-    lows = [m for m in model.modules() if isinstance(m, _LowBitLinear)]
-    captured: list[torch.Tensor] = []
-    head = model.get_output_embeddings()
-    hook = head.register_forward_pre_hook(lambda _m, inputs: captured.append(inputs[0]))
-    try:
-        drafter.model.prefill(torch.tensor([prompt]))
-        saved = [m.full_rows for m in lows]
-        for m in lows:
-            m.full_rows = 10 ** 9
-        try:
-            drafter.model.extend(torch.tensor([prompt[-1:] + output[:-1]]))
-        finally:
-            for m, rows in zip(lows, saved, strict=True):
-                m.full_rows = rows
-    finally:
-        hook.remove()
-    return captured[-1][0]
+    if not trunk.prefill_from(target, torch.tensor([prompt])):
+        raise RuntimeError("the trunk could not copy the target's prompt cache")
+    return trunk.extend(torch.tensor([prompt[-1:] + output[:-1]]))[0]
 
 
 def _scores(draft_logits: torch.Tensor, allowed: torch.Tensor, target_logits: torch.Tensor,
@@ -109,9 +128,9 @@ def acceptance(args: argparse.Namespace) -> None:
     questions = load_questions(args.questions, args.categories, args.per_category)
     specials = special_token_ids(target)
     vocab = target.vocab_size
-    drafters = {bits: build_self_drafter(target, SelfDraftConfig(bits=bits, group_size=args.group))
-                for bits in args.bits}
+    trunks = {bits: _simulated_trunk(target, bits, args.group) for bits in args.bits}
     head = target.model.get_output_embeddings()
+    low_heads = {bits: fake_quantize(head.weight, bits, args.group) for bits in args.bits}
     rows: dict[str, list[tuple[float, float, float]]] = {}
     for number, question in enumerate(questions, 1):
         prompt = prompt_ids(target.tokenizer, question.text)
@@ -121,6 +140,8 @@ def acceptance(args: argparse.Namespace) -> None:
         output = SpeculativeDecoder(target, NgramDrafter(), 4).generate(prompt, params).tokens
         with torch.inference_mode():
             target.prefill(torch.tensor([prompt]))
+            hiddens = {bits: _hidden_states(trunk, target, prompt, output)
+                       for bits, trunk in trunks.items()}
             target_logits = target.extend(torch.tensor([prompt[-1:] + output[:-1]]))[0]
             n = len(output)
             # context tokens known when drafting output[i]: the prompt and output[:i]
@@ -129,10 +150,10 @@ def acceptance(args: argparse.Namespace) -> None:
                 first_seen[token] = i + 1  # visible from position i + 1 on
             first_seen[torch.tensor(prompt)] = 0
             context = first_seen[None, :] <= torch.arange(n)[:, None]  # [n, V]
-            for bits, drafter in drafters.items():
-                hidden = _hidden_states(drafter, prompt, output)
-                low = drafter.model.model.get_output_embeddings()(hidden).float()
-                full = head(hidden.to(head.weight.dtype)).float()
+            for bits, hidden in hiddens.items():
+                hidden = hidden.to(head.weight.dtype)
+                low = torch.nn.functional.linear(hidden, low_heads[bits]).float()
+                full = head(hidden).float()
                 for size in SUBSETS:
                     fixed = torch.zeros(vocab, dtype=torch.bool)
                     fixed[frequent_token_ids(vocab, size or vocab, specials)] = True
@@ -178,6 +199,17 @@ class _Timer:
         module.register_forward_pre_hook(pre)
         module.register_forward_hook(post)
 
+    def wrap(self, function, category: str):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.totals[category] = self.totals.get(category, 0.0) + \
+                    time.perf_counter() - start
+
+        return timed
+
 
 def profile(args: argparse.Namespace) -> None:
     from specdec.models.loading import load_model
@@ -193,9 +225,13 @@ def profile(args: argparse.Namespace) -> None:
         timer = _Timer()
         head = model.get_output_embeddings()
         timer.attach(head, "head")
-        attention = [m for name, m in model.named_modules() if name.endswith("self_attn")]
-        for m in attention:
-            timer.attach(m, "attention (incl. q/k/v/o)")
+        runner = drafter.model
+        if hasattr(runner, "_attention"):  # the static runner does attention itself
+            runner._attention = timer.wrap(runner._attention, "attention (incl. q/k/v/o)")
+        else:
+            for name, m in model.named_modules():
+                if name.endswith("self_attn"):
+                    timer.attach(m, "attention (incl. q/k/v/o)")
         for name, m in model.named_modules():
             if m is not head and isinstance(m, torch.nn.Linear | _LowBitLinear):
                 group = "q/k/v/o" if ".self_attn." in name else "mlp"

@@ -105,17 +105,21 @@ def test_shared_tree_substitutes_by_path():
 
 def test_subset_head_gives_the_full_heads_logits_at_its_ids():
     head = _linear(64, 32, seed=3)
-    subset = VocabularySubsetHead(head, torch.tensor([5, 1, 9, 1]), bits=None)
+    subset = VocabularySubsetHead(head, torch.tensor([5, 1, 9, 1]), bits=None, initial_capacity=2)
     assert subset.ids.tolist() == [1, 5, 9]  # sorted, once each
     hidden = torch.randn(2, 32)
     full = head(hidden)
-    assert torch.allclose(subset(hidden), full[:, [1, 5, 9]])
+    logits = subset(hidden)
+    assert torch.allclose(logits[:, :3], full[:, [1, 5, 9]])
+    assert torch.all(logits[:, 3:] == float("-inf"))  # unused capacity
     assert subset.add([9, 30, 30, 2, 99]) == 2  # 9 covered, 99 outside the vocabulary
-    assert subset.ids.tolist() == [1, 5, 9, 30, 2]
-    assert subset.weight.shape == (5, 32)
-    assert torch.allclose(subset(hidden), full[:, [1, 5, 9, 30, 2]])
+    assert subset.ids.tolist() == [1, 5, 9, 30, 2] and subset.size == 5
+    assert subset.add([7]) == 1  # capacity 2 -> 4
+    assert subset(hidden).shape == (2, 3 + 4)
+    assert torch.allclose(subset(hidden)[:, :6], full[:, [1, 5, 9, 30, 2, 7]])
     subset.reset()
     assert subset.ids.tolist() == [1, 5, 9]
+    assert torch.all(subset(hidden)[:, 3:] == float("-inf"))
     bounded = VocabularySubsetHead(head, torch.tensor([0]), bits=4, max_extra=3)
     assert bounded.add(range(10)) == 3 and len(bounded.ids) == 4
     with pytest.raises(ValueError):
@@ -229,12 +233,22 @@ def test_self_needs_a_transformers_target():
 
 # --- the combined policy --------------------------------------------------------------------
 
-class _Stub:
-    """A drafter that proposes what `script(context)` says, with a fixed lookup match length."""
+class _Clock:
+    """Fake time: the policy's measurements are exactly what a test says a step cost."""
 
-    def __init__(self, name: str, script, match: int = 0):
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _Stub:
+    """A drafter that proposes what `script(position)` says, costing `cost` fake seconds."""
+
+    def __init__(self, name: str, script, match: int = 0, clock=None, cost: float = 0.0):
         self.name, self.script, self.last_match = name, script, match
-        self.calls = 0
+        self.clock, self.cost = clock, cost
 
     def begin(self, prompt_ids):
         pass
@@ -242,18 +256,20 @@ class _Stub:
     def propose(self, context, gamma, params, generator):
         from specdec.drafters.base import Proposal
 
-        self.calls += 1
+        if self.clock is not None:
+            self.clock.now += self.cost
         tokens = self.script(context.shape[1])[:gamma]
         return Proposal(torch.tensor([tokens], dtype=torch.long))
 
 
-def _drive(drafter, truth, steps: int = 30, gamma: int = 4) -> None:
-    """Decode `truth` (the target's output, one token per position): accept matching drafts."""
+def _drive(drafter, truth, clock, steps: int = 30, gamma: int = 4, verify: float = 1.0) -> None:
+    """Decode `truth` (the target's output): accept matching drafts; a verify costs `verify`."""
     params = SamplingParams(temperature=0)
     length = 3
     drafter.begin(torch.tensor([truth[:length]]))
     for _ in range(steps):
         proposal = drafter.propose(torch.tensor([truth[:length]]), gamma, params, None)
+        clock.now += verify
         drafts = proposal.tokens[0].tolist()
         n = 0
         while n < len(drafts) and drafts[n] == truth[length + n]:
@@ -265,21 +281,36 @@ TRUTH = list(range(1000))
 
 
 def test_policy_takes_the_lookup_when_its_long_matches_are_right():
+    clock = _Clock()
     lookup = _Stub("lookup", lambda pos: TRUTH[pos:pos + 8], match=3)  # always right
-    model = _Stub("model", lambda pos: [TRUTH[pos], -1, -1, -1])  # one right, then wrong
-    drafter = CombinedDrafter(lookup, model)
-    _drive(drafter, TRUTH)
-    assert drafter.lookup_steps > 20 and drafter.fallback_steps < 10
+    model = _Stub("model", lambda pos: [TRUTH[pos], -1, -1, -1], clock=clock, cost=0.2)
+    drafter = CombinedDrafter(lookup, model, clock=clock)
+    _drive(drafter, TRUTH, clock)
+    assert drafter.lookup_steps > 25 and drafter.fallback_steps < 5
     assert drafter.stats[True].lookup[3].value > 3  # learned: 4 of 4 accepted
 
 
 def test_policy_keeps_the_model_when_the_lookup_is_worse():
+    clock = _Clock()
     lookup = _Stub("lookup", lambda pos: [-1] * 8, match=1)  # never right
-    model = _Stub("model", lambda pos: TRUTH[pos:pos + 4])  # always right
-    drafter = CombinedDrafter(lookup, model)
-    _drive(drafter, TRUTH)
+    model = _Stub("model", lambda pos: TRUTH[pos:pos + 4], clock=clock, cost=0.2)  # always right
+    drafter = CombinedDrafter(lookup, model, clock=clock)
+    _drive(drafter, TRUTH, clock)
     assert drafter.fallback_steps == 30 and drafter.lookup_steps == 0
     assert drafter.stats[True].lookup[1].value < 0.1  # scored although never used
+
+
+def test_policy_weighs_the_model_drafters_cost():
+    # the lookup gets 1 of 4, the model 2 of 4: the model pays off only while it is cheap
+    for cost, lookup_wins in ((0.1, False), (0.9, True)):
+        clock = _Clock()
+        lookup = _Stub("lookup", lambda pos: TRUTH[pos:pos + 1] + [-1] * 7, match=2)
+        model = _Stub("model", lambda pos: TRUTH[pos:pos + 2] + [-1, -1], clock=clock, cost=cost)
+        drafter = CombinedDrafter(lookup, model, clock=clock)
+        _drive(drafter, TRUTH, clock, steps=40)
+        stats = drafter.stats[True]
+        assert abs(stats.draft_share - cost) < 1e-6
+        assert stats.lookup_wins(2) == lookup_wins, cost  # (1+1)(1+c) vs 1+2
 
 
 def test_policy_switches_by_match_length():
@@ -288,12 +319,14 @@ def test_policy_switches_by_match_length():
         lookup.last_match = 4 if pos % 2 else 1
         return TRUTH[pos:pos + 8] if pos % 2 else [-1] * 8
 
+    clock = _Clock()
     lookup = _Stub("lookup", lookup_script)
-    model = _Stub("model", lambda pos: TRUTH[pos:pos + 2] + [-1, -1])
-    drafter = CombinedDrafter(lookup, model)
-    _drive(drafter, TRUTH, steps=60)
+    model = _Stub("model", lambda pos: TRUTH[pos:pos + 2] + [-1, -1], clock=clock, cost=0.2)
+    drafter = CombinedDrafter(lookup, model, clock=clock)
+    _drive(drafter, TRUTH, clock, steps=60)
     stats = drafter.stats[True]
     assert stats.lookup_wins(4) and not stats.lookup_wins(1)
+    assert drafter.lookup_steps > 0 and drafter.fallback_steps > 0
 
 
 # --- parsing ---------------------------------------------------------------------------------

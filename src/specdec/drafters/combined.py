@@ -20,6 +20,7 @@ drafter's q (None for the lookup), so verification stays exact whichever is chos
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -96,8 +97,10 @@ class _Pending:
 
 
 class CombinedDrafter:
-    def __init__(self, lookup: Drafter, fallback: Drafter, config: PolicyConfig | None = None):
+    def __init__(self, lookup: Drafter, fallback: Drafter, config: PolicyConfig | None = None,
+                 clock: Callable[[], float] = time.perf_counter):
         self.lookup = lookup
+        self.clock = clock
         self.fallback = fallback
         self.name = f"{lookup.name}+{fallback.name}"
         self.config = config or PolicyConfig()
@@ -115,7 +118,7 @@ class CombinedDrafter:
 
     def propose(self, context: torch.Tensor, gamma: int, params: SamplingParams,
                 generator: torch.Generator) -> Proposal:
-        now = time.perf_counter()
+        now = self.clock()
         stats = self.stats[params.greedy]
         self._learn(context, now, stats)
         proposal = self.lookup.propose(context, gamma, params, generator)
@@ -127,10 +130,10 @@ class CombinedDrafter:
             self.lookup_steps += 1
         else:
             self.fallback_steps += 1
-            start = time.perf_counter()
+            start = self.clock()
             # the fallback re-syncs its cache with the whole context itself
             proposal = self.fallback.propose(context, gamma, params, generator)
-            draft_s = time.perf_counter() - start
+            draft_s = self.clock() - start
         self._pending = _Pending(context.shape[1], now, use_lookup, match, lookup_tokens,
                                  [] if use_lookup else proposal.tokens[0].tolist(), draft_s)
         return proposal

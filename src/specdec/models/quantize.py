@@ -49,15 +49,39 @@ class _LowBitLinear(nn.Module):
         raise NotImplementedError
 
 
+def int8_quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q int8 [out, in], scale float [out]) with weight ~ q * scale[:, None]."""
+    weight = weight.detach().float()
+    scales = weight.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+    return (weight / scales[:, None]).round().clamp(-127, 127).to(torch.int8), scales
+
+
+def int4_quantize(weight: torch.Tensor, group_size: int,
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(q in 0..15 [out, in/g, g], scale [out, in/g], low [out, in/g]): w ~ q * scale + low."""
+    groups = weight.detach().float().reshape(weight.shape[0], -1, group_size)
+    low, high = groups.amin(dim=-1), groups.amax(dim=-1)
+    scale = ((high - low) / 15).clamp_min(1e-12)
+    q = ((groups - low[..., None]) / scale[..., None]).round().clamp(0, 15)
+    return q, scale, low
+
+
+def fake_quantize(weight: torch.Tensor, bits: int, group_size: int = 32) -> torch.Tensor:
+    """The weight as the low-bit layer sees it, in weight's dtype (for measurements)."""
+    if bits == 4 and int4_group(weight.shape[1], group_size) is not None:
+        q, scale, low = int4_quantize(weight, int4_group(weight.shape[1], group_size))
+        return (q * scale[..., None] + low[..., None]).reshape(weight.shape).to(weight.dtype)
+    q, scales = int8_quantize(weight)
+    return (q.float() * scales[:, None]).to(weight.dtype)
+
+
 class Int8Linear(_LowBitLinear):
     """y = x W^T (+ b) with W stored as int8 rows and one scale per output feature."""
 
     def __init__(self, linear: nn.Linear, full_rows: int | None = None):
         super().__init__(linear, full_rows)
-        weight = linear.weight.detach().float()
-        scales = weight.abs().amax(dim=1).clamp_min(1e-12) / 127.0
-        self.register_buffer("qweight", (weight / scales[:, None]).round().clamp(-127, 127)
-                             .to(torch.int8))
+        q, scales = int8_quantize(linear.weight)
+        self.register_buffer("qweight", q)
         self.register_buffer("scales", scales.to(linear.weight.dtype))
 
     @property
@@ -88,10 +112,7 @@ class Int4Linear(_LowBitLinear):
         if pad:
             weight = torch.cat([weight, weight.new_zeros(pad, self.in_features)])
         rows = weight.shape[0]
-        groups = weight.reshape(rows, -1, group_size)
-        low, high = groups.amin(dim=-1), groups.amax(dim=-1)
-        scale = ((high - low) / 15).clamp_min(1e-12)
-        q = ((groups - low[..., None]) / scale[..., None]).round().clamp(0, 15)
+        q, scale, low = int4_quantize(weight, group_size)
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
             q.to(torch.int32).reshape(rows, -1), 1)
         # the kernel computes (q - 8) * scale + zero, so zero = low + 8 * scale
