@@ -21,10 +21,12 @@ class ModelDrafter:
         self.model = model
         self.name = model.name
         self.cached_ids = torch.zeros(1, 0, dtype=torch.long)
+        self._drafts_on_device: torch.Tensor | None = None  # cached, not yet in cached_ids
 
     def begin(self, prompt_ids: torch.Tensor) -> None:
         context = self.model.prefill(prompt_ids)
         self.cached_ids = context[:, : self.model.cached_length]
+        self._drafts_on_device = None
 
     def propose(self, context: torch.Tensor, gamma: int, params: SamplingParams,
                 generator: torch.Generator) -> Proposal:
@@ -39,9 +41,10 @@ class ModelDrafter:
             tokens.append(token)
             feed = token[:, None]
         drafted = torch.stack(tokens, dim=1)
-        # the last draft was never fed: the cache holds context + x_1..x_{gamma-1}; on a GPU the
-        # drafts reach the host only after the target's step has synchronized anyway
-        self.cached_ids = torch.cat([context, drafted[:, :-1].cpu()], dim=1)
+        # the last draft was never fed: the cache holds context + x_1..x_{gamma-1}. They are
+        # copied to the host at the next step, after the target's step synchronized anyway:
+        # copying now would stall a GPU a second time per step
+        self.cached_ids, self._drafts_on_device = context, drafted[:, :-1]
         return Proposal(drafted, torch.stack(probs, dim=1) if probs else None, forwards=gamma)
 
     def _choose(self, logits: torch.Tensor, params: SamplingParams,
@@ -53,6 +56,9 @@ class ModelDrafter:
         return sample(q, generator), q
 
     def _sync(self, context: torch.Tensor) -> torch.Tensor:
+        if self._drafts_on_device is not None:
+            self.cached_ids = torch.cat([self.cached_ids, self._drafts_on_device.cpu()], dim=1)
+            self._drafts_on_device = None
         self.cached_ids, feed = sync_cache(self.model, self.cached_ids, context)
         return feed
 
