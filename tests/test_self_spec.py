@@ -96,6 +96,14 @@ def test_view_shares_the_targets_tensors_and_leaves_it_untouched():
         assert torch.equal(p, before[name]), name
 
 
+def test_views_at_the_same_settings_share_their_low_bit_layers():
+    model = tiny_llama(64, seed=1)
+    first, second, other = low_bit_view(model, 4), low_bit_view(model, 4), low_bit_view(model, 8)
+    assert first.model.layers[0].mlp.up_proj is second.model.layers[0].mlp.up_proj
+    assert first.model.layers[0] is not second.model.layers[0]
+    assert isinstance(other.model.layers[0].mlp.up_proj, Int8Linear)
+
+
 def test_shared_tree_substitutes_by_path():
     model = tiny_llama(64, seed=1)
     view = shared_tree(model, lambda path, child: nn.Identity() if path == "lm_head" else None)

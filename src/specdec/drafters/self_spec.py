@@ -76,6 +76,7 @@ class SelfDrafter(ModelDrafter):
             copy(self.target, prompt_ids)
         if self.copied_prefill:
             self.cached_ids = prompt_ids[:, : self.model.cached_length]
+            self._drafts_on_device = None
         else:
             super().begin(prompt_ids)
 

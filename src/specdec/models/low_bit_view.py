@@ -15,6 +15,7 @@ maps the subset's indices back to token ids, so verification stays exact.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable
 
 import torch
@@ -64,10 +65,24 @@ def low_bit_view(model: nn.Module, bits: int | None, group_size: int = 32, full_
         if child is output and head is not None:
             return head
         if bits is not None and isinstance(child, nn.Linear):
-            return quantized_linear(child, bits, group_size, full_rows)
+            return _shared_low_bit(child, bits, group_size, full_rows)
         return None
 
     return shared_tree(model, replace)
+
+
+# low-bit layers are stateless: views of one model at the same settings share them (a
+# loaded model's weights do not change; one that is edited in place needs a fresh load)
+_LOW_BIT: weakref.WeakKeyDictionary[nn.Linear, dict[tuple[int, int, int], nn.Module]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _shared_low_bit(linear: nn.Linear, bits: int, group_size: int, full_rows: int) -> nn.Module:
+    made = _LOW_BIT.setdefault(linear, {})
+    key = (bits, group_size, full_rows)
+    if key not in made:
+        made[key] = quantized_linear(linear, bits, group_size, full_rows)
+    return made[key]
 
 
 class VocabularySubsetHead(nn.Module):
