@@ -175,6 +175,29 @@ def test_context_tokens_join_the_subset():
     assert set(drafter.head.ids.tolist()) == {3, 40, 41, 42}
 
 
+def test_self_drafter_copies_the_targets_prompt_cache():
+    target = wrap(tiny_llama(64, seed=7), name="target")
+    prompt = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    copying, own = build_drafter("self@int4", target, None), build_drafter("self@int4", target,
+                                                                           None)
+    own.target = None  # prefills itself, through the full-precision weights
+    target.prefill(prompt)
+    copying.begin(prompt)
+    own.begin(prompt)
+    assert copying.copied_prefill and not own.copied_prefill
+    assert copying.model.cached_length == own.model.cached_length == 5
+    for mine, theirs in zip(copying.model.cache.keys + copying.model.cache.values,
+                            own.model.cache.keys + own.model.cache.values, strict=True):
+        assert torch.allclose(mine[:, :, :5], theirs[:, :, :5], atol=1e-5)
+    greedy = SamplingParams(temperature=0)
+    context = torch.tensor([[1, 2, 3, 4, 5, 6, 7]])
+    assert torch.equal(copying.propose(context, 4, greedy, None).tokens,
+                       own.propose(context, 4, greedy, None).tokens)
+    target.prefill(torch.tensor([[1, 2, 3]]))  # the target holds another prompt: no copy
+    copying.begin(prompt)
+    assert not copying.copied_prefill and copying.model.cached_length == 5
+
+
 def _top_token(target, prompt: list[int]) -> int:
     with torch.no_grad():
         return int(target.model(input_ids=torch.tensor([prompt])).logits[0, -1].argmax())
