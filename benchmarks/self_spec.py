@@ -131,7 +131,7 @@ def acceptance(args: argparse.Namespace) -> None:
     trunks = {bits: _simulated_trunk(target, bits, args.group) for bits in args.bits}
     head = target.model.get_output_embeddings()
     low_heads = {bits: fake_quantize(head.weight, bits, args.group) for bits in args.bits}
-    rows: dict[str, list[tuple[float, float, float]]] = {}
+    rows: dict[str, list[tuple[float, float, float, int]]] = {}
     for number, question in enumerate(questions, 1):
         prompt = prompt_ids(target.tokenizer, question.text)
         params = SamplingParams(temperature=0, max_new_tokens=args.max_new_tokens)
@@ -164,13 +164,16 @@ def acceptance(args: argparse.Namespace) -> None:
                         logits = torch.where(fixed[None, :], low, full) if with_context else low
                         label = f"int{bits} vocab={size or 'all'}" + \
                             (" +context" if with_context else "")
-                        rows.setdefault(label, []).append(_scores(logits, allowed, target_logits))
+                        rows.setdefault(label, []).append(
+                            (*_scores(logits, allowed, target_logits), n))
         print(f"[{number}/{len(questions)}] {question.category} {question.question_id}: "
               f"{len(prompt)} prompt + {n} output tokens ({time.perf_counter() - started:.0f} s)",
               flush=True)
-    table = {label: [sum(v[i] for v in values) / len(values) for i in range(3)]
-             for label, values in rows.items()}
-    print(f"\n{len(questions)} prompts, {args.max_new_tokens} tokens, teacher-forced\n"
+    # weighted by tokens: every output position counts once
+    table = {label: [sum(v[i] * v[3] for v in values) / sum(v[3] for v in values)
+                     for i in range(3)] for label, values in rows.items()}
+    print(f"\n{len(questions)} prompts, up to {args.max_new_tokens} tokens each, teacher-forced, "
+          "means over output positions\n"
           "| drafter head | greedy agreement | alpha (T=1) | target top-1 in subset |\n"
           "|---|---|---|---|")
     for label, (greedy, alpha, coverage) in table.items():
