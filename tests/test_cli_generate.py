@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerFast
 
 from server_support import char_tokenizer, save_tiny_model
 from specdec.cli import main as cli
-from specdec.cli.generate import Figure1
+from specdec.cli.render import Figure1
 from specdec.decoding import StepEvent
 from specdec.models import fetch
 from tiny import perturbed, tiny_llama
@@ -95,7 +95,8 @@ def test_streamed_text_and_stats_summary(models, capsys):
         code, out, err = run(capsys, "def f(x):", "--target", str(models["target"]), "--dtype",
                              "float32", "--max-new-tokens", "24", "--draft", "none", *flags)
         assert code == 0 and out == expected["text"] + "\n"
-        assert re.search(r"\d+ tokens in [\d.]+s, [\d.]+ tok/s; \d+ target calls", err)
+        assert re.search(r"\d+ tokens in [\d.]+s, [\d.]+ tok/s: prefill [\d.]+s .*first "
+                         r"token [\d.]+s, decode [\d.]+ tok/s; \d+ target calls", err)
 
 
 def test_sampling_with_a_seed_is_reproducible(models, capsys):
@@ -204,3 +205,109 @@ def test_real_default_pair(capsys):
     jsonschema.validate(result, RESULT_SCHEMA)
     assert "return" in result["text"] and result["stats"]["generated"] > 16
     assert result["stats"]["tokens_per_s"] > 0
+
+
+# --- prompt sources, system prompt, stop strings, echo, finish reason and timings ----------
+
+def plain_args(models, *extra: str) -> list[str]:
+    return ["--target", str(models["target"]), "--dtype", "float32", "--max-new-tokens", "24",
+            "--draft", "none", *extra]
+
+
+def test_prompt_from_stdin_and_from_a_file(models, capsys, monkeypatch, tmp_path):
+    want = generate_json(capsys, models, "--draft", "none")
+    monkeypatch.setattr("sys.stdin", io.StringIO("def f(x):"))
+    code, out, err = run(capsys, "-", *plain_args(models, "--json"))
+    assert code == 0, err
+    assert json.loads(out)["tokens"] == want["tokens"]
+    path = tmp_path / "prompt.txt"
+    path.write_text("def f(x):", encoding="utf-8")
+    code, out, err = run(capsys, "-f", str(path), *plain_args(models, "--json"))
+    assert code == 0, err
+    assert json.loads(out)["tokens"] == want["tokens"]
+    monkeypatch.setattr("sys.stdin", io.StringIO("def f(x):"))
+    code, out, err = run(capsys, "-f", "-", *plain_args(models, "--json"))
+    assert json.loads(out)["tokens"] == want["tokens"]
+
+
+def test_bad_prompt_sources_give_one_line(models, capsys, monkeypatch, tmp_path):
+    args = plain_args(models)
+    assert "no prompt" in bad(capsys, *args)
+    assert "not both" in bad(capsys, "hi", "-f", str(tmp_path / "p.txt"), *args)
+    assert "not found" in bad(capsys, "-f", str(tmp_path / "missing.txt"), *args)
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    assert "not UTF-8" in bad(capsys, "-f", str(binary), *args)
+    monkeypatch.setattr("sys.stdin", io.StringIO(" \n"))
+    assert "prompt is empty" in bad(capsys, "-", *args)
+    assert "--stop" in bad(capsys, "hi", *args, "--stop", "")
+    assert "no chat template" in bad(capsys, "hi", "--target", str(models["plain"]),
+                                     "--system", "be brief")
+
+
+def test_system_prompt_goes_through_the_chat_template(models, capsys):
+    result = generate_json(capsys, models, "--draft", "none", "--system", "Be brief.")
+    rendered = "Ssystem: Be brief.\nSuser: def f(x):\nSassistant:"  # "<s>" is one token
+    assert result["stats"]["prompt_tokens"] == len(rendered)
+    echoed = generate_json(capsys, models, "--draft", "none", "--system", "Be brief.", "--echo")
+    assert echoed["prompt"] == rendered.replace("S", "<s>")
+    assert echoed["tokens"] == result["tokens"]
+
+
+@pytest.mark.parametrize("draft", ["none", "drafter"])
+def test_stop_strings_cut_the_text_across_blocks(models, capsys, draft):
+    """Every 3-character window of the output as the stop string: with a drafter (gamma 4)
+    many of them straddle two verification blocks; the result must not depend on that."""
+    full = generate_json(capsys, models, "--draft", "none", "--max-new-tokens", "24")["text"]
+    spec = ["--draft", str(models["drafter"]), "--gamma", "4"] if draft == "drafter" else []
+    if spec:  # blocks of ~4 tokens: windows starting every 3 characters straddle some of them
+        assert generate_json(capsys, models, *spec)["stats"]["tokens_per_call"] > 3
+    for start in range(0, 18, 3):
+        stop = full[start:start + 3]
+        cut = full.find(stop)
+        result = generate_json(capsys, models, *spec, "--stop", stop, "--stop", "\u00a7")
+        assert result["text"] == full[:cut], stop
+        assert result["finish_reason"] == "stop" and result["stop_reason"] == stop
+        assert len(result["tokens"]) == cut + len(stop) == result["stats"]["generated"]
+    code, out, err = run(capsys, "def f(x):", *plain_args(models, "--stop", full[6:9]))
+    assert code == 0 and out == full[:full.find(full[6:9])] + "\n"
+    assert f"[stopped: stop string {full[6:9]!r}]" in err
+
+
+def test_stop_escapes():
+    from specdec.cli.generate import stop_strings
+
+    assert stop_strings(["a\\nb", "\\t", "c\\\\n", "\\x"]) == ["a\nb", "\t", "c\\n", "\\x"]
+
+
+def test_finish_reason_echo_and_timings(models, capsys):
+    code, out, err = run(capsys, "def f(x):", *plain_args(models, "--echo"))
+    assert code == 0
+    expected = generate_json(capsys, models, "--draft", "none")
+    assert out == "def f(x):" + expected["text"] + "\n"
+    assert "[stopped: length, 24 new tokens (--max-new-tokens)]" in err
+    stats = expected["stats"]
+    assert 0 < stats["prefill_s"] <= stats["first_token_s"] <= stats["total_s"]
+    assert stats["decode_tokens_per_s"] == pytest.approx(
+        (stats["generated"] - 1) / (stats["total_s"] - stats["first_token_s"]))
+    assert expected["finish_reason"] == "length" and expected["stop_reason"] is None
+
+
+def test_penalties_and_logprobs_options(models, capsys):
+    penalties = ("--repetition-penalty", "1.5", "--frequency-penalty", "0.5",
+                 "--presence-penalty", "0.3", "--logit-bias", "70=2.5")
+    plain = generate_json(capsys, models, "--draft", "none")
+    penalized = generate_json(capsys, models, "--draft", "none", *penalties, "--logprobs", "2")
+    assert penalized["tokens"] != plain["tokens"]
+    drafted = generate_json(capsys, models, "--draft", str(models["drafter"]), "--gamma", "4",
+                            *penalties)
+    assert drafted["tokens"] == penalized["tokens"]  # exact under drafting
+    assert drafted["stats"]["accepted"] > 0
+    entries = penalized["logprobs"]
+    assert [e["token"] for e in entries] == penalized["tokens"]
+    assert all(e["logprob"] <= 0 and len(e["top"]) == 2 for e in entries)
+    assert "ID=BIAS" in bad(capsys, "hi", *plain_args(models, "--logit-bias", "x=1"))
+    assert "outside the vocabulary" in bad(capsys, "hi", *plain_args(models, "--logit-bias",
+                                                                     "100000=1"))
+    assert "repetition_penalty" in bad(capsys, "hi", *plain_args(models, "--repetition-penalty",
+                                                                 "0"))

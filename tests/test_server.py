@@ -7,6 +7,10 @@ library's own output for the same prompt; seeded sampling with the same seed too
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import openai
@@ -159,7 +163,15 @@ BAD = [  # (path, raw body, status, param)
     ("completions", {"prompt": "a" * 600}, 400, "prompt"),  # longer than the context
     ("completions", {"prompt": "a" * 400, "max_tokens": 200}, 400, "max_tokens"),
     ("completions", {"prompt": "a", "stop": ["1", "2", "3", "4", "5"]}, 400, "stop"),
-    ("completions", {"prompt": "a", "logprobs": 2}, 400, "logprobs"),
+    ("completions", {"prompt": "a", "logprobs": 21}, 400, "logprobs"),
+    ("completions", {"prompt": "a", "logprobs": 2, "echo": True}, 400, "logprobs"),
+    ("completions", {"prompt": "a", "frequency_penalty": 2.5}, 400, "frequency_penalty"),
+    ("completions", {"prompt": "a", "repetition_penalty": 0}, 400, "repetition_penalty"),
+    ("completions", {"prompt": "a", "logit_bias": {"x": 1}}, 400, "logit_bias"),
+    ("completions", {"prompt": "a", "logit_bias": {"5": 101}}, 400, "logit_bias"),
+    ("completions", {"prompt": "a", "logit_bias": {"100000": 1}}, 400, "logit_bias"),
+    ("chat/completions", {"messages": [{"role": "user", "content": "a"}], "top_logprobs": 2},
+     400, "top_logprobs"),
     ("chat/completions", {"messages": []}, 400, "messages"),
     ("chat/completions", {"prompt": "a"}, 400, "messages"),
     ("chat/completions", {"messages": [{"role": "wizard", "content": "a"}]}, 400, "messages"),
@@ -210,3 +222,143 @@ def test_models_health_and_metrics(url, client) -> None:
     assert all(0 <= r <= 1 for r in rates)
     assert value("specdec_queue_length") == 0
     assert value("specdec_time_to_first_token_seconds_count") >= 1
+
+
+def scrape(url: str, headers: dict | None = None) -> dict[str, object]:
+    """Metric families by name, parsed by prometheus_client."""
+    text = httpx.get(f"{url}/metrics", headers=headers).text
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def histogram(families: dict, name: str) -> tuple[float, float]:
+    """(count, sum) of an unlabelled histogram; its buckets must be cumulative."""
+    family = families[name]
+    assert family.type == "histogram"
+    samples = {s.name: s for s in family.samples if s.name != f"{name}_bucket"}
+    buckets = [s.value for s in family.samples if s.name == f"{name}_bucket"]
+    assert buckets == sorted(buckets) and buckets[-1] == samples[f"{name}_count"].value
+    return samples[f"{name}_count"].value, samples[f"{name}_sum"].value
+
+
+LATENCIES = ["specdec_time_to_first_token_seconds", "specdec_inter_token_latency_seconds",
+             "specdec_e2e_request_latency_seconds", "specdec_request_queue_time_seconds",
+             "specdec_request_time_per_output_token_seconds"]
+
+
+def test_latency_histograms(url, client) -> None:
+    before = {name: histogram(scrape(url), name) for name in LATENCIES}
+    got = client.completions.create(model="tiny", prompt="latency", max_tokens=16,
+                                    temperature=0, extra_body={"ignore_eos": True})
+    after = {name: histogram(scrape(url), name) for name in LATENCIES}
+    delta = {name: (after[name][0] - before[name][0], after[name][1] - before[name][1])
+             for name in LATENCIES}
+    steps = got.model_extra["speculative"]["target_calls"]
+    assert 1 < steps < 16  # several steps, some of several tokens
+    ttft, itl, e2e, queue, tpot = (delta[name] for name in LATENCIES)
+    assert ttft[0] == e2e[0] == queue[0] == tpot[0] == 1
+    assert itl[0] == steps - 1  # one observation per step after the first, as vLLM
+    assert 0 <= queue[1] <= ttft[1] < e2e[1]
+    assert e2e[1] == pytest.approx(ttft[1] + itl[1], abs=0.05)
+    assert tpot[1] == pytest.approx((e2e[1] - ttft[1]) / 15, rel=0.2, abs=1e-3)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_completion_echo_sends_the_prompt_first(client, library, stream: bool) -> None:
+    want = library.generate("Echo me", SamplingParams(temperature=0, max_new_tokens=8)).text
+    got = client.completions.create(model="tiny", prompt="Echo me", max_tokens=8,
+                                    temperature=0, echo=True, stream=stream)
+    text = "".join(c.choices[0].text for c in got) if stream else got.choices[0].text
+    assert text == "Echo me" + want
+    ids = library.tokenizer("Echo me").input_ids
+    got = client.completions.create(model="tiny", prompt=ids, max_tokens=8, temperature=0,
+                                    echo=True)
+    assert got.choices[0].text == "Echo me" + want
+
+
+def test_penalties_equal_the_library(client, library) -> None:
+    bias = {str(library.tokenizer.convert_tokens_to_ids("e")): 2.0}
+    params = SamplingParams(temperature=0, max_new_tokens=24, ignore_eos=True,
+                            repetition_penalty=1.3, frequency_penalty=0.5,
+                            presence_penalty=0.4, logit_bias={int(k): v for k, v in bias.items()})
+    want = library.generate("Penalize", params).text
+    assert want != library.generate("Penalize", SamplingParams(
+        temperature=0, max_new_tokens=24, ignore_eos=True)).text
+    got = client.completions.create(
+        model="tiny", prompt="Penalize", max_tokens=24, temperature=0, frequency_penalty=0.5,
+        presence_penalty=0.4, logit_bias=bias,
+        extra_body={"ignore_eos": True, "repetition_penalty": 1.3})
+    assert got.choices[0].text == want
+
+
+def library_logprobs(library, prompt, top: int, n: int) -> list:
+    params = SamplingParams(temperature=0, max_new_tokens=n, ignore_eos=True, logprobs=top)
+    return [lp for step in library.stream(prompt, params) for lp in step.logprobs]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_completion_logprobs_equal_the_library(client, library, stream: bool) -> None:
+    want = library_logprobs(library, "Logprobs", 3, 10)
+    got = client.completions.create(model="tiny", prompt="Logprobs", max_tokens=10,
+                                    temperature=0, logprobs=3, stream=stream,
+                                    extra_body={"ignore_eos": True})
+    if stream:
+        parts = [c.choices[0].logprobs for c in got if c.choices[0].logprobs]
+        tokens = [t for p in parts for t in p.tokens]
+        values = [v for p in parts for v in p.token_logprobs]
+        tops = [d for p in parts for d in p.top_logprobs]
+        offsets = [o for p in parts for o in p.text_offset]
+    else:
+        lp = got.choices[0].logprobs
+        tokens, values, tops, offsets = (lp.tokens, lp.token_logprobs, lp.top_logprobs,
+                                         lp.text_offset)
+    decode = library.tokenizer.decode
+    assert tokens == [decode([w.token]) for w in want]
+    assert values == pytest.approx([w.logprob for w in want], abs=1e-5)
+    for top, w in zip(tops, want, strict=True):
+        expected = {decode([t]): v for t, v in w.top} | {decode([w.token]): w.logprob}
+        assert top == pytest.approx(expected, abs=1e-5)
+    ids = [w.token for w in want]  # where each token's text starts in the output text
+    assert offsets == [len(decode(ids[:i], skip_special_tokens=True)) for i in range(10)]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_chat_logprobs_equal_the_library(client, library, stream: bool) -> None:
+    messages = [{"role": "user", "content": "Hi"}]
+    want = library_logprobs(library, chat_ids(library, messages), 2, 8)
+    got = client.chat.completions.create(model="tiny", messages=messages, max_tokens=8,
+                                         temperature=0, logprobs=True, top_logprobs=2,
+                                         stream=stream, extra_body={"ignore_eos": True})
+    if stream:
+        content = [e for c in got if c.choices and c.choices[0].logprobs
+                   for e in c.choices[0].logprobs.content]
+    else:
+        content = got.choices[0].logprobs.content
+    decode = library.tokenizer.decode
+    assert [e.token for e in content] == [decode([w.token]) for w in want]
+    assert [e.logprob for e in content] == pytest.approx([w.logprob for w in want], abs=1e-5)
+    for entry, w in zip(content, want, strict=True):
+        assert [t.token for t in entry.top_logprobs] == [decode([t]) for t, _ in w.top]
+        assert entry.bytes == list(entry.token.encode())
+
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def run_example(name: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(EXAMPLES / name), *args], env=env, timeout=120,
+                          capture_output=True, text=True)
+
+
+def test_examples_run(url, pair, library) -> None:
+    done = run_example("stream_client.py", "Hello", "--url", f"{url}/v1", "--max-tokens", "8")
+    assert done.returncode == 0, done.stderr
+    want = library.generate(chat_ids(library, [{"role": "user", "content": "Hello"}]),
+                            SamplingParams(temperature=0, max_new_tokens=8)).text
+    assert done.stdout == want + "\n" and "target calls" in done.stderr
+    done = run_example("logprobs_client.py", "Hi", "--url", f"{url}/v1", "--max-tokens", "4")
+    assert done.returncode == 0, done.stderr
+    assert "alternatives" in done.stdout and "mean logprob" in done.stderr
+    done = run_example("library.py", "--target", str(pair[0]), "--max-new-tokens", "12")
+    assert done.returncode == 0, done.stderr
+    assert "step 0: accepted" in done.stdout and "target calls" in done.stdout

@@ -19,7 +19,15 @@ from specdec.drafters.base import Drafter, Proposal
 from specdec.drafters.model import ModelDrafter
 from specdec.models.base import LanguageModel, check_same_vocabulary
 from specdec.models.device import StepClock
-from specdec.sampling import SamplingParams, adjusted_probs, make_generator
+from specdec.sampling import (
+    SamplingParams,
+    TokenHistory,
+    TokenLogprob,
+    adjusted_probs,
+    make_generator,
+    penalize,
+    token_logprobs,
+)
 from specdec.stats import GenerationStats
 from specdec.verify import Verdict, overlap, verify, verify_greedy
 
@@ -39,6 +47,7 @@ class StepEvent:
     finished: bool = False
     finish_reason: str | None = None  # "stop" or "length" once finished
     stats: GenerationStats = field(default_factory=GenerationStats)
+    logprobs: list[TokenLogprob] | None = None  # per emitted token, when params.logprobs
 
     @property
     def tokens(self) -> list[int]:
@@ -94,6 +103,7 @@ class SpeculativeDecoder:
         params = params or SamplingParams()
         prompt_ids = self.encode(prompt)
         self._check_length(prompt_ids, params)
+        params.check_vocabulary(self.target.vocab_size)
         clock = StepClock(self.target.device)
         generator = make_generator(params.seed, self.target.device)
         stop_ids = set(params.stop_token_ids) | self.eos_token_ids(params)
@@ -111,14 +121,19 @@ class SpeculativeDecoder:
             t2 = clock.mark()
             stats.target_s += clock.seconds(t0, t1)
             stats.drafter_s += clock.seconds(t1, t2)
+            stats.prefill_s = clock.seconds(t0, t2)  # device time: a GPU prefill is queued
+            # penalties: tokens seen so far and output counts, on the target's device; the
+            # output begins after the context prefill returns
+            history = TokenHistory.of(context.to(self.target.device), context.shape[1],
+                                      self.target.vocab_size) if params.penalized else None
             while True:
                 remaining = params.max_new_tokens - stats.generated
                 # a step emits up to k + 1 tokens: never draft past max_new_tokens
                 proposal, draft_clock = self._propose(context, min(policy.choose(), remaining - 1),
-                                                      params, generator, clock, stats)
+                                                      params, generator, clock, stats, history)
                 # the context's last token is pending: not yet in the target's cache
                 event, betas, target_s = self._verify_step(context[:, -1:], proposal, params,
-                                                           generator, clock, stats)
+                                                           generator, clock, stats, history)
                 drafter_s = clock.seconds(*draft_clock)  # read after the step's one sync
                 stats.drafter_s += drafter_s
                 policy.observe(StepRecord(
@@ -130,13 +145,18 @@ class SpeculativeDecoder:
                     emitted = emitted[:cut]
                     event.accepted = event.accepted[:cut]
                     event.next_token = emitted[-1] if len(emitted) > len(event.accepted) else None
+                    if event.logprobs is not None:
+                        event.logprobs = event.logprobs[:cut]
                 stats.generated += len(emitted)
                 context = torch.cat([context, torch.tensor([emitted], dtype=torch.long)], dim=1)
+                if history is not None:
+                    history = history.plus(context[:, -len(emitted):].to(self.target.device))
                 if cut is not None or stats.generated >= params.max_new_tokens:
                     event.finished = True
                     stopped = bool(emitted) and emitted[-1] in stop_ids
                     event.finish_reason = "stop" if stopped else "length"
                 stats.total_s = time.perf_counter() - start
+                stats.first_token_s = stats.first_token_s or stats.total_s
                 event.stats = stats
                 yield event
                 if event.finished:
@@ -144,13 +164,15 @@ class SpeculativeDecoder:
 
     def _propose(self, context: torch.Tensor, k: int, params: SamplingParams,
                  generator: torch.Generator, clock: StepClock, stats: GenerationStats,
-                 ) -> tuple[Proposal, tuple[Any, Any]]:
+                 history: TokenHistory | None = None) -> tuple[Proposal, tuple[Any, Any]]:
         """The drafter's proposal (at most k tokens) and the clock marks around it."""
         t0 = clock.mark()
         if self.drafter is None or k <= 0:
             return Proposal.empty(context.shape[0]), (t0, t0)
+        # the history only when penalties need it: drafters written without it still work
+        extra = {} if history is None else {"history": history}
         try:
-            proposal = self.drafter.propose(context, k, params, generator)
+            proposal = self.drafter.propose(context, k, params, generator, **extra)
         except Exception as error:  # a broken drafter costs speed, never correctness
             warnings.warn(f"drafter {self.drafter.name!r} failed ({error!r}); "
                           "decoding this step without drafts", RuntimeWarning, stacklevel=2)
@@ -166,6 +188,7 @@ class SpeculativeDecoder:
 
     def _verify_step(self, pending: torch.Tensor, proposal: Proposal, params: SamplingParams,
                      generator: torch.Generator, clock: StepClock, stats: GenerationStats,
+                     history: TokenHistory | None = None,
                      ) -> tuple[StepEvent, list[float], float]:
         device = self.target.device
         drafts = proposal.tokens.to(device, non_blocking=True)  # moved once
@@ -173,6 +196,9 @@ class SpeculativeDecoder:
         t0 = clock.mark()
         logits = self.target.extend(torch.cat([pending.to(device), drafts], dim=1))  # p_1..p_{k+1}
         t1 = clock.mark()
+        raw = logits
+        if history is not None:  # position i sees the history plus drafts x_1..x_{i-1}
+            logits = penalize(logits, params, history, drafts)
         if params.greedy:
             verdict = verify_greedy(drafts, logits)
             betas = None  # one-hot p and q: beta is 1 where the draft matched, derived below
@@ -192,6 +218,8 @@ class SpeculativeDecoder:
         stats.record_step(k, n, kept_betas)
         event = StepEvent(accepted=draft_list[:n], rejected=draft_list[n:],
                           next_token=next_token, bonus=n == k)
+        if params.logprobs is not None:  # the verify forward's logits: no extra forward
+            event.logprobs = token_logprobs(raw[0, : n + 1], event.tokens, params.logprobs)
         return event, kept_betas, target_s
 
     # --- text, limits ---------------------------------------------------------------------

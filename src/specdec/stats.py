@@ -26,6 +26,8 @@ class GenerationStats:
     accepted_at: list[int] = field(default_factory=list)
     drafter_s: float = 0.0
     target_s: float = 0.0
+    prefill_s: float = 0.0  # target prefill + drafter set-up, before the first step
+    first_token_s: float = 0.0  # from the start to the first emitted token(s)
     total_s: float = 0.0
 
     def record_step(self, drafted: int, accepted: int, betas: list[float]) -> None:
@@ -68,10 +70,17 @@ class GenerationStats:
     def tokens_per_s(self) -> float:
         return self.generated / self.total_s if self.total_s > 0 else 0.0
 
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Tokens after the first over the time after the first: 1 / (time per output token),
+        as vLLM defines it ((end - first token) / (n - 1)). 0 with fewer than 2 tokens."""
+        decode_s = self.total_s - self.first_token_s
+        return (self.generated - 1) / decode_s if self.generated > 1 and decode_s > 0 else 0.0
+
     def to_dict(self) -> dict:
         """Counts, derived rates and times, JSON-ready."""
         out = asdict(self)
         for name in ("acceptance_rate", "alpha", "tokens_per_call", "acceptance_by_position",
-                     "other_s", "tokens_per_s"):
+                     "other_s", "tokens_per_s", "decode_tokens_per_s"):
             out[name] = getattr(self, name)
         return out

@@ -1,37 +1,38 @@
 """`specdec generate PROMPT`: speculative decoding from the command line, streamed as it goes.
 
-Text goes to stdout as tokens are accepted; the stats summary goes to stderr. --show draws the
-paper's Figure 1 live on a terminal; --json prints one object (text, tokens, stats) instead.
+The prompt is an argument, a file (-f FILE) or stdin (`-`). Text goes to stdout as tokens are
+accepted; why generation stopped and the stats go to stderr. --show draws the paper's
+Figure 1 live on a terminal; --json prints one object (text, tokens, stats) instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
-from typing import Any, TextIO
+from pathlib import Path
+from typing import Any
 
+from specdec import prompts
 from specdec.cli.options import add_runtime_arguments, runtime_options
-from specdec.decoding import SpeculativeDecoder, StepEvent
-from specdec.detokenize import TextStream
+from specdec.cli.render import compile_seconds, finish_line, renderer, summary
+from specdec.decoding import SpeculativeDecoder
 from specdec.drafters.factory import build_drafter, build_gamma, parse_draft
 from specdec.sampling import SamplingParams
-from specdec.stats import GenerationStats
 
 DEFAULT_TARGET = "qwen2.5-coder-0.5b"
 # prompt lookup costs ~nothing per draft, so any acceptance is profit (see README)
 DEFAULT_DRAFTER = "ngram"
 DEFAULT_GAMMA = "auto"
 MAX_NEW_TOKENS = 1 << 16  # a bound even for models without a context limit
+MAX_PROMPT_BYTES = 16 << 20  # a prompt file or stdin
+MAX_STOPS, MAX_STOP_LENGTH = 32, 256
+ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 
-GREEN, RED, BLUE = "\x1b[32m", "\x1b[31m", "\x1b[34m"
-STRIKE, RESET = "\x1b[9m", "\x1b[0m"
-SAVE_CURSOR, RESTORE_AND_CLEAR = "\x1b7", "\x1b8\x1b[J"
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="specdec generate", description=__doc__)
-    p.add_argument("prompt", help="the prompt text")
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """Options naming the target, the drafter and how to load them (generate and chat)."""
     p.add_argument("--target", default=DEFAULT_TARGET,
                    help="registry name, transformers directory or .gguf "
                         f"(default {DEFAULT_TARGET})")
@@ -41,34 +42,194 @@ def build_parser() -> argparse.ArgumentParser:
                         f"ngram+self[@...] (default {DEFAULT_DRAFTER})")
     p.add_argument("--gamma", default=DEFAULT_GAMMA,
                    help=f"draft length per step: an integer or 'auto' (default {DEFAULT_GAMMA})")
+    p.add_argument("--dtype", default=None, choices=("bfloat16", "float32", "float16"),
+                   help="weights dtype (default bfloat16 where the CPU supports it, else float32)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
+    add_runtime_arguments(p)
+
+
+def add_sampling_options(p: argparse.ArgumentParser) -> None:
+    """Sampling, length, stop strings and the system prompt (generate and chat)."""
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default 0)")
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
     p.add_argument("--min-p", type=float, default=0.0, help="0 = off")
     p.add_argument("--max-new-tokens", type=int, default=256, help="default 256")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default random)")
-    p.add_argument("--dtype", default=None, choices=("bfloat16", "float32", "float16"),
-                   help="weights dtype (default bfloat16 where the CPU supports it, else float32)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="divide the logits of tokens already in the prompt or output "
+                        "(transformers' rule; 1 = off)")
+    p.add_argument("--frequency-penalty", type=float, default=0.0,
+                   help="subtract this times the count of each token in the output (0 = off)")
+    p.add_argument("--presence-penalty", type=float, default=0.0,
+                   help="subtract this from tokens present in the output (0 = off)")
+    p.add_argument("--logit-bias", action="append", default=[], metavar="ID=BIAS",
+                   help="add BIAS (in [-100, 100]) to token ID's logit (repeatable)")
+    p.add_argument("--stop", action="append", default=[], metavar="STR",
+                   help="stop when the text contains STR (repeatable; \\n and \\t are newline "
+                        "and tab); the text ends just before it")
+    p.add_argument("--system", default=None, metavar="TEXT",
+                   help="system prompt (implies the chat template)")
+    p.add_argument("--show", action="store_true",
+                   help="color accepted drafts green, rejected red, corrections blue (tty only)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="specdec generate", description=__doc__)
+    p.add_argument("prompt", nargs="?", default=None,
+                   help="the prompt text; `-` reads it from stdin")
+    p.add_argument("-f", "--file", default=None, metavar="FILE",
+                   help="read the prompt from FILE (`-` = stdin), as is")
+    add_model_options(p)
+    add_sampling_options(p)
     p.add_argument("--chat", action="store_true", help="apply the model's chat template")
-    add_runtime_arguments(p)
-    out = p.add_mutually_exclusive_group()
-    out.add_argument("--show", action="store_true",
-                     help="color accepted drafts green, rejected red, corrections blue (tty only)")
-    out.add_argument("--json", action="store_true",
-                     help="print one JSON object: text, tokens, stats")
+    p.add_argument("--echo", action="store_true",
+                   help="print the prompt (as the model sees it) before the generated text")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object: text, tokens, finish_reason, stats")
+    p.add_argument("--logprobs", type=int, default=None, metavar="N",
+                   help="with --json: each token's log-probability and its N most likely "
+                        "alternatives (the target's own distribution)")
     return p
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    if not args.prompt.strip():
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.json and args.show:
+        parser.error("--json and --show do not go together")
+    if args.logprobs is not None and not args.json:
+        parser.error("--logprobs needs --json")
+    prompt_text = read_prompt(args.prompt, args.file)
+    # check every value before the (slow) model loading
+    params, stops = sampling_params(args), stop_strings(args.stop)
+    decoder = load_decoder(args)
+    tokenizer = decoder.tokenizer
+    prompt: str | list[int] = prompt_text
+    if args.chat or args.system is not None:
+        prompt_text = chat_text(tokenizer, chat_messages(args.system, prompt_text))
+        prompt = list(tokenizer(prompt_text, add_special_tokens=False).input_ids)
+
+    out = io.StringIO() if args.json else sys.stdout
+    if args.echo and not args.json:
+        out.write(prompt_text)
+    outcome = renderer(out, tokenizer, stops, args.show).run(decoder.stream(prompt, params))
+    if args.json:
+        report: dict[str, Any] = {
+            "text": outcome.text, "tokens": outcome.tokens,
+            "finish_reason": outcome.finish_reason, "stop_reason": outcome.stop_reason,
+            "target": args.target, "draft": args.draft, "gamma": args.gamma,
+            "stats": outcome.stats.to_dict()}
+        if args.echo:
+            report["prompt"] = prompt_text
+        if outcome.logprobs is not None:
+            report["logprobs"] = logprobs_report(outcome.logprobs, tokenizer)
+        print(json.dumps(report))
+    print(finish_line(outcome, tokenizer, params.max_new_tokens), file=sys.stderr)
+    print(summary(outcome.stats, drafter_name(decoder),
+                  compile_seconds(decoder.target, decoder.drafter)), file=sys.stderr)
+    return 0
+
+
+def read_prompt(prompt: str | None, file: str | None) -> str:
+    """The prompt from the argument, a file or stdin (`-`); ValueError if none or empty."""
+    if prompt is not None and file is not None:
+        raise ValueError("give the prompt as an argument or with -f FILE, not both")
+    if prompt is None and file is None:
+        raise ValueError("no prompt: give it as an argument, with -f FILE, or `-` for stdin")
+    if file is None and prompt != "-":
+        text = prompt
+    elif (file or prompt) == "-":
+        text = _read_stdin()
+    else:
+        text = _read_file(Path(file))
+    if not text.strip():
         raise ValueError("the prompt is empty")
+    return text
+
+
+def _read_stdin() -> str:
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:  # a text stream (tests)
+        return _bounded(sys.stdin.read(MAX_PROMPT_BYTES + 1).encode(), "stdin")
+    return _bounded(stream.read(MAX_PROMPT_BYTES + 1), "stdin")
+
+
+def _read_file(path: Path) -> str:
+    if not path.is_file():
+        raise ValueError(f"prompt file not found: {path}")
+    with path.open("rb") as handle:
+        return _bounded(handle.read(MAX_PROMPT_BYTES + 1), str(path))
+
+
+def _bounded(data: bytes, where: str) -> str:
+    if len(data) > MAX_PROMPT_BYTES:
+        raise ValueError(f"the prompt from {where} is over {MAX_PROMPT_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"the prompt from {where} is not UTF-8 text") from None
+
+
+def sampling_params(args: argparse.Namespace) -> SamplingParams:
     if args.max_new_tokens > MAX_NEW_TOKENS:
         raise ValueError(f"--max-new-tokens must be <= {MAX_NEW_TOKENS}")
-    # check every value before the (slow) model loading
-    params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                            min_p=args.min_p, seed=args.seed, max_new_tokens=args.max_new_tokens)
+    return SamplingParams(
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+        seed=args.seed, max_new_tokens=args.max_new_tokens,
+        repetition_penalty=args.repetition_penalty, frequency_penalty=args.frequency_penalty,
+        presence_penalty=args.presence_penalty, logit_bias=logit_bias(args.logit_bias),
+        logprobs=getattr(args, "logprobs", None))
+
+
+def logit_bias(values: list[str]) -> dict[int, float]:
+    """--logit-bias ID=BIAS values as {id: bias}."""
+    out = {}
+    for value in values:
+        token, sep, bias = value.partition("=")
+        try:
+            out[int(token)] = float(bias)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"--logit-bias takes ID=BIAS (e.g. 13=-100), got {value!r}")
+    return out
+
+
+def logprobs_report(logprobs: list, tokenizer: Any) -> list[dict]:
+    """JSON entries: token id and text, its logprob, the top alternatives."""
+    def text(token: int) -> str:
+        return tokenizer.decode([token]) if tokenizer is not None else ""
+
+    return [{"token": lp.token, "text": text(lp.token), "logprob": lp.logprob,
+             "top": [{"token": t, "text": text(t), "logprob": v} for t, v in lp.top]}
+            for lp in logprobs]
+
+
+def stop_strings(values: list[str]) -> list[str]:
+    """--stop values with \\n, \\t, \\r and \\\\ read as escapes; bounded in number and size."""
+    if len(values) > MAX_STOPS:
+        raise ValueError(f"at most {MAX_STOPS} --stop strings")
+    stops = [_unescape(v) for v in values]
+    if any(not s or len(s) > MAX_STOP_LENGTH for s in stops):
+        raise ValueError(f"--stop strings must have 1 to {MAX_STOP_LENGTH} characters")
+    return stops
+
+
+def _unescape(text: str) -> str:
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in ESCAPES:
+            out.append(ESCAPES[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def load_decoder(args: argparse.Namespace) -> SpeculativeDecoder:
+    """Target and drafter named by the model options, ready to decode."""
     gamma = build_gamma(args.gamma)
     parse_draft(args.draft)
     runtime = runtime_options(args)
@@ -86,117 +247,21 @@ def main(argv: list[str]) -> int:
         return load_model(spec, dtype=dtype, **runtime.load_kwargs())
 
     target = loader(args.target)
-    drafter = build_drafter(args.draft, target, loader)
-    decoder = SpeculativeDecoder(target, drafter, gamma)
-    prompt = chat_prompt(target.tokenizer, args.prompt) if args.chat else args.prompt
-
-    if args.json:
-        result = decoder.generate(prompt, params)
-        print(json.dumps({"text": result.text, "tokens": result.tokens,
-                          "finish_reason": result.finish_reason, "target": args.target,
-                          "draft": args.draft, "gamma": args.gamma,
-                          "stats": result.stats.to_dict()}))
-        stats = result.stats
-    else:
-        color = args.show and sys.stdout.isatty()
-        render = Figure1(sys.stdout, target.tokenizer) if color else PlainText(
-            sys.stdout, target.tokenizer)
-        stats = render.run(decoder.stream(prompt, params))
-    print(summary(stats, drafter.name if drafter is not None else "none",
-                  compile_seconds(target, drafter)), file=sys.stderr)
-    return 0
+    return SpeculativeDecoder(target, build_drafter(args.draft, target, loader), gamma)
 
 
-def chat_prompt(tokenizer: Any, prompt: str) -> list[int]:
-    """Token ids of one user turn through the model's chat template, ready for the reply."""
-    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise ValueError("--chat: this model has no chat template")
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                         tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False).input_ids  # the template has them
+def drafter_name(decoder: SpeculativeDecoder) -> str:
+    return decoder.drafter.name if decoder.drafter is not None else "none"
 
 
-class PlainText:
-    """Streams the accepted text as it grows."""
-
-    def __init__(self, out: TextIO, tokenizer: Any):
-        self.out = out
-        self.text = TextStream(tokenizer)
-
-    def run(self, events: Any) -> GenerationStats:
-        stats = GenerationStats()
-        for event in events:
-            self.step(event)
-            self.out.flush()
-            stats = event.stats
-        self.finish()
-        return stats
-
-    def step(self, event: StepEvent) -> None:
-        self.out.write(self.text.push(event.tokens))
-
-    def finish(self) -> None:
-        self.out.write("\n")
-        self.out.flush()
+def chat_messages(system: str | None, prompt: str) -> list[dict]:
+    head = [] if system is None else [{"role": "system", "content": system}]
+    return [*head, {"role": "user", "content": prompt}]
 
 
-class Figure1(PlainText):
-    """The paper's Figure 1, live: accepted drafts green, corrections and bonus tokens blue.
-
-    Rejected drafts stay on screen red and struck through while the next target call runs;
-    then they are erased and the correction that replaced them is drawn.
-    """
-
-    def __init__(self, out: TextIO, tokenizer: Any):
-        super().__init__(out, tokenizer)
-        self.tokenizer = tokenizer
-        self.correction: int | None = None  # drawn once the rejected drafts are erased
-
-    def step(self, event: StepEvent) -> None:
-        self._settle()
-        self._paint(GREEN, self.text.push(event.accepted))
-        if event.next_token is None:
-            return
-        if event.rejected and not event.finished:
-            shown = self.tokenizer.decode(event.rejected, skip_special_tokens=True)
-            # kept on one line, so that restoring the saved cursor erases exactly this
-            self.out.write(SAVE_CURSOR)
-            self._paint(RED + STRIKE, shown.replace("\n", "\u21b5"))
-            self.correction = event.next_token
-        else:
-            self._paint(BLUE, self.text.push([event.next_token]))
-
-    def finish(self) -> None:
-        self._settle()
-        super().finish()
-
-    def _settle(self) -> None:
-        if self.correction is not None:
-            self.out.write(RESTORE_AND_CLEAR)
-            self._paint(BLUE, self.text.push([self.correction]))
-            self.correction = None
-
-    def _paint(self, color: str, text: str) -> None:
-        if text:
-            self.out.write(f"{color}{text}{RESET}")
-
-
-def compile_seconds(*models: Any) -> float:
-    """Time spent compiling steps in these models (and a drafter's model), 0 when eager."""
-    total = 0.0
-    for model in models:
-        total += getattr(model, "compile_s", 0.0) + getattr(getattr(model, "model", None),
-                                                             "compile_s", 0.0)
-    return total
-
-
-def summary(stats: GenerationStats, drafter: str, compile_s: float = 0.0) -> str:
-    """One line of the numbers that matter, for stderr."""
-    line = (f"[{stats.generated} tokens in {stats.total_s:.2f}s, {stats.tokens_per_s:.1f} tok/s; "
-            f"{stats.target_calls} target calls, {stats.tokens_per_call:.2f} tokens/call")
-    if stats.drafted:
-        line += (f"; drafter {drafter}: {stats.accepted}/{stats.drafted} drafts accepted "
-                 f"({stats.acceptance_rate:.0%}), alpha {stats.alpha:.2f}")
-    if compile_s:
-        line += f"; compiling took {compile_s:.1f}s of that"
-    return line + "]"
+def chat_text(tokenizer: Any, messages: list[dict]) -> str:
+    """The chat template's text; a missing template is a user error (exit code 1)."""
+    try:
+        return prompts.chat_text(tokenizer, messages)
+    except LookupError as error:
+        raise ValueError(f"--chat/--system: {error}") from None

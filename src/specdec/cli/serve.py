@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -14,6 +15,8 @@ DEFAULT_DRAFT = "ngram"
 MAX_QUEUE_LIMIT = 100_000
 MAX_TOKENS_CEILING = 1 << 20
 MAX_BODY_CEILING = 64 << 20
+API_KEY_ENV = "SPECDEC_API_KEY"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY,
                         help="largest request body in bytes; more get HTTP 413 "
                         f"(default {DEFAULT_MAX_BODY})")
+    parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV) or None,
+                        help="require 'Authorization: Bearer KEY' on every path but /health "
+                        f"(default: ${API_KEY_ENV}, else no key; the variable keeps the key "
+                        "out of the process list)")
+    parser.add_argument("--public-metrics", action="store_true",
+                        help="serve /metrics without the API key (for a Prometheus scraper)")
     parser.add_argument("--log-level", default="info",
                         choices=("critical", "error", "warning", "info", "debug"))
     return parser
@@ -77,7 +86,11 @@ def main(argv: list[str]) -> int:
     engine = Engine(SpeculativeDecoder(target, drafter, gamma),
                     EngineConfig(max_queue=args.max_queue,
                                  max_tokens_limit=args.max_tokens_limit))
-    app = create_app(engine, args.served_model_name or args.target, args.max_body_bytes)
+    app = create_app(engine, args.served_model_name or args.target, args.max_body_bytes,
+                     api_key=args.api_key, public_metrics=args.public_metrics)
+    if args.api_key is None and args.host not in LOOPBACK:
+        print(f"specdec serve: warning: listening on {args.host} without --api-key: anyone who "
+              "can reach this port can use the model", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
@@ -107,5 +120,7 @@ def _check_bounds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(f"--max-tokens-limit must be in [1, {MAX_TOKENS_CEILING}]")
     if not 1 <= args.max_body_bytes <= MAX_BODY_CEILING:
         parser.error(f"--max-body-bytes must be in [1, {MAX_BODY_CEILING}]")
+    if args.api_key is not None and (not args.api_key.strip() or len(args.api_key) > 4096):
+        parser.error("--api-key must be 1 to 4096 characters, not only spaces")
     if args.threads is not None and not 1 <= args.threads <= 1024:
         parser.error(f"--threads must be in [1, 1024], got {args.threads}")

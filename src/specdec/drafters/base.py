@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from specdec.sampling import SamplingParams
+from specdec.sampling import SamplingParams, TokenHistory
 
 
 @dataclass
@@ -40,10 +40,12 @@ class Drafter(Protocol):
         ...
 
     def propose(self, context: torch.Tensor, gamma: int, params: SamplingParams,
-                generator: torch.Generator) -> Proposal:
+                generator: torch.Generator, history: TokenHistory | None = None) -> Proposal:
         """Up to gamma tokens continuing context [B, T] (the target's decoder context).
 
         Drafts must be sampled from the returned probs, which must be the drafter's
-        distribution adjusted with `params` (sampling.adjusted_probs).
+        distribution adjusted with `params` (sampling.adjusted_probs). history is passed only
+        when params has penalties: the i-th draft's logits then go through
+        sampling.penalize with history.plus(drafts before it), as the target's do.
         """
         ...

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from specdec.drafters.base import Drafter, Proposal
-from specdec.sampling import SamplingParams
+from specdec.sampling import SamplingParams, TokenHistory
 
 
 @dataclass
@@ -117,11 +117,12 @@ class CombinedDrafter:
         self._pending = None
 
     def propose(self, context: torch.Tensor, gamma: int, params: SamplingParams,
-                generator: torch.Generator) -> Proposal:
+                generator: torch.Generator, history: TokenHistory | None = None) -> Proposal:
+        extra = {} if history is None else {"history": history}
         now = self.clock()
         stats = self.stats[params.greedy]
         self._learn(context, now, stats)
-        proposal = self.lookup.propose(context, gamma, params, generator)
+        proposal = self.lookup.propose(context, gamma, params, generator, **extra)
         match = getattr(self.lookup, "last_match", 1) if proposal.length else 0
         lookup_tokens = proposal.tokens[0].tolist() if proposal.length else []
         use_lookup = proposal.length > 0 and stats.lookup_wins(match)
@@ -132,7 +133,7 @@ class CombinedDrafter:
             self.fallback_steps += 1
             start = self.clock()
             # the fallback re-syncs its cache with the whole context itself
-            proposal = self.fallback.propose(context, gamma, params, generator)
+            proposal = self.fallback.propose(context, gamma, params, generator, **extra)
             draft_s = self.clock() - start
         self._pending = _Pending(context.shape[1], now, use_lookup, match, lookup_tokens,
                                  [] if use_lookup else proposal.tokens[0].tolist(), draft_s)

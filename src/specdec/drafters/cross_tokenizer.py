@@ -21,7 +21,7 @@ from specdec.drafters.base import Proposal
 from specdec.drafters.model import sync_cache
 from specdec.errors import VocabularyMismatchError
 from specdec.models.base import LanguageModel
-from specdec.sampling import SamplingParams, adjusted_probs, sample
+from specdec.sampling import SamplingParams, TokenHistory, adjusted_probs, penalize, sample
 
 
 def vocabulary_intersection(drafter_tokenizer: Any, drafter_vocab_size: int,
@@ -64,7 +64,7 @@ class CrossTokenizerDrafter:
         self.cached_ids = context[:, : self.model.cached_length]
 
     def propose(self, context: torch.Tensor, gamma: int, params: SamplingParams,
-                generator: torch.Generator) -> Proposal:
+                generator: torch.Generator, history: TokenHistory | None = None) -> Proposal:
         if context.shape[0] != 1:
             raise NotImplementedError("the cross-tokenizer drafter supports batch 1 only")
         if gamma <= 0:
@@ -82,6 +82,8 @@ class CrossTokenizerDrafter:
                 raise FloatingPointError(
                     f"drafter logits not finite after feeding {feed.shape[1]} tokens at cache "
                     f"length {self.model.cached_length}")
+            if history is not None:  # penalties are per token: apply them on the target ids
+                logits = penalize(logits, params, history, columns=self.target_ids)
             if params.greedy:
                 choice = logits.argmax(dim=-1)
             else:
@@ -89,6 +91,8 @@ class CrossTokenizerDrafter:
                 choice = sample(q, generator)
                 probs.append(self._to_target(q))
             tokens.append(self.target_ids[choice])
+            if history is not None:
+                history = history.plus(tokens[-1][:, None])
             feed = self.drafter_ids[choice][:, None]
         # the last draft was never fed: the cache holds everything fed so far
         self.cached_ids = torch.cat(fed, dim=1)

@@ -6,7 +6,7 @@ import torch
 
 from specdec.drafters.base import Proposal
 from specdec.models.base import LanguageModel
-from specdec.sampling import SamplingParams, adjusted_probs, sample
+from specdec.sampling import SamplingParams, TokenHistory, adjusted_probs, penalize, sample
 
 
 class ModelDrafter:
@@ -29,17 +29,20 @@ class ModelDrafter:
         self._drafts_on_device = None
 
     def propose(self, context: torch.Tensor, gamma: int, params: SamplingParams,
-                generator: torch.Generator) -> Proposal:
+                generator: torch.Generator, history: TokenHistory | None = None) -> Proposal:
         if gamma <= 0:
             return Proposal.empty(context.shape[0])
         feed = self._sync(context)
         tokens, probs = [], []
         for _ in range(gamma):
-            token, q = self._choose(self.model.extend(feed, last=1)[:, -1], params, generator)
+            logits = self.model.extend(feed, last=1)[:, -1]
+            token, q = self._choose(logits, params, generator, history)
             if q is not None:
                 probs.append(q)
             tokens.append(token)
             feed = token[:, None]
+            if history is not None:  # the next draft sees this one, as the target will
+                history = history.plus(feed)
         drafted = torch.stack(tokens, dim=1)
         # the last draft was never fed: the cache holds context + x_1..x_{gamma-1}. They are
         # copied to the host at the next step, after the target's step synchronized anyway:
@@ -47,9 +50,15 @@ class ModelDrafter:
         self.cached_ids, self._drafts_on_device = context, drafted[:, :-1]
         return Proposal(drafted, torch.stack(probs, dim=1) if probs else None, forwards=gamma)
 
-    def _choose(self, logits: torch.Tensor, params: SamplingParams,
-                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The next draft [B] from the last position's logits [B, V], and q (None if greedy)."""
+    def _choose(self, logits: torch.Tensor, params: SamplingParams, generator: torch.Generator,
+                history: TokenHistory | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The next draft [B] from the last position's logits [B, V], and q (None if greedy).
+
+        The penalties (when the request has any) apply to q exactly as to the target's p.
+        """
+        if history is not None:
+            logits = penalize(logits, params, history)
         if params.greedy:
             return logits.argmax(dim=-1), None
         q = adjusted_probs(logits, params)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from specdec.drafters.base import Proposal
-from specdec.sampling import SamplingParams
+from specdec.sampling import SamplingParams, TokenHistory
 
 MAX_NGRAM = 64  # bound on user-given n-gram sizes (keys are tuples of this length)
 
@@ -40,7 +40,9 @@ class NgramDrafter:
             self._sync(prompt_ids)
 
     def propose(self, context: torch.Tensor, gamma: int, params: SamplingParams,
-                generator: torch.Generator) -> Proposal:
+                generator: torch.Generator, history: TokenHistory | None = None) -> Proposal:
+        # deterministic drafts (q one-hot) are verified exactly whatever the penalties: the
+        # history is not needed
         if context.shape[0] != 1:
             raise NotImplementedError("the n-gram drafter supports batch 1 only")
         if gamma <= 0:

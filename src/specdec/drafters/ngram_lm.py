@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from specdec.drafters.base import Proposal
-from specdec.sampling import SamplingParams, adjusted_probs, sample
+from specdec.sampling import SamplingParams, TokenHistory, adjusted_probs, penalize, sample
 
 MAX_CORPUS_BYTES = 64 * 1024 * 1024  # bound what a user-given file may make us read
 
@@ -88,7 +88,7 @@ class NgramLMDrafter:
         pass  # stateless between steps: q depends only on the previous token
 
     def propose(self, context: torch.Tensor, gamma: int, params: SamplingParams,
-                generator: torch.Generator) -> Proposal:
+                generator: torch.Generator, history: TokenHistory | None = None) -> Proposal:
         if gamma <= 0:
             return Proposal.empty(context.shape[0])
         prev = context[:, -1]
@@ -96,11 +96,15 @@ class NgramLMDrafter:
         for _ in range(gamma):
             logq = torch.stack([self.log_probs(int(t)) for t in prev])  # [B, V]
             logq = logq.to(generator.device)  # q lives where the generator draws
+            if history is not None:  # log q as logits: penalized as the target's are
+                logq = penalize(logq, params, history)
             q = adjusted_probs(logq, params)
             token = q.argmax(dim=-1) if params.greedy else sample(q, generator)
             tokens.append(token)
             probs.append(q)
             prev = token
+            if history is not None:
+                history = history.plus(token[:, None])
         # greedy q is one-hot at the draft: None lets verification use the one-hot rule
         stacked = None if params.greedy else torch.stack(probs, dim=1)
         return Proposal(torch.stack(tokens, dim=1), stacked)

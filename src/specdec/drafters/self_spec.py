@@ -21,7 +21,7 @@ from specdec.models.low_bit_view import (
     frequent_token_ids,
     low_bit_view,
 )
-from specdec.sampling import SamplingParams, adjusted_probs, sample
+from specdec.sampling import SamplingParams, TokenHistory, adjusted_probs, penalize, sample
 
 
 @dataclass(frozen=True)
@@ -81,10 +81,10 @@ class SelfDrafter(ModelDrafter):
             super().begin(prompt_ids)
 
     def propose(self, context: torch.Tensor, gamma: int, params: SamplingParams,
-                generator: torch.Generator):
+                generator: torch.Generator, history: TokenHistory | None = None):
         if self.head is not None:
             self._cover(context)
-        return super().propose(context, gamma, params, generator)
+        return super().propose(context, gamma, params, generator, history)
 
     def _cover(self, context: torch.Tensor) -> None:
         """Add the context's new tokens (the target's corrections among them) to the subset."""
@@ -96,12 +96,15 @@ class SelfDrafter(ModelDrafter):
         self.head.add(context[0, self.seen:].tolist())
         self.seen = context.shape[1]
 
-    def _choose(self, logits: torch.Tensor, params: SamplingParams,
-                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _choose(self, logits: torch.Tensor, params: SamplingParams, generator: torch.Generator,
+                history: TokenHistory | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.head is None:
-            return super()._choose(logits, params, generator)
+            return super()._choose(logits, params, generator, history)
         ids = self.head.ids
         logits = logits[:, : len(ids)]  # columns past the subset's are unused capacity
+        if history is not None:  # the penalties by token id, through the subset's columns
+            logits = penalize(logits, params, history, columns=ids)
         if params.greedy:
             return ids[logits.argmax(dim=-1)], None
         q_subset = adjusted_probs(logits, params)  # renormalised over the subset

@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from specdec.server.auth import APIKeyMiddleware
 from specdec.server.engine import (
     Cancelled,
     Engine,
@@ -30,8 +31,12 @@ DEFAULT_MAX_BODY = 1 << 20  # bytes of a request body
 
 
 def create_app(engine: Engine, model_name: str, max_body_bytes: int = DEFAULT_MAX_BODY,
-               ) -> FastAPI:
-    """The ASGI app serving `engine`'s model under the id `model_name`."""
+               api_key: str | None = None, public_metrics: bool = False) -> FastAPI:
+    """The ASGI app serving `engine`'s model under the id `model_name`.
+
+    With api_key, every path but /health (and /metrics when public_metrics) needs
+    `Authorization: Bearer <api_key>`.
+    """
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -39,8 +44,14 @@ def create_app(engine: Engine, model_name: str, max_body_bytes: int = DEFAULT_MA
         yield
         engine.stop()
 
+    if api_key is not None and not api_key.strip():
+        raise ValueError("the API key is empty")
     app = FastAPI(title="specdec", lifespan=lifespan)
     _add_error_handlers(app, engine)
+    if api_key is not None:
+        app.add_middleware(APIKeyMiddleware, api_key=api_key,
+                           open_paths=("/health", "/metrics") if public_metrics else ("/health",),
+                           on_reject=lambda: engine.metrics.record_outcome("unauthorized"))
 
     @app.get("/health")
     async def health() -> dict:
@@ -61,8 +72,11 @@ def create_app(engine: Engine, model_name: str, max_body_bytes: int = DEFAULT_MA
     async def completions(request: Request) -> Response:
         req = parse(CompletionRequest, await _read_body(request, max_body_bytes))
         _check_model(req.model, model_name)
-        ids = _encode(lambda: engine.encode(req.single_prompt()), "prompt")
-        return await _generate(request, engine, req, ids, Shape(model_name, chat=False))
+        prompt = req.single_prompt()
+        ids = _encode(lambda: engine.encode(prompt), "prompt")
+        echo = (prompt if isinstance(prompt, str) else engine.decode(ids)) if req.echo else ""
+        return await _generate(request, engine, req, ids,
+                               Shape(model_name, chat=False, echo=echo))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -79,8 +93,10 @@ async def _generate(request: Request, engine: Engine, req, ids: list[int],
     max_new = _max_new_tokens(req.max_tokens, len(ids), engine)
     try:
         params = req.sampling_params(max_new)
+        params.check_vocabulary(engine.decoder.target.vocab_size)
     except ValueError as error:
-        raise APIError(400, str(error)) from None
+        param = "logit_bias" if "logit_bias" in str(error) else None
+        raise APIError(400, str(error), param) from None
     job = Job(ids, params, req.stop_strings(), asyncio.get_running_loop())
     try:
         engine.submit(job)
@@ -95,11 +111,14 @@ async def _generate(request: Request, engine: Engine, req, ids: list[int],
     watcher = asyncio.create_task(_watch_disconnect(request, engine, job))
     try:
         pieces: list[str] = []
+        logprobs = None if params.logprobs is None else []
         async for item in job.items():
             if isinstance(item, TextChunk):
                 pieces.append(item.text)
+                if logprobs is not None and item.logprobs:
+                    logprobs.extend(item.logprobs)
             elif isinstance(item, Finished):
-                return JSONResponse(shape.full("".join(pieces), item))
+                return JSONResponse(shape.full("".join(pieces), item, logprobs))
             else:
                 raise _item_error(item)
         raise APIError(500, "generation ended without a result", kind="server_error")
@@ -117,7 +136,7 @@ async def _sse(request: Request, engine: Engine, job: Job, shape: Shape,
             yield _event(body)
         async for item in job.items():
             if isinstance(item, TextChunk):
-                yield _event(shape.chunk(item.text))
+                yield _event(shape.chunk(item.text, logprobs=item.logprobs))
             elif isinstance(item, Finished):
                 for body in shape.closing(item, include_usage):
                     yield _event(body)

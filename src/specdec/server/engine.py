@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from specdec.decoding import SpeculativeDecoder
-from specdec.detokenize import TextStream
-from specdec.sampling import SamplingParams
+from specdec.prompts import chat_ids
+from specdec.sampling import SamplingParams, TokenLogprob
 from specdec.server.metrics import ServerMetrics
-from specdec.server.stop import StopMatcher
 from specdec.stats import GenerationStats
+from specdec.stop import StoppingText
 
 log = logging.getLogger("specdec.server")
 
@@ -32,8 +32,19 @@ class QueueFullError(Exception):
 
 
 @dataclass
+class TokenInfo:
+    """One generated token's log-probability, for the response's logprobs."""
+
+    text: str  # the token's own text
+    logprob: float
+    top: list[tuple[str, float]]  # the most likely alternatives (text, logprob)
+    offset: int  # where the token's text starts in the generated text
+
+
+@dataclass
 class TextChunk:
     text: str  # new text of one token (may be "" while held back)
+    logprobs: list[TokenInfo] | None = None  # when the request asked for them
 
 
 @dataclass
@@ -177,37 +188,55 @@ class Engine:
     # --- one generation ---------------------------------------------------------------
 
     def _run(self, job: Job) -> None:
-        text = TextStream(self.tokenizer)
-        matcher = StopMatcher(job.stops)
-        count, reason = 0, None
+        started = time.perf_counter()
+        self.metrics.queue_time.observe(started - job.submitted)
+        text = StoppingText(self.tokenizer, job.stops)
+        reason, last_step = None, None
         stats = GenerationStats()
         for event in self.decoder.stream(job.prompt_ids, job.params):
             stats = event.stats
-            for token in event.tokens:  # an accepted block goes out token by token
-                count += 1
+            last_step = self._observe_step(job, last_step)
+            for i, token in enumerate(event.tokens):  # a block goes out token by token
                 with self.tokenizer_lock:
-                    piece = text.push([token])
-                self._send(job, matcher.push(piece))
-                if matcher.stopped:
+                    offset = len(text.text.text)
+                    piece = text.push(token)
+                    info = None if event.logprobs is None else [
+                        self._token_info(event.logprobs[i], offset)]
+                if piece or info:
+                    job.emit(TextChunk(piece, info))
+                if text.stopped:
                     reason = "stop"
                     break
             if reason is None and event.finished:
                 reason = event.finish_reason
             if reason is not None or job.cancelled.is_set():
                 break
+        count = len(text.tokens)
         if reason is None:  # cancelled mid-generation: the request is gone
             self.metrics.record_generation(stats, count, "cancelled")
             return
-        self._send(job, matcher.flush())
+        if piece := text.flush():
+            job.emit(TextChunk(piece))
         self.metrics.record_generation(stats, count, reason)
+        assert job.first_token_at is not None
+        self.metrics.record_latency(job.submitted, job.first_token_at, time.perf_counter(),
+                                    count)
         job.emit(Finished(reason, len(job.prompt_ids), count, stats.to_dict()))
 
-    def _send(self, job: Job, piece: str) -> None:
-        if job.first_token_at is None:
-            job.first_token_at = time.perf_counter()
-            self.metrics.time_to_first_token.observe(job.first_token_at - job.submitted)
-        if piece:
-            job.emit(TextChunk(piece))
+    def _token_info(self, logprob: TokenLogprob, offset: int) -> TokenInfo:
+        decode = self.tokenizer.decode
+        top = [(decode([t]), lp) for t, lp in logprob.top]
+        return TokenInfo(decode([logprob.token]), logprob.logprob, top, offset)
+
+    def _observe_step(self, job: Job, last_step: float | None) -> float:
+        """Time to first token at the first step, inter-token latency at the others."""
+        now = time.perf_counter()
+        if last_step is None:
+            job.first_token_at = now
+            self.metrics.time_to_first_token.observe(now - job.submitted)
+        else:
+            self.metrics.inter_token_latency.observe(now - last_step)
+        return now
 
     # --- prompts ----------------------------------------------------------------------
 
@@ -217,12 +246,14 @@ class Engine:
             ids = self.decoder.encode(prompt)
         return ids[0].tolist()
 
+    def decode(self, ids: list[int]) -> str:
+        """Text of token ids (special tokens dropped, as in generated text)."""
+        with self.tokenizer_lock:
+            return self.tokenizer.decode(ids, skip_special_tokens=True)
+
     def encode_chat(self, messages: list[dict]) -> list[int]:
         """Token ids of a chat rendered with the tokenizer's template, ready to answer."""
         if not getattr(self.tokenizer, "chat_template", None):
             raise LookupError("this model has no chat template; use /v1/completions")
         with self.tokenizer_lock:
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                      add_generation_prompt=True)
-            # the template writes the special tokens (BOS) itself
-            return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+            return chat_ids(self.tokenizer, messages)  # ValueError if the template refuses

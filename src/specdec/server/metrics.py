@@ -1,7 +1,11 @@
-"""Prometheus metrics of the server: traffic, tokens and the speculative counters.
+"""Prometheus metrics of the server: traffic, tokens, latencies and the speculative counters.
 
 Each server gets its own registry, so several apps (tests) can live in one process.
-Derived rates are computed from running totals at scrape time.
+Derived rates are computed from running totals at scrape time. The latency histograms carry
+vLLM's metric names with our prefix (vllm:time_to_first_token_seconds is
+specdec_time_to_first_token_seconds here, and so on) and vLLM's definitions: inter-token
+latency is observed once per decoding step after the first, as vLLM does per engine step,
+so a block of accepted drafts counts once; time per output token is per request.
 """
 
 from __future__ import annotations
@@ -13,7 +17,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from specdec.stats import GenerationStats
 
-OUTCOMES = ("stop", "length", "cancelled", "error", "rejected", "invalid")
+OUTCOMES = ("stop", "length", "cancelled", "error", "rejected", "invalid", "unauthorized")
+# seconds; wide enough for a CPU running a 0.5B model and for a GPU alike
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160,
+                   640)
+STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5,
+                0.75, 1, 2.5, 5, 10)
+REQUEST_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 60, 120, 240, 480, 960, 1920)
 
 
 class ServerMetrics:
@@ -22,8 +32,9 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("specdec_requests", "Requests by outcome "
-                                "(stop, length, cancelled, error, rejected = 429, invalid = 4xx)",
+        self.requests = Counter("specdec_requests", "Requests by outcome (stop, length, "
+                                "cancelled, error, rejected = 429, invalid = 4xx, "
+                                "unauthorized = 401)",
                                 ["outcome"], registry=r)
         for outcome in OUTCOMES:
             self.requests.labels(outcome)
@@ -47,7 +58,19 @@ class ServerMetrics:
         self.running = Gauge("specdec_running", "Requests generating now", registry=r)
         self.time_to_first_token = Histogram(
             "specdec_time_to_first_token_seconds", "From queueing to the first token",
-            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r)
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.inter_token_latency = Histogram(
+            "specdec_inter_token_latency_seconds", "Between successive decoding steps of a "
+            "request (each step sends one or more tokens)", buckets=STEP_BUCKETS, registry=r)
+        self.time_per_output_token = Histogram(
+            "specdec_request_time_per_output_token_seconds", "Per request: (end - first "
+            "token) / (tokens - 1)", buckets=STEP_BUCKETS, registry=r)
+        self.e2e_latency = Histogram(
+            "specdec_e2e_request_latency_seconds", "From queueing to the last token",
+            buckets=REQUEST_BUCKETS, registry=r)
+        self.queue_time = Histogram(
+            "specdec_request_queue_time_seconds", "Waiting in the queue before generation",
+            buckets=LATENCY_BUCKETS, registry=r)
         self._lock = threading.Lock()
         self._drafted = self._accepted = self._calls = self._generated = 0
         self._drafted_at: list[int] = []
@@ -80,6 +103,13 @@ class ServerMetrics:
                 self._drafted_at[i] += d
                 self._accepted_at[i] += a
                 self.by_position.labels(str(i)).set(self._accepted_at[i] / self._drafted_at[i])
+
+    def record_latency(self, submitted: float, first_token: float, end: float,
+                       tokens: int) -> None:
+        """A finished request's end-to-end latency and time per output token."""
+        self.e2e_latency.observe(end - submitted)
+        if tokens > 1:
+            self.time_per_output_token.observe((end - first_token) / (tokens - 1))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -6,7 +6,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from specdec.server.engine import Finished
+from specdec.server.engine import Finished, TokenInfo
 
 
 @dataclass
@@ -17,33 +17,53 @@ class Shape:
     chat: bool
     id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
+    echo: str = ""  # completions with echo: the prompt's text, sent before the completion
 
     def __post_init__(self) -> None:
         self.id = self.id or f"{'chatcmpl' if self.chat else 'cmpl'}-{uuid.uuid4().hex}"
 
-    def full(self, text: str, done: Finished) -> dict:
+    def full(self, text: str, done: Finished, logprobs: list[TokenInfo] | None = None) -> dict:
         """The whole non-streamed response."""
         if self.chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                      "logprobs": None, "finish_reason": done.finish_reason}
+                      "logprobs": self.logprobs(logprobs), "finish_reason": done.finish_reason}
         else:
-            choice = {"index": 0, "text": text, "logprobs": None,
+            choice = {"index": 0, "text": self.echo + text, "logprobs": self.logprobs(logprobs),
                       "finish_reason": done.finish_reason}
         body = self._head("chat.completion" if self.chat else "text_completion")
         return {**body, "choices": [choice], "usage": usage(done),
                 "speculative": done.stats}
 
     def opening(self) -> list[dict]:
-        """Chunks sent before any text (chat announces the assistant role)."""
-        return [self.chunk("", role=True)] if self.chat else []
+        """Chunks sent before any text: chat announces the assistant role, completions
+        with echo send the prompt."""
+        if self.chat:
+            return [self.chunk("", role=True)]
+        return [self.chunk(self.echo)] if self.echo else []
 
-    def chunk(self, text: str, role: bool = False) -> dict:
+    def chunk(self, text: str, role: bool = False,
+              logprobs: list[TokenInfo] | None = None) -> dict:
+        lp = self.logprobs(logprobs)
         if self.chat:
             delta = {"role": "assistant", "content": text} if role else {"content": text}
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+            choice = {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": None}
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": None}
+            choice = {"index": 0, "text": text, "logprobs": lp, "finish_reason": None}
         return {**self._head(self._chunk_object), "choices": [choice]}
+
+    def logprobs(self, tokens: list[TokenInfo] | None) -> dict | None:
+        """OpenAI's logprobs object: chat's `content` list, or the completions' columns."""
+        if tokens is None:
+            return None
+        if self.chat:
+            return {"content": [
+                {**_entry(t.text, t.logprob),
+                 "top_logprobs": [_entry(text, lp) for text, lp in t.top]} for t in tokens]}
+        return {"tokens": [t.text for t in tokens],
+                "token_logprobs": [t.logprob for t in tokens],
+                # the alternatives and the chosen token, as OpenAI's and vLLM's legacy format
+                "top_logprobs": [{**dict(t.top), t.text: t.logprob} for t in tokens],
+                "text_offset": [len(self.echo) + t.offset for t in tokens]}
 
     def closing(self, done: Finished, include_usage: bool) -> list[dict]:
         """The chunk with finish_reason (carrying usage and the speculative stats), and
@@ -70,3 +90,7 @@ class Shape:
 def usage(done: Finished) -> dict:
     return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
             "total_tokens": done.prompt_tokens + done.completion_tokens}
+
+
+def _entry(text: str, logprob: float) -> dict:
+    return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}

@@ -1,7 +1,9 @@
 """Request bodies of the OpenAI-compatible endpoints (pydantic, strict types).
 
-Only what the engine can honour is accepted: n = 1, no logprobs, no penalties. Fields the
-OpenAI API has but we cannot serve are refused by name instead of silently ignored.
+Only what the engine can honour is accepted: n = 1 (several choices need batching, not built
+yet). Fields the OpenAI API has but we cannot serve are refused by name instead of silently
+ignored. Penalties and logit_bias apply to the target and the drafter alike (exact);
+logprobs are the target's, from the verification forward.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from specdec.sampling import SamplingParams
+from specdec.sampling import MAX_LOGIT_BIAS, MAX_LOGPROBS, SamplingParams
 
 MAX_STOP_STRINGS = 4  # as the OpenAI API
 MAX_STOP_LENGTH = 256
@@ -55,12 +57,13 @@ class _Sampling(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[Annotated[str, Field(max_length=MAX_STOP_LENGTH)]] | None = None
-    # accepted only at their neutral values
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: dict[str, float] | None = None
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+    repetition_penalty: float = Field(default=1.0, gt=0)  # extension (vLLM, transformers)
+    logit_bias: dict[str, float] | None = Field(default=None, max_length=MAX_LOGIT_BIAS)
 
-    @field_validator("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty")
+    @field_validator("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty",
+                     "repetition_penalty")
     @classmethod
     def _finite(cls, value: float) -> float:
         if not math.isfinite(value):
@@ -84,24 +87,27 @@ class _Sampling(BaseModel):
     def check_supported(self) -> None:
         """Refuse what the engine would otherwise silently ignore."""
         if self.n != 1:
-            raise APIError(400, f"only n=1 is supported, got n={self.n}", "n")
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name) != 0:
-                raise APIError(400, f"{name} is not supported (exact sampling only)", name)
-        if self.logit_bias:
-            raise APIError(400, "logit_bias is not supported (exact sampling only)",
-                           "logit_bias")
+            raise APIError(400, f"only n=1 is supported (several choices need batching, "
+                           f"not built yet), got n={self.n}", "n")
+
+    def top_logprobs_wanted(self) -> int | None:
+        """Alternatives per token for SamplingParams.logprobs; None = no logprobs."""
+        return None
 
     def sampling_params(self, max_new_tokens: int) -> SamplingParams:
-        return SamplingParams(temperature=self.temperature, top_k=self.top_k,
-                              top_p=self.top_p, min_p=self.min_p, seed=self.seed,
-                              max_new_tokens=max_new_tokens, ignore_eos=self.ignore_eos)
+        """ValueError on a bad combination (the route answers 400)."""
+        return SamplingParams(
+            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+            min_p=self.min_p, seed=self.seed, max_new_tokens=max_new_tokens,
+            ignore_eos=self.ignore_eos, repetition_penalty=self.repetition_penalty,
+            frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty,
+            logit_bias=_logit_bias(self.logit_bias), logprobs=self.top_logprobs_wanted())
 
 
 class CompletionRequest(_Sampling):
     prompt: str | TokenIds | list[str] | list[TokenIds]
     echo: bool = False
-    logprobs: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     best_of: int | None = None
     suffix: str | None = None
 
@@ -119,14 +125,16 @@ class CompletionRequest(_Sampling):
 
     def check_supported(self) -> None:
         super().check_supported()
-        if self.echo:
-            raise APIError(400, "echo is not supported", "echo")
-        if self.logprobs is not None:
-            raise APIError(400, "logprobs is not supported", "logprobs")
+        if self.echo and self.logprobs is not None:
+            raise APIError(400, "logprobs with echo is not supported (prompt logprobs)",
+                           "logprobs")
         if self.best_of not in (None, 1):
             raise APIError(400, "best_of is not supported", "best_of")
         if self.suffix:
             raise APIError(400, "suffix is not supported", "suffix")
+
+    def top_logprobs_wanted(self) -> int | None:
+        return self.logprobs
 
 
 class TextPart(BaseModel):
@@ -151,12 +159,13 @@ class ChatCompletionRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)  # newer name of max_tokens
     logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     tools: list[dict] | None = None
 
     def check_supported(self) -> None:
         super().check_supported()
-        if self.logprobs:
-            raise APIError(400, "logprobs is not supported", "logprobs")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", "top_logprobs")
         if self.tools:
             raise APIError(400, "tools are not supported", "tools")
         if self.max_completion_tokens is not None:
@@ -167,6 +176,19 @@ class ChatCompletionRequest(_Sampling):
 
     def chat(self) -> list[dict]:
         return [{"role": m.role, "content": m.text()} for m in self.messages]
+
+    def top_logprobs_wanted(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+
+def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
+    """OpenAI's {"token id": bias} with the ids as strings -> {id: bias}."""
+    out = {}
+    for key, value in (bias or {}).items():
+        if not key.isdigit():
+            raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
+        out[int(key)] = value
+    return out
 
 
 def parse(model: type[_Sampling], body: bytes) -> _Sampling:

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from specdec.server.stop import StopMatcher
+from specdec.stop import StopMatcher
 
 
 def run(pieces: list[str], stops: list[str]) -> tuple[str, bool]:
