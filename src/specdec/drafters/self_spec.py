@@ -145,6 +145,7 @@ def build_self_drafter(target: LanguageModel, config: SelfDraftConfig) -> SelfDr
     view = low_bit_view(hf_model, config.bits, config.group_size, config.full_rows, head)
     # the target's runner and compile setting (the view's tensors are already on its device)
     runtime = "static" if hasattr(target, "prefill_from") else "dynamic"
-    model = wrap(view, target.tokenizer, config.label, runtime=runtime,
-                 compile=bool(getattr(target, "widths", ())))
+    widths = tuple(getattr(target, "widths", ()))
+    model = wrap(view, target.tokenizer, config.label, runtime=runtime, compile=bool(widths),
+                 **({"widths": widths} if widths else {}))
     return SelfDrafter(model, head, target.vocab_size, config.label, config.context, target)

@@ -114,8 +114,11 @@ class VocabularySubsetHead(nn.Module):
         self.fixed_ids = fixed_ids
         self.max_extra = max_extra
         capacity = max(1, min(initial_capacity, max_extra))
-        self.extra_weight = weight.new_zeros(capacity, weight.shape[1])
-        self.extra_offset = torch.full((capacity,), float("-inf"), dtype=weight.dtype)
+        # buffers, so a compiled step reads their current contents (they change in place)
+        self.register_buffer("extra_weight", weight.new_zeros(capacity, weight.shape[1]),
+                             persistent=False)
+        self.register_buffer("extra_offset", torch.full((capacity,), float("-inf"),
+                                                        dtype=weight.dtype), persistent=False)
         self.extra_ids: list[int] = []
         self.covered = torch.zeros(self.vocab_size, dtype=torch.bool)
         self.reset()
