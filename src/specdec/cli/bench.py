@@ -70,6 +70,10 @@ def main(argv: list[str]) -> int:
         llamacpp=not args.no_llamacpp, command="specdec bench " + shlex.join(argv),
         max_minutes=None if args.max_minutes is None else
         float(_bounded(args.max_minutes, "--max-minutes", 0, 10080)))
+    from specdec.bench.suite import split_draft
+
+    for entry in config.drafts:  # a bad spec fails before any model loads
+        split_draft(entry, config.gammas)
     torch.set_num_threads(config.threads)
     models: dict[str, object] = {}
 
