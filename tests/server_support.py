@@ -55,6 +55,20 @@ def free_port() -> int:
 @contextmanager
 def serve(*args: str, timeout: float = 90.0) -> Iterator[str]:
     """Run `specdec serve ARGS` on a free loopback port; yield its base URL."""
+    process, url = start_server(*args, timeout=timeout)
+    try:
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def start_server(*args: str, timeout: float = 90.0) -> tuple[subprocess.Popen, str]:
+    """Start `specdec serve ARGS` on a free loopback port, healthy; the caller stops it."""
     port = free_port()
     command = [sys.executable, "-c", "import sys; from specdec.cli import main; sys.exit(main())",
                "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
@@ -65,14 +79,11 @@ def serve(*args: str, timeout: float = 90.0) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(process, url, timeout)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return process, url
 
 
 def _wait_healthy(process: subprocess.Popen, url: str, timeout: float) -> None:

@@ -182,8 +182,51 @@ def test_bad_inputs_give_one_line_and_exit_code_1(models, capsys, tmp_path):
                                                        "--runtime", "dynamic")
     pickled = tmp_path / "pickled"
     pickled.mkdir()
+    (tmp_path / "corpus.txt").write_text("some text")
     (pickled / "pytorch_model.bin").write_bytes(b"x")
     assert "pickled weights" in bad(capsys, "hi", "--target", str(pickled))
+
+
+@pytest.mark.parametrize(("draft", "message"), [
+    ("nonexistent", "--draft 'nonexistent': unknown model 'nonexistent'"),
+    ("nonexistent@int8", "unknown model 'nonexistent'"),
+    ("ngram+nowhere/model", "--draft 'ngram+nowhere/model': unknown model"),
+    ("bigram:/missing.txt", "--draft 'bigram:/missing.txt': corpus file not found"),
+    ("unigram:", "--draft 'unigram:': unigram:FILE needs a text corpus file"),
+    ("bigram:{tmp}", "is not a file"),
+    ("ngram:3", "--draft 'ngram:3': ngram:MIN:MAX needs two integers"),
+    ("ngram:4:2", "min_n (4) must be <= max_n (2)"),
+    ("ngarm:2:4", "--draft 'ngarm:2:4': unknown kind 'ngarm'"),
+])
+def test_draft_specs_fail_before_any_model_loads(capsys, monkeypatch, tmp_path, draft, message):
+    import specdec.models.loading as loading
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before --draft was checked")
+
+    monkeypatch.setattr(loading, "load_model", no_loading)
+    assert message in bad(capsys, "hi", "--draft", draft.format(tmp=tmp_path))
+
+
+def test_contention_warning_names_the_threads_to_use(models, capsys, monkeypatch):
+    from specdec import machine
+
+    assert machine.contention_warning(2, cores=2, load=0.2) is None
+    assert machine.contention_warning(1, cores=2, load=5.0) is None  # nothing fewer to offer
+    assert machine.contention_warning(16, cores=16, load=0.0) is None
+    assert "--threads 1" in machine.contention_warning(2, cores=2, load=1.4)
+    assert "--threads 6" in machine.contention_warning(8, cores=8, load=2.0)
+    monkeypatch.setattr(machine, "load_average", lambda: (3.5, 3.0, 2.0))
+    monkeypatch.setattr(machine, "cpu_count", lambda: 2)
+    try:
+        code, _, err = run(capsys, "hi", "--target", str(models["target"]), "--threads", "2",
+                           "--max-new-tokens", "2")
+    finally:
+        torch.set_num_threads(1)  # the suite's setting (conftest)
+    assert code == 0 and "torch uses 2 threads but the load average is 3.5" in err
+    code, _, err = run(capsys, "hi", "--target", str(models["target"]), "--threads", "1",
+                       "--max-new-tokens", "2")
+    assert code == 0 and "warning" not in err
 
 
 def test_no_network_while_fetching_is_one_line_and_leaves_no_file(capsys, tmp_path,

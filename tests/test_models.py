@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+from transformers import DynamicCache, Gemma3ForCausalLM, Gemma3TextConfig
 
 from specdec.models import HFCausalLM, HFSeq2SeqLM, LanguageModel, StaticCausalLM, wrap
 from tiny import tiny_llama, tiny_t5
@@ -81,6 +81,34 @@ def test_multi_token_extend_matches_one_at_a_time(model):
     context = model.prefill(prompt)
     singles = [model.extend(t.view(1, 1)) for t in torch.cat([context[:, -1:], tokens], dim=1)[0]]
     torch.testing.assert_close(block, torch.cat(singles, dim=1), atol=TOLERANCE, rtol=0)
+
+
+def test_rollback_zero_holds_where_crop_0_empties_the_cache(model, monkeypatch):
+    """rollback(0) is a no-op whatever the cache library does with crop(-0) == crop(0).
+
+    transformers 4.5x read crop(0) as "keep 0 positions": emulate that edge case, so the
+    test fails for an adapter that passes 0 through.
+    """
+    def crop_like_4_5x(cache, amount):
+        if amount == 0:
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys[..., :0, :], layer.values[..., :0, :]
+            return
+        original(cache, amount)
+
+    original = DynamicCache.crop
+    monkeypatch.setattr(DynamicCache, "crop", crop_like_4_5x)
+    prompt = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    continuation = torch.tensor([[11, 12, 13]])
+    context = model.prefill(prompt)
+    model.extend(torch.cat([context[:, -1:], continuation[:, :1]], dim=1))
+    length = model.cached_length
+    model.rollback(0)
+    assert model.cached_length == length
+    logits = model.extend(continuation[:, 1:])
+    monkeypatch.setattr(DynamicCache, "crop", original)
+    fresh = _fresh_logits(model, prompt, continuation)
+    torch.testing.assert_close(logits, fresh[:, -2:], atol=TOLERANCE, rtol=0)
 
 
 def test_rollback_bounds(model):

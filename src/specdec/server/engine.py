@@ -31,6 +31,13 @@ class QueueFullError(Exception):
     """The waiting queue is at its bound."""
 
 
+class ShuttingDownError(Exception):
+    """The server is stopping: no new requests."""
+
+
+SHUTDOWN_MESSAGE = "the server is shutting down"
+
+
 @dataclass
 class TokenInfo:
     """One generated token's log-probability, for the response's logprobs."""
@@ -58,6 +65,7 @@ class Finished:
 @dataclass
 class Failed:
     message: str
+    status: int = 500  # HTTP status of the error (503: the server is shutting down)
 
 
 @dataclass
@@ -121,28 +129,53 @@ class Engine:
         self._running: Job | None = None
         self._wake = threading.Condition()
         self._stopping = False
+        self._draining = False  # shutting down: nothing new starts
+        self._deadline: float | None = None  # monotonic time the running job must stop by
         self._thread: threading.Thread | None = None
 
     # --- queue ------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._stopping = False
+        self._stopping = self._draining = False
+        self._deadline = None
         self._thread = threading.Thread(target=self._loop, name="specdec-engine", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
+        """Fail what waits, stop the running job after its step (503s), end the worker."""
+        self.shut_down(0.0)
         with self._wake:
             self._stopping = True
-            for job in list(self._waiting) + ([self._running] if self._running else []):
-                job.cancelled.set()
-            self._waiting.clear()
             self._wake.notify_all()
         if self._thread is not None:
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=timeout)
+
+    def shut_down(self, grace: float) -> int:
+        """Stop taking requests; fail the waiting ones now (503); the running one may finish
+        within `grace` seconds, else it stops after its current step with a 503 error.
+
+        Every client gets a last message (an error event on a stream). Returns the number of
+        requests that will not finish. Call it on the event loop's thread.
+        """
+        with self._wake:
+            self._draining = True
+            deadline = time.monotonic() + max(0.0, grace)
+            self._deadline = deadline if self._deadline is None else min(self._deadline,
+                                                                           deadline)
+            waiting = list(self._waiting)
+            self._waiting.clear()
+            self._wake.notify_all()
+        for job in waiting:
+            job.cancelled.set()
+            self.metrics.record_outcome("cancelled")
+            job.emit(Failed(f"{SHUTDOWN_MESSAGE}: request not started", 503))
+        return len(waiting) + int(self._running is not None)
 
     def submit(self, job: Job) -> None:
         """Queue job (FIFO); QueueFullError when max_queue requests already wait."""
         with self._wake:
+            if self._draining or self._stopping:
+                raise ShuttingDownError(SHUTDOWN_MESSAGE)
             if len(self._waiting) >= self.config.max_queue:
                 raise QueueFullError(f"server busy: {len(self._waiting)} requests waiting")
             self._waiting.append(job)
@@ -167,12 +200,17 @@ class Engine:
     def busy(self) -> bool:
         return self._running is not None
 
+    @property
+    def healthy(self) -> bool:
+        """The worker thread runs and takes requests."""
+        return self._thread is not None and self._thread.is_alive() and not self._draining
+
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not self._waiting and not self._stopping:
+                while not self._waiting and not self._stopping and not self._draining:
                     self._wake.wait()
-                if self._stopping:
+                if self._stopping or not self._waiting:
                     return
                 job = self._running = self._waiting.popleft()
             try:
@@ -211,6 +249,12 @@ class Engine:
                 reason = event.finish_reason
             if reason is not None or job.cancelled.is_set():
                 break
+            if self._deadline is not None and time.monotonic() >= self._deadline:
+                count = len(text.tokens)
+                self.metrics.record_generation(stats, count, "cancelled")
+                job.emit(Failed(f"{SHUTDOWN_MESSAGE}: generation stopped after {count} "
+                                "tokens", 503))
+                return
         count = len(text.tokens)
         if reason is None:  # cancelled mid-generation: the request is gone
             self.metrics.record_generation(stats, count, "cancelled")
