@@ -53,6 +53,14 @@ def test_low_bit_linear_is_close_to_the_float_layer(bits, n, k, tolerance):
     assert layer.weight.shape == (n, k)
 
 
+def test_int8_off_the_cpu_path_equals_the_kernel():
+    """Off the CPU the int8 layer dequantizes per call (torch's int8 kernel is CPU-only)."""
+    layer = Int8Linear(_linear(40, 64))
+    x = torch.randn(3, 64)
+    generic = torch.nn.functional.linear(x, layer.qweight.float()) * layer.scales
+    assert torch.allclose(layer(x) - layer.bias, generic, atol=1e-4)
+
+
 def test_int4_falls_back_to_int8_where_no_group_fits():
     assert isinstance(quantized_linear(_linear(16, 24), 4), Int8Linear)  # 24: no group of 32+
     with pytest.raises(ValueError, match="bits"):

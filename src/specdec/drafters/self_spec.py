@@ -101,7 +101,7 @@ class SelfDrafter(ModelDrafter):
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.head is None:
             return super()._choose(logits, params, generator, history)
-        ids = self.head.ids
+        ids = self.head.ids.to(logits.device)
         logits = logits[:, : len(ids)]  # columns past the subset's are unused capacity
         if history is not None:  # the penalties by token id, through the subset's columns
             logits = penalize(logits, params, history, columns=ids)

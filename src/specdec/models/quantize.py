@@ -90,8 +90,10 @@ class Int8Linear(_LowBitLinear):
         return self.qweight
 
     def _low_bit(self, flat: torch.Tensor) -> torch.Tensor:
-        return torch.ops.aten._weight_int8pack_mm(flat.to(self.scales.dtype), self.qweight,
-                                                  self.scales)
+        flat = flat.to(self.scales.dtype)
+        if flat.device.type != "cpu":  # torch's int8 kernel is CPU-only: dequantize per call
+            return F.linear(flat, self.qweight.to(flat.dtype)) * self.scales
+        return torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scales)
 
 
 class Int4Linear(_LowBitLinear):
@@ -143,10 +145,12 @@ def int4_group(in_features: int, preferred: int = 32) -> int | None:
 
 def quantized_linear(linear: nn.Linear, bits: int, group_size: int = 32,
                      full_rows: int | None = None) -> nn.Module:
-    """Int8Linear or Int4Linear for `linear` (int8 where int4's group sizes do not fit)."""
+    """Int8Linear or Int4Linear for `linear` (int8 where int4's group sizes do not fit, or off
+    the CPU)."""
     if bits == 4:
         group = int4_group(linear.in_features, group_size)
-        if group is not None:
+        # the int4 packing is the CPU kernel's; elsewhere int8 (dequantized per call) stands in
+        if group is not None and linear.weight.device.type == "cpu":
             return Int4Linear(linear, group, full_rows)
     elif bits != 8:
         raise ValueError(f"bits must be 4 or 8, got {bits!r}")
