@@ -80,6 +80,7 @@ def sampled(decoder, prompt, params: SamplingParams, samples: int) -> Counter:
     """Continuations from `samples` generations with seeds 0..samples-1, counted."""
     counts: Counter = Counter()
     for seed in range(samples):
-        run = SamplingParams(**{**params.__dict__, "seed": seed})
+        # Algorithm 1's rule (seeded requests default to the coupled one, tested elsewhere)
+        run = SamplingParams(**{**params.__dict__, "seed": seed, "coupled": False})
         counts[tuple(decoder.generate(prompt, run).tokens)] += 1
     return counts

@@ -101,10 +101,16 @@ def test_streamed_text_and_stats_summary(models, capsys):
 
 def test_sampling_with_a_seed_is_reproducible(models, capsys):
     flags = ("--temperature", "0.9", "--top-k", "20", "--top-p", "0.95", "--min-p", "0.01",
-             "--seed", "7", "--draft", str(models["drafter"]), "--gamma", "3")
-    # a fixed gamma: --gamma auto picks draft lengths from timings, so its draws vary
-    first = generate_json(capsys, models, *flags)
-    assert generate_json(capsys, models, *flags)["tokens"] == first["tokens"]
+             "--seed", "7", "--max-new-tokens", "24")
+    # seeded: the coupled rule, one text whatever the drafter and gamma (auto included)
+    plain = generate_json(capsys, models, *flags, "--draft", "none")["tokens"]
+    for draft in (("--draft", str(models["drafter"]), "--gamma", "auto"),
+                  ("--draft", "ngram", "--gamma", "3")):
+        assert generate_json(capsys, models, *flags, *draft)["tokens"] == plain
+    # --no-coupled: the rejection rule, reproducible for a fixed drafter and gamma
+    fixed = (*flags, "--no-coupled", "--draft", str(models["drafter"]), "--gamma", "3")
+    first = generate_json(capsys, models, *fixed)
+    assert generate_json(capsys, models, *fixed)["tokens"] == first["tokens"]
 
 
 @pytest.mark.parametrize("runtime", [("--runtime", "dynamic"), ("--runtime", "static"),

@@ -69,8 +69,8 @@ def test_continuations_match_the_target_distribution(gamma, draws, params):
     counts = torch.zeros(VOCAB ** LENGTH, dtype=torch.long)
     drafted = accepted = 0
     for seed in range(draws):
-        result = decoder.generate(PROMPT, SamplingParams(
-            **params, seed=seed, max_new_tokens=LENGTH, ignore_eos=True))
+        result = decoder.generate(PROMPT, SamplingParams(  # Algorithm 1: not coupled
+            **params, seed=seed, coupled=False, max_new_tokens=LENGTH, ignore_eos=True))
         x1, x2, x3 = result.tokens
         counts[x1 * VOCAB * VOCAB + x2 * VOCAB + x3] += 1
         drafted += result.stats.drafted

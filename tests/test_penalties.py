@@ -228,8 +228,8 @@ def test_penalized_continuations_match_the_target_distribution():
     counts = torch.zeros(SMALL ** LENGTH, dtype=torch.long)
     drafted = accepted = 0
     for seed in range(draws):
-        result = decoder.generate(SHORT_PROMPT, SamplingParams(
-            **params, seed=seed, max_new_tokens=LENGTH, ignore_eos=True))
+        result = decoder.generate(SHORT_PROMPT, SamplingParams(  # Algorithm 1 with penalized q
+            **params, seed=seed, coupled=False, max_new_tokens=LENGTH, ignore_eos=True))
         x1, x2, x3 = result.tokens
         counts[x1 * SMALL * SMALL + x2 * SMALL + x3] += 1
         drafted += result.stats.drafted

@@ -6,6 +6,7 @@ library's own output for the same prompt; seeded sampling with the same seed too
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -138,6 +139,10 @@ def test_seeded_sampling_equals_the_library(client, library) -> None:
     assert client.completions.create(**kwargs).choices[0].text == want
     assert "".join(c.choices[0].text for c in client.completions.create(
         stream=True, **kwargs)) == want
+    # the extension field picks the rule: the rejection rule's draws are the library's too
+    rejection = library.generate("Sample", dataclasses.replace(params, coupled=False)).text
+    kwargs["extra_body"] = {**kwargs["extra_body"], "coupled": False}
+    assert client.completions.create(**kwargs).choices[0].text == rejection
 
 
 BAD = [  # (path, raw body, status, param)

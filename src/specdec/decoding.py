@@ -19,6 +19,7 @@ from specdec.drafters.base import Drafter, Proposal
 from specdec.drafters.model import ModelDrafter
 from specdec.models.base import LanguageModel, check_same_vocabulary
 from specdec.models.device import StepClock
+from specdec.noise import position_range, resolve_seed
 from specdec.sampling import (
     SamplingParams,
     TokenHistory,
@@ -29,7 +30,7 @@ from specdec.sampling import (
     token_logprobs,
 )
 from specdec.stats import GenerationStats
-from specdec.verify import Verdict, overlap, verify, verify_greedy
+from specdec.verify import Verdict, overlap, verify, verify_coupled, verify_greedy
 
 # cache positions a step may write past the output: the pending token, up to 64 drafts and
 # the padding of a compiled width (a hint; runners grow when it is exceeded)
@@ -100,7 +101,8 @@ class SpeculativeDecoder:
     def stream(self, prompt: str | list[int] | torch.Tensor,
                params: SamplingParams | None = None) -> Iterator[StepEvent]:
         """Yield one StepEvent per target call until a stop token or max_new_tokens."""
-        params = params or SamplingParams()
+        # the coupled rule without a seed still needs one noise for drafter and target
+        params = resolve_seed(params or SamplingParams())
         prompt_ids = self.encode(prompt)
         self._check_length(prompt_ids, params)
         params.check_vocabulary(self.target.vocab_size)
@@ -133,7 +135,8 @@ class SpeculativeDecoder:
                                                       params, generator, clock, stats, history)
                 # the context's last token is pending: not yet in the target's cache
                 event, betas, target_s = self._verify_step(context[:, -1:], proposal, params,
-                                                           generator, clock, stats, history)
+                                                           generator, clock, stats, history,
+                                                           position=context.shape[1])
                 drafter_s = clock.seconds(*draft_clock)  # read after the step's one sync
                 stats.drafter_s += drafter_s
                 policy.observe(StepRecord(
@@ -188,8 +191,10 @@ class SpeculativeDecoder:
 
     def _verify_step(self, pending: torch.Tensor, proposal: Proposal, params: SamplingParams,
                      generator: torch.Generator, clock: StepClock, stats: GenerationStats,
-                     history: TokenHistory | None = None,
+                     history: TokenHistory | None = None, *, position: int,
                      ) -> tuple[StepEvent, list[float], float]:
+        """Verify the proposal in one target forward; position: the absolute position of the
+        first token this step emits (the coupled rule's noise is keyed by it)."""
         device = self.target.device
         drafts = proposal.tokens.to(device, non_blocking=True)  # moved once
         k = drafts.shape[1]
@@ -205,8 +210,15 @@ class SpeculativeDecoder:
         else:
             draft_probs = None if proposal.probs is None else proposal.probs.to(device)
             target_probs = adjusted_probs(logits, params)
-            verdict = verify(drafts, draft_probs, target_probs, generator)
-            betas = overlap(target_probs, draft_probs, drafts)[0]
+            if params.coupled_rule:
+                verdict = verify_coupled(drafts, target_probs, params.seed,
+                                         position_range(position, k + 1, device))
+                # p(x) is still the acceptance chance of a deterministic draft; with a q it is
+                # P(both Gumbel-max tokens agree), not 1 - TV: count what happened, as greedy
+                betas = None if draft_probs is not None else overlap(target_probs, None, drafts)[0]
+            else:
+                verdict = verify(drafts, draft_probs, target_probs, generator)
+                betas = overlap(target_probs, draft_probs, drafts)[0]
         # the step's one host synchronization: count, next token, drafts and betas together
         n, next_token, draft_list, beta_list = _to_host(verdict, drafts, betas)
         if betas is None:

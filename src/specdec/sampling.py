@@ -26,6 +26,10 @@ class SamplingParams:
     > 0] for tokens of the output (0 = off); logit_bias adds a bias to chosen token ids.
     logprobs: None = off, else the log-probabilities of each emitted token and its top
     `logprobs` alternatives under the target's raw distribution (0 = the token's only).
+    coupled chooses the verification rule when sampling: True = Gumbel-max noise keyed by
+    (seed, position, token), so the text depends on the seed and the target only (see
+    specdec.noise); False = Algorithm 1's rejection rule (the highest acceptance); None =
+    coupled exactly when a seed is given.
     """
 
     temperature: float = 1.0
@@ -41,6 +45,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = field(default_factory=tuple)  # or a Mapping
     logprobs: int | None = None
+    coupled: bool | None = None
 
     def __post_init__(self) -> None:
         _check_number("temperature", self.temperature)
@@ -64,6 +69,8 @@ class SamplingParams:
         if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in stops):
             raise ValueError(f"stop_token_ids must be non-negative integers, got {stops!r}")
         object.__setattr__(self, "stop_token_ids", stops)
+        if self.coupled is not None and not isinstance(self.coupled, bool):
+            raise ValueError(f"coupled must be true, false or None, got {self.coupled!r}")
         self._check_penalties()
         lp = self.logprobs
         if lp is not None and (isinstance(lp, bool) or not isinstance(lp, int)
@@ -108,6 +115,13 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @property
+    def coupled_rule(self) -> bool:
+        """Sampling with seed-keyed noise (drafts and verification): see `coupled`."""
+        if self.greedy:
+            return False
+        return self.seed is not None if self.coupled is None else self.coupled
 
 
 MAX_LOGPROBS = 20  # as the OpenAI API

@@ -10,7 +10,9 @@ class GenerationStats:
     """Counts and times of one generation. Derived rates are properties.
 
     alpha is the mean of beta = sum_x min(p(x), q(x)) over drafted positions whose prefix
-    is part of the output (positions up to and including the first rejection).
+    is part of the output (positions up to and including the first rejection). Where that is
+    not the acceptance chance (greedy, and the coupled rule with a model drafter's q), beta is
+    what happened: 1 for an accepted draft, 0 for the rejected one.
     """
 
     target_calls: int = 0

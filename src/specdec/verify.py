@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from specdec.noise import gumbel_argmax
 from specdec.sampling import sample
 
 
@@ -93,7 +94,23 @@ def verify_greedy(draft_tokens: torch.Tensor, target_logits: torch.Tensor) -> Ve
 
     Equals `verify` with p and q one-hot, without drawing any random numbers.
     """
-    target_tokens = target_logits.argmax(dim=-1)  # [B, k+1]
+    return _match(draft_tokens, target_logits.argmax(dim=-1))
+
+
+def verify_coupled(draft_tokens: torch.Tensor, target_probs: torch.Tensor, seed: int,
+                   positions: torch.Tensor) -> Verdict:
+    """The coupled rule: keep drafts while they equal the target's Gumbel-max token.
+
+    y_i = argmax_x log p_i(x) + G_{t_i}(x) with the noise of `seed` at positions t_1..t_{k+1}
+    [k+1] (absolute token positions; noise.gumbel_argmax). Emits y_1..y_n, y_{n+1}: plain
+    Gumbel-max sampling of the target, token for token, whatever was drafted. No q needed:
+    the drafts only decide how many of the y are emitted by this one step.
+    """
+    return _match(draft_tokens, gumbel_argmax(target_probs, seed, positions))
+
+
+def _match(draft_tokens: torch.Tensor, target_tokens: torch.Tensor) -> Verdict:
+    """Accept while x_i == y_i; the next token is y at the first mismatch (or y_{k+1})."""
     k = draft_tokens.shape[1]
     accepted = (draft_tokens == target_tokens[:, :k]).long().cumprod(dim=-1).sum(dim=-1)
     next_token = target_tokens.gather(1, accepted.unsqueeze(-1))[:, 0]

@@ -26,6 +26,9 @@ class RunConfig:
     progress: bool = True
     max_seconds: float | None = None  # start no new prompt after this long (whole prompts only)
     journal: Path | None = None  # every record appended here as JSON lines, as it is made
+    # the seeds above are for reproducible runs: sampling keeps Algorithm 1's rejection rule
+    # unless coupled (seed-keyed noise, SamplingParams.coupled) is asked for
+    coupled: bool = False
 
 
 @dataclass
@@ -86,7 +89,8 @@ def run(methods: list[Method], prompts: list[Prompt], config: RunConfig) -> list
                 for temperature in config.temperatures:
                     params = SamplingParams(temperature=temperature,
                                             seed=config.seed + 1000 * repeat + i,
-                                            max_new_tokens=config.max_new_tokens)
+                                            max_new_tokens=config.max_new_tokens,
+                                            coupled=config.coupled)
                     shift = i % len(methods)
                     for method in methods[shift:] + methods[:shift]:
                         bar.set_postfix_str(f"T={temperature:g} {prompt.question.category} "

@@ -176,7 +176,8 @@ def _fixed_notes(config: BenchConfig, dtype: str, runner: str = "") -> list[str]
             "transformers methods run the same model object; llama.cpp runs the GGUF in its "
             "native quantization (a different numeric model: its greedy outputs may differ)",
             "methods interleaved per prompt (order rotating), one warm-up generation each; "
-            "temperature > 0 uses a fixed seed per prompt, pure temperature sampling",
+            "temperature > 0 uses a fixed seed per prompt, pure temperature sampling, "
+            "Algorithm 1's rejection rule (not the coupled rule)",
             "tokens/s counts tokens up to and including the end-of-sequence token; prefill "
             "is included in tokens/s and excluded from decode speedup, c and v"]
 

@@ -58,6 +58,10 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-p", type=float, default=0.0, help="0 = off")
     p.add_argument("--max-new-tokens", type=int, default=256, help="default 256")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default random)")
+    p.add_argument("--coupled", action=argparse.BooleanOptionalAction, default=None,
+                   help="seed-keyed noise: the same seed gives the same text whatever the "
+                        "drafter and gamma (default: on with --seed; --no-coupled: Algorithm "
+                        "1's rejection rule, a little more acceptance)")
     p.add_argument("--repetition-penalty", type=float, default=1.0,
                    help="divide the logits of tokens already in the prompt or output "
                         "(transformers' rule; 1 = off)")
@@ -181,7 +185,7 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
         seed=args.seed, max_new_tokens=args.max_new_tokens,
         repetition_penalty=args.repetition_penalty, frequency_penalty=args.frequency_penalty,
         presence_penalty=args.presence_penalty, logit_bias=logit_bias(args.logit_bias),
-        logprobs=getattr(args, "logprobs", None))
+        logprobs=getattr(args, "logprobs", None), coupled=args.coupled)
 
 
 def logit_bias(values: list[str]) -> dict[int, float]:

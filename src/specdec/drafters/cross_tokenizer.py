@@ -21,7 +21,8 @@ from specdec.drafters.base import Proposal
 from specdec.drafters.model import sync_cache
 from specdec.errors import VocabularyMismatchError
 from specdec.models.base import LanguageModel
-from specdec.sampling import SamplingParams, TokenHistory, adjusted_probs, penalize, sample
+from specdec.noise import draw
+from specdec.sampling import SamplingParams, TokenHistory, adjusted_probs, penalize
 
 
 def vocabulary_intersection(drafter_tokenizer: Any, drafter_vocab_size: int,
@@ -74,7 +75,7 @@ class CrossTokenizerDrafter:
             return Proposal.empty(1)
         tokens, probs = [], []
         fed = [self.cached_ids]
-        for _ in range(gamma):
+        for i in range(gamma):
             # restricted to the intersection, [1, |I|]
             logits = self.model.extend(feed, last=1)[:, -1, self.drafter_ids]
             fed.append(feed.cpu())
@@ -88,7 +89,8 @@ class CrossTokenizerDrafter:
                 choice = logits.argmax(dim=-1)
             else:
                 q = adjusted_probs(logits, params)
-                choice = sample(q, generator)
+                # coupled: the target's noise for these target ids at the draft's position
+                choice = draw(q, params, generator, context.shape[1] + i, self.target_ids)
                 probs.append(self._to_target(q))
             tokens.append(self.target_ids[choice])
             if history is not None:

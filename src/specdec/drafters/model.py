@@ -6,7 +6,8 @@ import torch
 
 from specdec.drafters.base import Proposal
 from specdec.models.base import LanguageModel
-from specdec.sampling import SamplingParams, TokenHistory, adjusted_probs, penalize, sample
+from specdec.noise import draw
+from specdec.sampling import SamplingParams, TokenHistory, adjusted_probs, penalize
 
 
 class ModelDrafter:
@@ -34,9 +35,10 @@ class ModelDrafter:
             return Proposal.empty(context.shape[0])
         feed = self._sync(context)
         tokens, probs = [], []
-        for _ in range(gamma):
+        for i in range(gamma):
             logits = self.model.extend(feed, last=1)[:, -1]
-            token, q = self._choose(logits, params, generator, history)
+            # coupled rule: the target's noise at this draft's absolute position
+            token, q = self._choose(logits, params, generator, history, context.shape[1] + i)
             if q is not None:
                 probs.append(q)
             tokens.append(token)
@@ -51,7 +53,7 @@ class ModelDrafter:
         return Proposal(drafted, torch.stack(probs, dim=1) if probs else None, forwards=gamma)
 
     def _choose(self, logits: torch.Tensor, params: SamplingParams, generator: torch.Generator,
-                history: TokenHistory | None = None,
+                history: TokenHistory | None = None, position: int = 0,
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The next draft [B] from the last position's logits [B, V], and q (None if greedy).
 
@@ -62,7 +64,7 @@ class ModelDrafter:
         if params.greedy:
             return logits.argmax(dim=-1), None
         q = adjusted_probs(logits, params)
-        return sample(q, generator), q
+        return draw(q, params, generator, position), q
 
     def _sync(self, context: torch.Tensor) -> torch.Tensor:
         if self._drafts_on_device is not None:

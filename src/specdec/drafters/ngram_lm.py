@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from specdec.drafters.base import Proposal
-from specdec.sampling import SamplingParams, TokenHistory, adjusted_probs, penalize, sample
+from specdec.noise import draw
+from specdec.sampling import SamplingParams, TokenHistory, adjusted_probs, penalize
 
 MAX_CORPUS_BYTES = 64 * 1024 * 1024  # bound what a user-given file may make us read
 
@@ -93,13 +94,14 @@ class NgramLMDrafter:
             return Proposal.empty(context.shape[0])
         prev = context[:, -1]
         tokens, probs = [], []
-        for _ in range(gamma):
+        for i in range(gamma):
             logq = torch.stack([self.log_probs(int(t)) for t in prev])  # [B, V]
             logq = logq.to(generator.device)  # q lives where the generator draws
             if history is not None:  # log q as logits: penalized as the target's are
                 logq = penalize(logq, params, history)
             q = adjusted_probs(logq, params)
-            token = q.argmax(dim=-1) if params.greedy else sample(q, generator)
+            position = context.shape[1] + i  # coupled: the target's noise at this position
+            token = q.argmax(dim=-1) if params.greedy else draw(q, params, generator, position)
             tokens.append(token)
             probs.append(q)
             prev = token

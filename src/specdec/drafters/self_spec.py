@@ -21,7 +21,8 @@ from specdec.models.low_bit_view import (
     frequent_token_ids,
     low_bit_view,
 )
-from specdec.sampling import SamplingParams, TokenHistory, adjusted_probs, penalize, sample
+from specdec.noise import draw
+from specdec.sampling import SamplingParams, TokenHistory, adjusted_probs, penalize
 
 
 @dataclass(frozen=True)
@@ -97,10 +98,10 @@ class SelfDrafter(ModelDrafter):
         self.seen = context.shape[1]
 
     def _choose(self, logits: torch.Tensor, params: SamplingParams, generator: torch.Generator,
-                history: TokenHistory | None = None,
+                history: TokenHistory | None = None, position: int = 0,
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.head is None:
-            return super()._choose(logits, params, generator, history)
+            return super()._choose(logits, params, generator, history, position)
         ids = self.head.ids.to(logits.device)
         logits = logits[:, : len(ids)]  # columns past the subset's are unused capacity
         if history is not None:  # the penalties by token id, through the subset's columns
@@ -110,7 +111,7 @@ class SelfDrafter(ModelDrafter):
         q_subset = adjusted_probs(logits, params)  # renormalised over the subset
         q = q_subset.new_zeros(q_subset.shape[0], self.vocab_size)
         q[:, ids] = q_subset
-        return ids[sample(q_subset, generator)], q
+        return ids[draw(q_subset, params, generator, position, ids)], q
 
 
 def special_token_ids(target: LanguageModel) -> list[int]:

@@ -53,6 +53,9 @@ class _Sampling(BaseModel):
     min_p: float = Field(default=0.0, ge=0, lt=1)  # extension
     seed: int | None = None
     ignore_eos: bool = False  # extension (vLLM): generate max_tokens whatever the model says
+    # extension: seed-keyed noise, the same text for a seed whatever the drafter and gamma
+    # (None: on exactly when seed is given); false: the rejection rule
+    coupled: bool | None = None
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -101,7 +104,8 @@ class _Sampling(BaseModel):
             min_p=self.min_p, seed=self.seed, max_new_tokens=max_new_tokens,
             ignore_eos=self.ignore_eos, repetition_penalty=self.repetition_penalty,
             frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty,
-            logit_bias=_logit_bias(self.logit_bias), logprobs=self.top_logprobs_wanted())
+            logit_bias=_logit_bias(self.logit_bias), logprobs=self.top_logprobs_wanted(),
+            coupled=self.coupled)
 
 
 class CompletionRequest(_Sampling):

@@ -1,0 +1,144 @@
+"""Coupled vs rejection rule (issue 12): acceptance and speed per drafter on Spec-Bench dev at
+temperature 1, in ONE interleaved run: what "same seed, same text" costs.
+
+    python benchmarks/coupled.py [--per-category 3] [--max-new-tokens 128] [--gamma auto]
+        [--drafters ngram,qwen2.5-coder-0.5b@int8,smollm2-135m@int8] [--threads 1]
+        [--no-plain] [--out benchmarks/results] [--name coupled]
+
+Every question runs with its own seed under both rules: plain decoding (the speedup's
+reference for each rule: plain coupled sampling pays for the noise too) and each drafter.
+Reports per drafter and rule: acceptance rate, tokens per target call, tokens/s, speedup over
+plain decoding with the same rule, and for the coupled rule how many outputs equal plain
+coupled sampling with the same seed (the promise; bf16 logits may break it, see README).
+--no-plain skips the plain methods (acceptance only, shorter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from specdec.bench.methods import PLAIN, Method, specdec_method
+from specdec.bench.runner import Prompt, Record, RunConfig, run
+from specdec.bench.workloads import DEFAULT_QUESTIONS, load_questions, prompt_ids
+from specdec.drafters.factory import build_drafter, build_gamma
+from specdec.models.loading import load_model
+from specdec.sampling import SamplingParams
+
+PLAIN_COUPLED = "specdec plain coupled"
+RULES = {"rejection": False, "coupled": True}
+
+
+def with_rule(method: Method, coupled: bool, name: str) -> Method:
+    """The same method with the verification rule fixed, whatever the run config says."""
+    inner = method.run
+
+    def run_rule(prompt: list[int], params: SamplingParams):
+        return inner(prompt, dataclasses.replace(params, coupled=coupled))
+
+    return dataclasses.replace(method, name=name, run=run_rule)
+
+
+def build(args: argparse.Namespace) -> list[Method]:
+    target = load_model(args.target, dtype=args.dtype, threads=args.threads)
+    cache: dict[str, object] = {}
+
+    def loader(spec: str):
+        if spec not in cache:
+            cache[spec] = load_model(spec, dtype=args.dtype, threads=args.threads)
+        return cache[spec]
+
+    methods = []
+    if not args.no_plain:
+        plain = specdec_method(target, None, 0, PLAIN)
+        methods += [with_rule(plain, False, PLAIN), with_rule(plain, True, PLAIN_COUPLED)]
+    for spec in args.drafters.split(","):
+        for rule, coupled in RULES.items():
+            drafter = build_drafter(spec, target, loader)
+            method = specdec_method(target, drafter, build_gamma(args.gamma), "", spec, args.gamma)
+            methods.append(with_rule(method, coupled, f"specdec {spec} {rule}"))
+    return methods, target
+
+
+def table(records: list[Record], drafters: list[str], plain: bool) -> list[str]:
+    def pick(name: str) -> list[Record]:
+        return [r for r in records if r.method == name and not r.error]
+
+    def rate(rs: list[Record]) -> float:
+        seconds = sum(r.seconds for r in rs)
+        return sum(r.n_tokens for r in rs) / seconds if seconds else 0.0
+
+    plain_rate = {False: rate(pick(PLAIN)), True: rate(pick(PLAIN_COUPLED))}
+    reference = {r.question_id: r.tokens for r in pick(PLAIN_COUPLED)}
+    lines = ["| drafter | rule | acceptance | tokens/call | tok/s | vs plain (same rule) | "
+             "same text as plain coupled |", "|---|---|---|---|---|---|---|"]
+    if plain:
+        for rule, coupled in RULES.items():
+            lines.append(f"| none | {rule} | - | 1.00 | {plain_rate[coupled]:.2f} | 1.00x | - |")
+    for spec in drafters:
+        for rule, coupled in RULES.items():
+            rs = pick(f"specdec {spec} {rule}")
+            drafted = sum(r.stats["drafted"] for r in rs)
+            accepted = sum(r.stats["accepted"] for r in rs)
+            calls = sum(r.stats["target_calls"] for r in rs)
+            generated = sum(r.stats["generated"] for r in rs)
+            speed = rate(rs)
+            vs = f"{speed / plain_rate[coupled]:.2f}x" if plain and plain_rate[coupled] else "-"
+            same = "-"
+            if coupled and reference:
+                same = f"{sum(r.tokens == reference.get(r.question_id) for r in rs)}/{len(rs)}"
+            lines.append(f"| {spec} | {rule} | {accepted / max(drafted, 1):.3f} | "
+                         f"{generated / max(calls, 1):.2f} | {speed:.2f} | {vs} | {same} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", default="qwen2.5-coder-0.5b")
+    parser.add_argument("--drafters", default="ngram,qwen2.5-coder-0.5b@int8,smollm2-135m@int8")
+    parser.add_argument("--gamma", default="auto")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--per-category", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--no-plain", action="store_true", help="acceptance only: no plain runs")
+    parser.add_argument("--questions", type=Path, default=DEFAULT_QUESTIONS)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--name", default="coupled", help="output file stem")
+    args = parser.parse_args(argv)
+    if args.temperature <= 0:
+        parser.error("--temperature must be > 0: greedy has no sampling rule to compare")
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    methods, target = build(args)
+    questions = load_questions(args.questions, per_category=args.per_category)
+    prompts = [Prompt(q, prompt_ids(target.tokenizer, q.text)) for q in questions]
+    records = run(methods, prompts, RunConfig((args.temperature,), args.max_new_tokens,
+                                              warmup_tokens=4))
+    drafters = args.drafters.split(",")
+    meta = {"command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+            "seconds": time.perf_counter() - start, "torch": torch.__version__,
+            "machine": platform.processor() or platform.machine(), "threads": args.threads,
+            "questions": [q.question_id for q in questions]}
+    lines = [f"# Coupled vs rejection rule on {args.target} ({args.dtype}, T={args.temperature:g}"
+             f", gamma {args.gamma}, {args.max_new_tokens} new tokens, {len(questions)} "
+             f"questions, {args.threads} threads)", "", f"`{meta['command']}`", "",
+             *table(records, drafters, not args.no_plain), ""]
+    args.out.mkdir(parents=True, exist_ok=True)
+    doc = {"meta": meta, "records": [dataclasses.asdict(r) for r in records]}
+    (args.out / f"{args.name}.json").write_text(json.dumps(doc, indent=1, default=str))
+    (args.out / f"{args.name}.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
