@@ -24,10 +24,10 @@ from specdec import SamplingParams, SpeculativeDecoder
 from specdec.bench.memory import peak_rss_growth
 from specdec.bench.methods import hf_method
 from specdec.bench.workloads import DEFAULT_QUESTIONS, load_questions
-from specdec.cli.generate import chat_prompt
 from specdec.drafters.factory import build_gamma
 from specdec.drafters.ngram import NgramDrafter
 from specdec.models import load_model, wrap
+from specdec.prompts import chat_ids
 
 CATEGORIES = ["summarization", "qa", "translation"]
 
@@ -48,7 +48,7 @@ def main() -> int:
         print(f"compiled widths {args.widths} in {compile_s:.1f}s", file=sys.stderr)
 
     questions = load_questions(args.questions, CATEGORIES, per_category=1)[: args.prompts]
-    prompts = [chat_prompt(tok, q.text) for q in questions]
+    prompts = [chat_ids(tok, [{"role": "user", "content": q.text}]) for q in questions]
     methods = {}
     for label, runner in runners.items():
         methods[f"{label} plain"] = SpeculativeDecoder(runner, None, 0)
@@ -56,7 +56,8 @@ def main() -> int:
                                                             build_gamma("auto"))
     eos = set(base.eos_token_ids)
     transformers_plain = hf_method(hf, "transformers generate", eos)
-    params = SamplingParams(temperature=0, max_new_tokens=args.max_new_tokens)
+    params = SamplingParams(temperature=0, max_new_tokens=args.max_new_tokens,
+                            ignore_eos=args.ignore_eos)
     names = [*methods, "transformers generate"]
 
     def run(name: str, prompt: list[int], p: SamplingParams) -> tuple[list[int], float]:
@@ -127,6 +128,7 @@ def summarize(records, names, memory, compile_s, load_before, load_after, args) 
                      "prompts": len(mine)})
     return {"command": "python " + " ".join(sys.argv), "target": args.target,
             "dtype": args.dtype, "threads": args.threads, "max_new_tokens": args.max_new_tokens,
+            "ignore_eos": args.ignore_eos,
             "compile_widths": None if args.no_compile else list(args.widths),
             "compile_s": compile_s, "load_before": load_before, "load_after": load_after,
             "torch": torch.__version__, "rows": rows, "prefill_rss_mb": memory,
@@ -165,6 +167,8 @@ def parse() -> argparse.Namespace:
                    default=(1, 2, 4, 8, 16))
     p.add_argument("--capacity", type=int, default=2048, help="cache slots compiled for")
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="every method generates exactly --max-new-tokens tokens")
     p.add_argument("--prefill-tokens", type=int, default=3000)
     p.add_argument("--out", default="benchmarks/runner")
     return p.parse_args()

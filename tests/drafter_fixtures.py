@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 
 import torch
+from scipy.stats import chisquare
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -51,3 +53,34 @@ def exact_continuations(target, prompt: list[int], length: int,
     probs = adjusted_probs(logits[:, start:start + length], params)  # [N, length, V]
     per_token = probs.gather(-1, seqs.unsqueeze(-1))[..., 0].double().prod(dim=-1)
     return {tuple(s): float(p) for s, p in zip(seqs.tolist(), per_token, strict=True)}
+
+
+def chi_square_pvalue(observed: Counter, exact: dict[tuple[int, ...], float], n: int) -> float:
+    """Chi-square p-value of observed continuation counts; cells expecting < 5 are pooled."""
+    cells = sorted(exact, key=exact.get, reverse=True)
+    obs, exp, pool_o, pool_e = [], [], 0, 0.0
+    for cell in cells:
+        if exact[cell] * n >= 5:
+            obs.append(observed[cell])
+            exp.append(exact[cell] * n)
+        else:
+            pool_o += observed[cell]
+            pool_e += exact[cell] * n
+    if pool_e == 0 and pool_o:
+        return 0.0  # an impossible continuation was emitted
+    if pool_e > 0:
+        obs.append(pool_o)
+        exp.append(pool_e)
+    total = sum(exp)
+    exp = [e * n / total for e in exp]  # float round-off in the enumeration
+    return float(chisquare(obs, exp).pvalue)
+
+
+def sampled(decoder, prompt, params: SamplingParams, samples: int) -> Counter:
+    """Continuations from `samples` generations with seeds 0..samples-1, counted."""
+    counts: Counter = Counter()
+    for seed in range(samples):
+        # Algorithm 1's rule (seeded requests default to the coupled one, tested elsewhere)
+        run = SamplingParams(**{**params.__dict__, "seed": seed, "coupled": False})
+        counts[tuple(decoder.generate(prompt, run).tokens)] += 1
+    return counts

@@ -142,6 +142,8 @@ def test_theory_prints_table1(capsys, alpha, gamma, speed, operations):
     (["--gammas", "4,x"], "--gamma must be 'auto' or an integer"),
     (["--temperatures", "0,-1"], "--temperatures"),
     (["--drafts", ","], "--drafts is empty"),
+    (["--drafts", "ngram+smollm2-135m@int3@auto"], "unknown or repeated option @int3"),
+    (["--drafts", "self@int4@99"], "--gamma must be 'auto' or an integer"),
 ])
 def test_bench_cli_rejects_bad_options(capsys, argv, message):
     assert main(["bench", *argv]) == 1

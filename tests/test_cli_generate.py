@@ -77,7 +77,8 @@ def test_json_output_follows_the_schema(models, capsys):
     assert result["text"] == tokenizer.decode(result["tokens"], skip_special_tokens=True)
 
 
-@pytest.mark.parametrize("draft", ["ngram", "drafter", "ngram+drafter"])
+@pytest.mark.parametrize("draft", ["ngram", "drafter", "ngram+drafter", "drafter@int4",
+                                   "self@int4", "ngram+self@int8@vocab=8"])
 def test_greedy_output_with_a_drafter_equals_without(models, capsys, draft):
     plain = generate_json(capsys, models, "--draft", "none")
     spec = draft.replace("drafter", str(models["drafter"]))
@@ -166,6 +167,8 @@ def test_bad_inputs_give_one_line_and_exit_code_1(models, capsys, tmp_path):
     assert "not a GGUF file" in bad(capsys, "hi", "--target", str(garbage))
     assert "share no token" in bad(capsys, "hi", *target, "--draft", str(models["alien"]))
     assert "unknown model" in bad(capsys, "hi", *target, "--draft", "gpt-17")
+    assert "@int3" in bad(capsys, "hi", *target, "--draft", "self@int3")
+    assert "vocab=N" in bad(capsys, "hi", *target, "--draft", "self@vocab=0")
     for flag, value, field in (("--temperature", "-1", "temperature"),
                                ("--temperature", "nan", "temperature"),
                                ("--top-p", "0", "top_p"), ("--top-k", "-3", "top_k"),

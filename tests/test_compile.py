@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from specdec import SamplingParams, SpeculativeDecoder
+from specdec.drafters.factory import build_drafter
 from specdec.drafters.ngram import NgramDrafter
 from specdec.models import StaticCausalLM, wrap
 from tiny import perturbed, tiny_llama
@@ -26,7 +27,7 @@ def pair():
 
 
 @pytest.mark.parametrize("drafter,gamma", [(None, 0), ("ngram", 3), ("ngram", 6),
-                                           ("model", 3)])
+                                           ("model", 3), ("self@int4@vocab=20", 4)])
 def test_compiled_greedy_equals_eager(pair, drafter, gamma):
     eager, compiled = pair
     params = SamplingParams(temperature=0, max_new_tokens=40, ignore_eos=True)
@@ -36,6 +37,9 @@ def test_compiled_greedy_equals_eager(pair, drafter, gamma):
             if drafter == "model":
                 draft = wrap(perturbed(target.model, 0.3), compile=target is compiled,
                              widths=(1,))
+            elif drafter and drafter.startswith("self"):  # compiled when the target is
+                draft = build_drafter(drafter, target, None)
+                assert bool(getattr(draft.model, "widths", ())) == (target is compiled)
             else:
                 draft = NgramDrafter() if drafter else None
             outputs.append(SpeculativeDecoder(target, draft, gamma).generate(prompt, params))

@@ -24,13 +24,8 @@ from specdec.drafters.model import ModelDrafter
 from specdec.drafters.ngram import NgramDrafter
 from specdec.models import wrap
 from test_exactness_sequence import (
-    LENGTH,
-    PROMPT,
-    VOCAB,
     _target,
-    exact_distribution,
-    pooled_chisquare,
-    tv_threshold,
+    assert_continuations_match,
 )
 from tiny import perturbed, tiny_llama
 
@@ -169,21 +164,7 @@ def test_coupled_continuations_match_the_target_distribution():
     model = _target()
     decoder = SpeculativeDecoder(wrap(model), wrap(perturbed(model, 0.6, seed=4)), 2)
     params = dict(temperature=1.0, top_p=0.95)
-    exact = exact_distribution(model, SamplingParams(**params))
-    counts = torch.zeros(VOCAB ** LENGTH, dtype=torch.long)
-    drafted = accepted = 0
-    for seed in range(draws):
-        result = decoder.generate(PROMPT, SamplingParams(
-            **params, seed=seed, coupled=True, max_new_tokens=LENGTH, ignore_eos=True))
-        x1, x2, x3 = result.tokens
-        counts[x1 * VOCAB * VOCAB + x2 * VOCAB + x3] += 1
-        drafted += result.stats.drafted
-        accepted += result.stats.accepted
-    assert 0.2 < accepted / drafted < 0.95
-    assert counts[exact == 0].sum() == 0
-    assert pooled_chisquare(counts.double(), exact * draws) > 1e-4
-    tv = 0.5 * (counts.double() / draws - exact).abs().sum()
-    assert tv < tv_threshold(exact, draws), f"TV {tv:.3f}"
+    assert_continuations_match(decoder, model, params, draws, coupled=True)
 
 
 def test_a_drafter_equal_to_the_target_drafts_the_targets_own_tokens(setup):

@@ -12,9 +12,14 @@ from collections import Counter
 
 import pytest
 import torch
-from scipy.stats import chisquare
 
-from drafter_fixtures import cross_pair, exact_continuations, target_model
+from drafter_fixtures import (
+    chi_square_pvalue,
+    cross_pair,
+    exact_continuations,
+    sampled,
+    target_model,
+)
 from specdec.decoding import SpeculativeDecoder
 from specdec.drafters.combined import CombinedDrafter
 from specdec.drafters.cross_tokenizer import CrossTokenizerDrafter
@@ -51,35 +56,6 @@ def make_drafter(kind: str, target, seed: int = 0):
     raise ValueError(kind)
 
 
-def _chi_square_pvalue(observed: Counter, exact: dict[tuple[int, ...], float], n: int) -> float:
-    cells = sorted(exact, key=exact.get, reverse=True)
-    obs, exp, pool_o, pool_e = [], [], 0, 0.0
-    for cell in cells:
-        if exact[cell] * n >= 5:
-            obs.append(observed[cell])
-            exp.append(exact[cell] * n)
-        else:
-            pool_o += observed[cell]
-            pool_e += exact[cell] * n
-    if pool_e == 0 and pool_o:
-        return 0.0  # an impossible continuation was emitted
-    if pool_e > 0:
-        obs.append(pool_o)
-        exp.append(pool_e)
-    total = sum(exp)
-    exp = [e * n / total for e in exp]  # float round-off in the enumeration
-    return float(chisquare(obs, exp).pvalue)
-
-
-def _sampled(decoder, prompt, params: SamplingParams) -> Counter:
-    counts: Counter = Counter()
-    for seed in range(SAMPLES):
-        # Algorithm 1's rule (seeded requests default to the coupled one, tested elsewhere)
-        run = SamplingParams(**{**params.__dict__, "seed": seed, "coupled": False})
-        counts[tuple(decoder.generate(prompt, run).tokens)] += 1
-    return counts
-
-
 SAMPLING_CASES = [
     ("ngram", [1, 2, 3, 1, 2, 3, 1, 2], 3, SamplingParams(temperature=1.0)),
     ("unigram", [4, 1, 5], 2, SamplingParams(temperature=1.0)),
@@ -95,9 +71,9 @@ def test_sampling_matches_target_distribution(kind, prompt, gamma, base):
     drafter = make_drafter(kind, target)
     params = SamplingParams(**{**base.__dict__, "max_new_tokens": LENGTH, "ignore_eos": True})
     decoder = SpeculativeDecoder(target, drafter, gamma=gamma)
-    counts = _sampled(decoder, prompt, params)
+    counts = sampled(decoder, prompt, params, SAMPLES)
     exact = exact_continuations(target, prompt, LENGTH, params)
-    assert _chi_square_pvalue(counts, exact, SAMPLES) > FALSE_ALARM
+    assert chi_square_pvalue(counts, exact, SAMPLES) > FALSE_ALARM
 
 
 def test_cross_tokenizer_sampling_matches_target_distribution():
@@ -105,9 +81,9 @@ def test_cross_tokenizer_sampling_matches_target_distribution():
     drafter = CrossTokenizerDrafter(draft_model, target)
     params = SamplingParams(temperature=1.0, max_new_tokens=LENGTH, ignore_eos=True)
     prompt = [0, 1, 2, 3, 6]  # "abcdab"
-    counts = _sampled(SpeculativeDecoder(target, drafter, gamma=3), prompt, params)
+    counts = sampled(SpeculativeDecoder(target, drafter, gamma=3), prompt, params, SAMPLES)
     exact = exact_continuations(target, prompt, LENGTH, params)
-    assert _chi_square_pvalue(counts, exact, SAMPLES) > FALSE_ALARM
+    assert chi_square_pvalue(counts, exact, SAMPLES) > FALSE_ALARM
 
 
 def test_chi_square_check_has_power():
@@ -122,7 +98,7 @@ def test_chi_square_check_has_power():
         drafts = drafter.propose(torch.tensor([prompt]), LENGTH, params, g).tokens
         counts[tuple(drafts[0].tolist())] += 1
     exact = exact_continuations(target, prompt, LENGTH, params)
-    assert _chi_square_pvalue(counts, exact, SAMPLES) < FALSE_ALARM
+    assert chi_square_pvalue(counts, exact, SAMPLES) < FALSE_ALARM
 
 
 def _plain_greedy(target, prompt, n):

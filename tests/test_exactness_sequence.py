@@ -64,13 +64,20 @@ def pooled_chisquare(counts: torch.Tensor, expected: torch.Tensor) -> float:
 def test_continuations_match_the_target_distribution(gamma, draws, params):
     model = _target()
     target, drafter = wrap(model), wrap(perturbed(model, 0.6, seed=4))
-    decoder = SpeculativeDecoder(target, drafter, gamma)
+    # Algorithm 1: not the coupled rule, which seeded requests take by default
+    assert_continuations_match(SpeculativeDecoder(target, drafter, gamma), model, params, draws,
+                               coupled=False)
+
+
+def assert_continuations_match(decoder: SpeculativeDecoder, model, params: dict, draws: int,
+                               **extra) -> None:
+    """Sample `draws` 3-token continuations (seeds 0..draws-1) and test them against exact."""
     exact = exact_distribution(model, SamplingParams(**params))
     counts = torch.zeros(VOCAB ** LENGTH, dtype=torch.long)
     drafted = accepted = 0
     for seed in range(draws):
-        result = decoder.generate(PROMPT, SamplingParams(  # Algorithm 1: not coupled
-            **params, seed=seed, coupled=False, max_new_tokens=LENGTH, ignore_eos=True))
+        result = decoder.generate(PROMPT, SamplingParams(
+            **params, **extra, seed=seed, max_new_tokens=LENGTH, ignore_eos=True))
         x1, x2, x3 = result.tokens
         counts[x1 * VOCAB * VOCAB + x2 * VOCAB + x3] += 1
         drafted += result.stats.drafted

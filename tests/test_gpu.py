@@ -11,13 +11,8 @@ from specdec import SamplingParams, SpeculativeDecoder
 from specdec.drafters.ngram import NgramDrafter
 from specdec.models import wrap
 from test_exactness_sequence import (
-    LENGTH,
-    PROMPT,
-    VOCAB,
     _target,
-    exact_distribution,
-    pooled_chisquare,
-    tv_threshold,
+    assert_continuations_match,
 )
 from tiny import perturbed, tiny_llama
 
@@ -74,14 +69,4 @@ def test_continuations_on_cuda_match_the_target_distribution(gamma, draws, param
     target = wrap(_target(), device=CUDA)
     drafter = wrap(perturbed(model, 0.6, seed=4), device=CUDA)
     decoder = SpeculativeDecoder(target, drafter, gamma)
-    exact = exact_distribution(model, SamplingParams(**params))
-    counts = torch.zeros(VOCAB ** LENGTH, dtype=torch.long)
-    for seed in range(draws):
-        result = decoder.generate(PROMPT, SamplingParams(
-            **params, seed=seed, coupled=False, max_new_tokens=LENGTH, ignore_eos=True))
-        x1, x2, x3 = result.tokens
-        counts[x1 * VOCAB * VOCAB + x2 * VOCAB + x3] += 1
-    assert counts[exact == 0].sum() == 0
-    assert pooled_chisquare(counts.double(), exact * draws) > 1e-4
-    tv = 0.5 * (counts.double() / draws - exact).abs().sum()
-    assert tv < tv_threshold(exact, draws), f"TV {tv:.3f}"
+    assert_continuations_match(decoder, model, params, draws, coupled=False)

@@ -20,6 +20,7 @@ from transformers.generation.logits_process import RepetitionPenaltyLogitsProces
 from drafter_fixtures import cross_pair
 from specdec import SamplingParams, SpeculativeDecoder
 from specdec.drafters.cross_tokenizer import CrossTokenizerDrafter
+from specdec.drafters.factory import build_drafter
 from specdec.drafters.model import ModelDrafter
 from specdec.drafters.ngram import NgramDrafter
 from specdec.drafters.ngram_lm import NgramLMDrafter
@@ -137,14 +138,17 @@ def test_greedy_repetition_penalty_equals_transformers_generate(pair, drafter):
         assert result.stats.accepted > 0
 
 
-@pytest.mark.parametrize("drafter", ["none", "model"])
+@pytest.mark.parametrize("drafter", ["none", "model", "self@int4", "self@int8@vocab=12"])
 def test_greedy_frequency_presence_and_bias_equal_a_naive_loop(pair, drafter):
     model, draft_model = pair
     params = SamplingParams(temperature=0, max_new_tokens=30, **STRONG)
     want = greedy_reference(model, params, 30)
     assert want != greedy_reference(model, SamplingParams(temperature=0), 30)
+    target = wrap(model)
     draft = wrap(draft_model) if drafter == "model" else None
-    result = SpeculativeDecoder(wrap(model), draft, 3).generate(PROMPT, params)
+    if drafter.startswith("self"):  # the target in low bits, a subset head: penalties by id
+        draft = build_drafter(drafter, target, None)
+    result = SpeculativeDecoder(target, draft, 3).generate(PROMPT, params)
     assert result.tokens == want
     if draft is not None:
         assert result.stats.accepted > 0

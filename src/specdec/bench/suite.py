@@ -18,13 +18,12 @@ from specdec.bench.report import write_outputs
 from specdec.bench.runner import Prompt, RunConfig, run
 from specdec.bench.workloads import CATEGORIES, load_questions, prompt_ids
 from specdec.decoding import SpeculativeDecoder
-from specdec.drafters.factory import build_drafter, build_gamma
+from specdec.drafters.factory import build_drafter, build_gamma, parse_draft, split_gammas
 from specdec.machine import cpu_count, load_average
 from specdec.models.base import LanguageModel
 from specdec.sampling import SamplingParams
 
 Loader = Callable[[str], LanguageModel]
-MODEL_FREE = ("none", "ngram", "unigram", "bigram")
 
 
 @dataclass
@@ -51,23 +50,20 @@ class BenchConfig:
 
 def split_draft(entry: str, default: list[int | str]) -> tuple[str, list[int | str]]:
     """'SPEC@G1/G2/...' -> (SPEC, [G1, G2, ...]); a plain SPEC takes the default gammas."""
-    spec, at, gammas = entry.partition("@")
-    if not at:
-        return entry, list(default)
-    values: list[int | str] = []
-    for text in gammas.split("/"):
-        build_gamma(text)  # validates
-        values.append("auto" if text.strip().lower() == "auto" else int(text))
-    return spec, values
+    spec, gammas = split_gammas(entry)
+    parse_draft(spec)  # validates before any model is loaded
+    return spec, list(default) if gammas is None else gammas
 
 
 def drafter_models(drafts: list[str]) -> list[str]:
-    """The model specs among draft specs ('smollm2-135m', 'ngram+X' -> X), in order, once."""
+    """The models to load among draft specs ('smollm2-135m@int8', 'ngram+X' -> X), once each.
+
+    Options (@int8) are dropped: transformers' assisted generation runs the model as loaded.
+    """
     models = []
     for entry in drafts:
-        spec = entry.partition("@")[0]
-        model = spec.split("+", 1)[1] if spec.startswith("ngram+") else spec
-        if model.split(":", 1)[0] not in MODEL_FREE and model not in models:
+        model = parse_draft(split_gammas(entry)[0]).model
+        if model is not None and model not in models:
             models.append(model)
     return models
 

@@ -39,7 +39,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                         f"(default {DEFAULT_TARGET})")
     p.add_argument("--draft", default=DEFAULT_DRAFTER,
                    help="drafter: none | ngram | ngram:MIN:MAX | unigram:FILE | bigram:FILE | "
-                        f"MODEL | ngram+MODEL (default {DEFAULT_DRAFTER})")
+                        "MODEL[@int8|@int4] | self[@int8|@int4][@vocab=N] | ngram+MODEL | "
+                        f"ngram+self[@...] (default {DEFAULT_DRAFTER})")
     p.add_argument("--gamma", default=DEFAULT_GAMMA,
                    help=f"draft length per step: an integer or 'auto' (default {DEFAULT_GAMMA})")
     p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32", "float16"),

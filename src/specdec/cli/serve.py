@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="target model: registry name or local path "
                         f"(default {DEFAULT_TARGET})")
     parser.add_argument("--draft", default=DEFAULT_DRAFT,
-                        help=f"drafter spec: none | ngram | MODEL | ngram+MODEL | ... "
+                        help="drafter spec: none | ngram | MODEL[@int8|@int4] | self[@int4] | "
+                        "ngram+MODEL | ... "
                         f"(default {DEFAULT_DRAFT})")
     parser.add_argument("--gamma", default="auto",
                         help="draft length: integer or 'auto' (default auto, as specdec generate)")

@@ -1,14 +1,19 @@
-"""Build a drafter and a gamma policy from the short specs the CLI and server accept.
+"""Build a drafter and a gamma policy from the short specs the CLI, server and bench accept.
 
-Drafter specs:  none | ngram | ngram:MIN:MAX | unigram:FILE | bigram:FILE | MODEL | ngram+MODEL
-where MODEL is anything the loader accepts (a registry name or a local path), optionally with
-the suffix @int8: the drafter's linear layers in weight-only int8 (faster one-token forwards).
-Gamma specs:    an integer in [0, MAX_GAMMA] | auto
+Drafter specs:  none | ngram | ngram:MIN:MAX | unigram:FILE | bigram:FILE | MODEL | self
+                | LOOKUP+MODEL | LOOKUP+self          (LOOKUP: ngram or ngram:MIN:MAX)
+MODEL is anything the loader accepts (a registry name or a local path); MODEL and self take
+'@' options: @int8 / @int4 (weight-only low-bit linear layers, faster one-token forwards) and,
+for self, @vocab=N (a drafting head over the N most frequent tokens plus the context's).
+`self` drafts with the target's own weights (models.low_bit_view): no second model.
+Gamma specs:    an integer in [0, MAX_GAMMA] | auto; the bench appends them as SPEC@G1/G2/...
+`parse_draft` and `split_gammas` are the one parser of these strings.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from specdec.controller import GammaPolicy
@@ -18,29 +23,95 @@ from specdec.errors import VocabularyMismatchError
 from specdec.models.base import LanguageModel, check_same_vocabulary
 
 MAX_GAMMA = 64
-KINDS = ("none", "ngram", "ngram:MIN:MAX", "unigram:FILE", "bigram:FILE", "MODEL[@int8]",
-         "ngram+MODEL[@int8]")
-_PREFIXED = ("ngram", "unigram", "bigram")
+MAX_VOCAB = 10_000_000  # bound on @vocab=N
+SELF = "self"
+KINDS = ("none", "ngram", "ngram:MIN:MAX", "unigram:FILE", "bigram:FILE", "MODEL[@int8|@int4]",
+         "self[@int8|@int4][@vocab=N]", "ngram+MODEL[@...]", "ngram+self[@...]")
+MODEL_FREE = ("none", "ngram", "unigram", "bigram")
+
+
+@dataclass(frozen=True)
+class DraftSpec:
+    """A parsed drafter spec: an optional prompt-lookup part, then one drafter."""
+
+    lookup: str | None  # "ngram" / "ngram:MIN:MAX" before a '+', else None
+    kind: str  # none | ngram | unigram | bigram | model | self
+    arg: str = ""  # ngram's "MIN:MAX", the corpus FILE, or the model name / path
+    bits: int | None = None  # @int8 / @int4
+    vocab: int | None = None  # @vocab=N (self only)
+
+    @property
+    def model(self) -> str | None:
+        """The model the loader must provide (None for model-free drafters and self)."""
+        return self.arg if self.kind == "model" else None
+
+
+def parse_draft(spec: str) -> DraftSpec:
+    """Parse a --draft spec (no gammas; see split_gammas). Raises ValueError on bad input."""
+    spec = spec.strip()
+    lookup = None
+    head, plus, rest = spec.partition("+")
+    if plus and head.split(":", 1)[0] == "ngram" and not Path(spec).exists():
+        _ngram_args(head.partition(":")[2])  # validates
+        if not rest.strip():
+            raise ValueError(f"--draft {head}+MODEL needs a model name or path after '+'")
+        lookup, spec = head, rest.strip()
+    if spec.lower() in ("", "none"):
+        if lookup:
+            raise ValueError(f"--draft {lookup}+MODEL needs a model name or path after '+'")
+        return DraftSpec(None, "none")
+    kind, _, arg = spec.partition(":")
+    if kind in MODEL_FREE[1:]:
+        if lookup:
+            raise ValueError(f"--draft {lookup}+{spec}: only a model or self may follow '+'")
+        return DraftSpec(None, kind, arg)
+    if Path(spec).exists():  # a local model path is taken as it is, '@' and ':' included
+        return DraftSpec(lookup, "model", spec)
+    name, *options = spec.split("@")
+    if arg and "@" not in kind and len(kind) > 1 and not Path(name).exists():
+        raise ValueError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
+    bits, vocab = _options(name, options)
+    if name == SELF:
+        return DraftSpec(lookup, SELF, "", bits, vocab)
+    if vocab is not None:
+        raise ValueError(f"--draft {spec}: @vocab=N applies to self only")
+    if not name:
+        raise ValueError(f"--draft {spec!r} names no model before '@'")
+    return DraftSpec(lookup, "model", name, bits)
+
+
+def split_gammas(entry: str) -> tuple[str, list[int | str] | None]:
+    """'SPEC@G1/G2/...' -> (SPEC, [G1, G2, ...]); (SPEC, None) without a gamma suffix.
+
+    Only a last '@' part made of gammas (integers, 'auto') is one: 'x@int8' is a spec.
+    """
+    entry = entry.strip()
+    spec, at, tail = entry.rpartition("@")
+    if not at or not tail.strip():
+        return entry, None
+    parts = [p.strip().lower() for p in tail.split("/")]
+    if not all(p == "auto" or p.isdigit() for p in parts):
+        return entry, None
+    return spec, [build_gamma(p) if p != "auto" else "auto" for p in parts]  # type: ignore[misc]
 
 
 def build_drafter(spec: str, target: LanguageModel,
                   loader: Callable[[str], LanguageModel]) -> Drafter | None:
     """The drafter named by `spec` for `target`; None for plain decoding."""
-    spec = spec.strip()
-    if spec.lower() in ("", "none"):
+    parsed = parse_draft(spec)
+    if parsed.kind == "none":
         return None
-    if spec.startswith("ngram+"):
-        from specdec.drafters.combined import CombinedDrafter
+    if parsed.kind == "ngram":
+        return _ngram(parsed.arg)
+    if parsed.kind in ("unigram", "bigram"):
+        return _ngram_lm(parsed.kind, parsed.arg, target)
+    drafter = _self(parsed, target) if parsed.kind == SELF else \
+        _model_drafter(parsed, target, loader)
+    if parsed.lookup is None:
+        return drafter
+    from specdec.drafters.combined import CombinedDrafter
 
-        return CombinedDrafter(_ngram(""), _model_drafter(spec[len("ngram+"):], target, loader))
-    kind, _, arg = spec.partition(":")
-    if kind == "ngram":
-        return _ngram(arg)
-    if kind in ("unigram", "bigram"):
-        return _ngram_lm(kind, arg, target)
-    if arg and not Path(spec).exists() and len(kind) > 1:  # "C:\\..." style paths pass
-        raise ValueError(f"unknown --draft kind {kind!r}; known: {', '.join(KINDS)}")
-    return _model_drafter(spec, target, loader)
+    return CombinedDrafter(_ngram(parsed.lookup.partition(":")[2]), drafter)
 
 
 def build_gamma(value: str | int) -> int | Callable[[], GammaPolicy]:
@@ -59,15 +130,37 @@ def build_gamma(value: str | int) -> int | Callable[[], GammaPolicy]:
     return gamma
 
 
-def _ngram(arg: str) -> Drafter:
-    from specdec.drafters.ngram import NgramDrafter
+def _options(name: str, options: list[str]) -> tuple[int | None, int | None]:
+    bits = vocab = None
+    for option in (o.strip().lower() for o in options):
+        if option in ("int8", "int4") and bits is None:
+            bits = int(option[3:])
+        elif option.startswith("vocab=") and vocab is None:
+            text = option[len("vocab="):].replace("_", "")
+            if not text.isdigit() or not 1 <= int(text) <= MAX_VOCAB:
+                raise ValueError(f"@vocab=N needs an integer N in [1, {MAX_VOCAB}], "
+                                 f"got {option!r}")
+            vocab = int(text)
+        else:
+            raise ValueError(f"unknown or repeated option @{option} after {name!r}; known: "
+                             "@int8, @int4, @vocab=N (self only)")
+    return bits, vocab
 
+
+def _ngram_args(arg: str) -> tuple[int, int] | None:
     if not arg:
-        return NgramDrafter()
+        return None
     parts = arg.split(":")
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
         raise ValueError(f"--draft ngram:MIN:MAX needs two integers, got 'ngram:{arg}'")
-    return NgramDrafter(int(parts[0]), int(parts[1]))
+    return int(parts[0]), int(parts[1])
+
+
+def _ngram(arg: str) -> Drafter:
+    from specdec.drafters.ngram import NgramDrafter
+
+    sizes = _ngram_args(arg)
+    return NgramDrafter() if sizes is None else NgramDrafter(*sizes)
 
 
 def _ngram_lm(kind: str, arg: str, target: LanguageModel) -> Drafter:
@@ -81,15 +174,18 @@ def _ngram_lm(kind: str, arg: str, target: LanguageModel) -> Drafter:
     return NgramLMDrafter.from_file(arg, target.tokenizer, target.vocab_size, order)
 
 
-def _model_drafter(spec: str, target: LanguageModel,
+def _self(parsed: DraftSpec, target: LanguageModel) -> Drafter:
+    from specdec.drafters.self_spec import SelfDraftConfig, build_self_drafter
+
+    return build_self_drafter(target, SelfDraftConfig(bits=parsed.bits, vocab=parsed.vocab))
+
+
+def _model_drafter(parsed: DraftSpec, target: LanguageModel,
                    loader: Callable[[str], LanguageModel]) -> Drafter:
     """ModelDrafter when the vocabularies agree, else the exact cross-tokenizer drafter."""
-    if not spec:
-        raise ValueError("--draft ngram+MODEL needs a model name or path after '+'")
-    name, _, option = spec.rpartition("@") if spec.endswith("@int8") else (spec, "", "")
-    model = loader(name)
-    if option:
-        model = _int8(model)
+    model = loader(parsed.arg)
+    if parsed.bits is not None:
+        model = _quantized(model, parsed.bits)
     try:
         check_same_vocabulary(target, model)
     except VocabularyMismatchError:
@@ -99,15 +195,17 @@ def _model_drafter(spec: str, target: LanguageModel,
     return ModelDrafter(model)
 
 
-def _int8(model: LanguageModel) -> LanguageModel:
-    """A weight-only int8 copy of a transformers-backed model (the loader's stays as it was)."""
-    from specdec.models.quantize import quantize_int8
+def _quantized(model: LanguageModel, bits: int) -> LanguageModel:
+    """A low-bit view of a transformers-backed model (the loader's stays as it was)."""
+    from specdec.models.low_bit_view import low_bit_view
     from specdec.models.wrap import wrap
 
     hf_model = getattr(model, "model", None)
     if hf_model is None:
-        raise ValueError(f"@int8 needs a transformers model, {model.name!r} is not one")
-    return wrap(quantize_int8(hf_model), model.tokenizer, f"{model.name}@int8")
+        raise ValueError(f"@int{bits} needs a transformers model, {model.name!r} is not one")
+    # a view: the loader's model keeps its layers; norms and embeddings are shared, not copied
+    return wrap(low_bit_view(hf_model, bits), model.tokenizer, f"{model.name}@int{bits}",
+                compile=bool(getattr(model, "widths", ())))
 
 
 def validate_spec(spec: str, flag: str = "--draft") -> None:
@@ -117,21 +215,16 @@ def validate_spec(spec: str, flag: str = "--draft") -> None:
     names are registry names or existing paths. Errors name `flag` (the option the user typed).
     """
     spec = spec.strip()
-    if spec.lower() in ("", "none"):
-        return
     try:
-        if spec.startswith("ngram+"):
-            _check_model_spec(spec[len("ngram+"):])
-            return
-        kind, _, arg = spec.partition(":")
-        if kind == "ngram":
-            _ngram(arg)
-        elif kind in ("unigram", "bigram"):
-            _check_corpus(kind, arg)
-        elif arg and not Path(spec).exists() and len(kind) > 1:
-            raise ValueError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
-        else:
-            _check_model_spec(spec)
+        parsed = parse_draft(spec)
+        if parsed.lookup is not None:
+            _ngram(parsed.lookup.partition(":")[2])
+        if parsed.kind == "ngram":
+            _ngram(parsed.arg)
+        elif parsed.kind in ("unigram", "bigram"):
+            _check_corpus(parsed.kind, parsed.arg)
+        elif parsed.kind == "model":
+            _check_model_spec(parsed.arg)
     except (ValueError, OSError) as error:
         message = str(error).removeprefix("--draft ").removeprefix("--draft: ")
         raise ValueError(f"{flag} {spec!r}: {message}") from None
@@ -156,14 +249,11 @@ def _check_corpus(kind: str, arg: str) -> None:
         raise ValueError(f"cannot read corpus file {path}: {error.strerror}") from None
 
 
-def _check_model_spec(spec: str) -> None:
-    """A drafter model must be a registry name or an existing file or directory."""
+def _check_model_spec(name: str) -> None:
+    """A drafter model (options already parsed off) must be a registry name or a path."""
     from specdec.models.registry import REGISTRY
 
-    if not spec:
-        raise ValueError("ngram+MODEL needs a model name or path after '+'")
-    for name in dict.fromkeys((spec, spec.removesuffix("@int8"))):
-        if name in REGISTRY or Path(name).expanduser().exists():
-            return
-    raise ValueError(f"unknown model {spec.removesuffix('@int8')!r}: not a registry name "
+    if name in REGISTRY or Path(name).expanduser().exists():
+        return
+    raise ValueError(f"unknown model {name!r}: not a registry name "
                      f"({', '.join(REGISTRY)}), an existing directory or a .gguf file")

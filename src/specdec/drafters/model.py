@@ -37,14 +37,9 @@ class ModelDrafter:
         tokens, probs = [], []
         for i in range(gamma):
             logits = self.model.extend(feed, last=1)[:, -1]
-            if history is not None:
-                logits = penalize(logits, params, history)
-            if params.greedy:
-                token = logits.argmax(dim=-1)
-            else:
-                q = adjusted_probs(logits, params)
-                # coupled: the target's noise at this draft's position
-                token = draw(q, params, generator, context.shape[1] + i)
+            # coupled rule: the target's noise at this draft's absolute position
+            token, q = self._choose(logits, params, generator, history, context.shape[1] + i)
+            if q is not None:
                 probs.append(q)
             tokens.append(token)
             feed = token[:, None]
@@ -56,6 +51,20 @@ class ModelDrafter:
         # copying now would stall a GPU a second time per step
         self.cached_ids, self._drafts_on_device = context, drafted[:, :-1]
         return Proposal(drafted, torch.stack(probs, dim=1) if probs else None, forwards=gamma)
+
+    def _choose(self, logits: torch.Tensor, params: SamplingParams, generator: torch.Generator,
+                history: TokenHistory | None = None, position: int = 0,
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The next draft [B] from the last position's logits [B, V], and q (None if greedy).
+
+        The penalties (when the request has any) apply to q exactly as to the target's p.
+        """
+        if history is not None:
+            logits = penalize(logits, params, history)
+        if params.greedy:
+            return logits.argmax(dim=-1), None
+        q = adjusted_probs(logits, params)
+        return draw(q, params, generator, position), q
 
     def _sync(self, context: torch.Tensor) -> torch.Tensor:
         if self._drafts_on_device is not None:

@@ -28,6 +28,7 @@ class NgramDrafter:
         self.min_n, self.max_n = min_n, max_n
         self.name = f"ngram:{min_n}:{max_n}"
         self.tokens: list[int] = []
+        self.last_match = 0  # suffix length of the last lookup's match
         # index[n][n-gram] = position right after its most recent occurrence that has a successor
         self.index: dict[int, dict[tuple[int, ...], int]] = {}
         self.begin(torch.zeros(1, 0, dtype=torch.long))
@@ -53,11 +54,16 @@ class NgramDrafter:
         return Proposal(torch.tensor([self.continuation(start, gamma)], dtype=torch.long))
 
     def lookup(self) -> int | None:
-        """Start of the continuation of the longest matching suffix, or None."""
+        """Start of the continuation of the longest matching suffix, or None.
+
+        Sets last_match to that suffix's length (0 when nothing matched).
+        """
         tokens = self.tokens
+        self.last_match = 0
         for n in range(min(self.max_n, len(tokens) - 1), self.min_n - 1, -1):
             start = self.index[n].get(tuple(tokens[-n:]))
             if start is not None:
+                self.last_match = n
                 return start
         return None
 

@@ -125,6 +125,29 @@ class StaticCausalLM(HFModel):
         return prompt_ids
 
     @torch.inference_mode()
+    def prefill_from(self, other: Any, prompt_ids: torch.Tensor, reserve: int = 0) -> bool:
+        """Prefill by copying `other`'s cache, if it holds exactly this prompt's prefix.
+
+        For a drafter that shares the target's architecture (self-speculation): True when
+        copied; False (nothing done) when the caches differ in shape, dtype or device, or
+        `other` does not hold prompt_ids[:, :-1]; the caller then prefills itself.
+        """
+        rows, length = prompt_ids.shape
+        theirs = getattr(other, "cache", None)
+        if not isinstance(other, StaticCausalLM) or not isinstance(theirs, StaticKVCache) or \
+                other.cached_length != length - 1 or theirs.rows != rows or \
+                (len(other.layers), other.kv_heads, other.head_dim) != \
+                (len(self.layers), self.kv_heads, self.head_dim) or \
+                theirs.keys[0].dtype != self.embed.weight.dtype or other.device != self.device:
+            return False
+        self._length = 0
+        self._ensure_capacity(rows, length + (reserve if reserve > 0 else DEFAULT_RESERVE))
+        assert self.cache is not None
+        self.cache.copy_from(theirs, length - 1)
+        self._length = length - 1
+        return True
+
+    @torch.inference_mode()
     def extend(self, tokens: torch.Tensor, last: int | None = None) -> torch.Tensor:
         rows, k = tokens.shape
         width = self._width(k)

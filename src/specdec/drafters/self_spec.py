@@ -1,0 +1,152 @@
+"""Self-speculation: the target drafts for itself with its own weights in low bits.
+
+The drafter is a low-bit view of the target (`models.low_bit_view`): a new module tree over
+the target's tensors with quantized linear layers, so no second model is loaded or stored. Its
+output head can cover a vocabulary subset only (`VocabularySubsetHead`): the most frequent
+tokens plus every token of the prompt and output so far. q is then the drafter's distribution
+renormalised over the subset (0 elsewhere); verification against the target's full p keeps the
+output distribution exactly the target's whatever the subset misses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from specdec.drafters.model import ModelDrafter
+from specdec.models.base import LanguageModel
+from specdec.models.low_bit_view import (
+    VocabularySubsetHead,
+    frequent_token_ids,
+    low_bit_view,
+)
+from specdec.noise import draw
+from specdec.sampling import SamplingParams, TokenHistory, adjusted_probs, penalize
+
+
+@dataclass(frozen=True)
+class SelfDraftConfig:
+    """bits: 8, 4 or None (full precision); vocab: size of the frequent-token part of a subset
+    head (None: the full head, in `bits`); context: add prompt and output tokens to the subset."""
+
+    bits: int | None = 8
+    group_size: int = 32
+    vocab: int | None = None
+    context: bool = True
+    full_rows: int = 4  # passes over more rows (prefill) use the full-precision weights
+
+    def __post_init__(self) -> None:
+        if self.bits not in (None, 4, 8):
+            raise ValueError(f"self-drafting bits must be 4, 8 or None, got {self.bits!r}")
+        if self.vocab is not None and self.vocab < 1:
+            raise ValueError(f"a vocabulary subset needs at least 1 token, got {self.vocab}")
+
+    @property
+    def label(self) -> str:
+        parts = ["self"] + ([f"int{self.bits}"] if self.bits else [])
+        if self.vocab is not None:
+            parts.append(f"vocab={self.vocab}" + ("" if self.context else "-nocontext"))
+        return "@".join(parts)
+
+
+class SelfDrafter(ModelDrafter):
+    """ModelDrafter over a low-bit view of the target; maps subset-head columns to token ids."""
+
+    def __init__(self, model: LanguageModel, head: VocabularySubsetHead | None, vocab_size: int,
+                 name: str, context_tokens: bool = True, target: LanguageModel | None = None):
+        super().__init__(model)
+        self.name = name
+        self.head = head
+        self.vocab_size = vocab_size  # the target's: width of q
+        self.context_tokens = context_tokens and head is not None
+        self.seen = 0  # context tokens already added to the head
+        self.target = target  # whose prompt cache begin() copies, when it can
+        self.copied_prefill = False  # how the last begin() filled the cache, for tests
+
+    def begin(self, prompt_ids: torch.Tensor) -> None:
+        if self.head is not None:
+            self.head.reset()
+            self.seen = 0
+            self._cover(prompt_ids)
+        # the loop prefills the target first: its cache holds the prompt's keys and values in
+        # full precision, which is what the drafter's own prefill would compute (prefill runs
+        # the full-precision weights); copying them skips a second prefill
+        copy = getattr(self.model, "prefill_from", None)
+        self.copied_prefill = copy is not None and self.target is not None and \
+            copy(self.target, prompt_ids)
+        if self.copied_prefill:
+            self.cached_ids = prompt_ids[:, : self.model.cached_length]
+            self._drafts_on_device = None
+        else:
+            super().begin(prompt_ids)
+
+    def propose(self, context: torch.Tensor, gamma: int, params: SamplingParams,
+                generator: torch.Generator, history: TokenHistory | None = None):
+        if self.head is not None:
+            self._cover(context)
+        return super().propose(context, gamma, params, generator, history)
+
+    def _cover(self, context: torch.Tensor) -> None:
+        """Add the context's new tokens (the target's corrections among them) to the subset."""
+        if not self.context_tokens:
+            return
+        if context.shape[0] != 1:
+            raise NotImplementedError("a vocabulary-subset head supports batch 1 only")
+        self.seen = min(self.seen, context.shape[1])
+        self.head.add(context[0, self.seen:].tolist())
+        self.seen = context.shape[1]
+
+    def _choose(self, logits: torch.Tensor, params: SamplingParams, generator: torch.Generator,
+                history: TokenHistory | None = None, position: int = 0,
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.head is None:
+            return super()._choose(logits, params, generator, history, position)
+        ids = self.head.ids.to(logits.device)
+        logits = logits[:, : len(ids)]  # columns past the subset's are unused capacity
+        if history is not None:  # the penalties by token id, through the subset's columns
+            logits = penalize(logits, params, history, columns=ids)
+        if params.greedy:
+            return ids[logits.argmax(dim=-1)], None
+        q_subset = adjusted_probs(logits, params)  # renormalised over the subset
+        q = q_subset.new_zeros(q_subset.shape[0], self.vocab_size)
+        q[:, ids] = q_subset
+        return ids[draw(q_subset, params, generator, position, ids)], q
+
+
+def special_token_ids(target: LanguageModel) -> list[int]:
+    """End-of-sequence and other special ids: always in a subset (stopping must be draftable)."""
+    ids: list[int] = []
+    tokenizer = target.tokenizer
+    if tokenizer is not None:
+        ids += list(getattr(tokenizer, "all_special_ids", []) or [])
+        if tokenizer.eos_token_id is not None:
+            ids.append(int(tokenizer.eos_token_id))
+    config = getattr(getattr(target, "model", None), "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    if eos is not None:
+        ids += [int(e) for e in (eos if isinstance(eos, list | tuple) else [eos])]
+    return ids
+
+
+def build_self_drafter(target: LanguageModel, config: SelfDraftConfig) -> SelfDrafter:
+    """A SelfDrafter over a low-bit view of `target` (a transformers-backed model)."""
+    from specdec.models.wrap import wrap
+
+    hf_model = getattr(target, "model", None)
+    output = getattr(hf_model, "get_output_embeddings", lambda: None)()
+    if output is None or not hasattr(output, "weight"):
+        raise ValueError(f"--draft self needs a transformers target, {target.name!r} is not one")
+    if hf_model.config.is_encoder_decoder:
+        raise ValueError("--draft self supports decoder-only targets")
+    head = None
+    if config.vocab is not None:
+        ids = frequent_token_ids(target.vocab_size, config.vocab, special_token_ids(target))
+        head = VocabularySubsetHead(output, ids, config.bits, config.group_size)
+    view = low_bit_view(hf_model, config.bits, config.group_size, config.full_rows, head)
+    # the target's runner and compile setting (the view's tensors are already on its device)
+    runtime = "static" if hasattr(target, "prefill_from") else "dynamic"
+    widths = tuple(getattr(target, "widths", ()))
+    model = wrap(view, target.tokenizer, config.label, runtime=runtime, compile=bool(widths),
+                 **({"widths": widths} if widths else {}))
+    return SelfDrafter(model, head, target.vocab_size, config.label, config.context, target)
