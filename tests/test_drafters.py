@@ -171,3 +171,17 @@ def test_int8_model_drafter_from_factory_keeps_greedy_output():
     result = SpeculativeDecoder(target, drafter, gamma=3).generate(ids[0].tolist(), params)
     assert result.tokens == expected
     assert result.stats.accepted > 0
+
+
+def test_bigram_row_cache_is_bounded_in_bytes():
+    from specdec.drafters.ngram_lm import ROW_CACHE_BYTES, NgramLMDrafter
+
+    vocab = 151_936  # Qwen's: 4,096 cached rows would take 2.5 GB
+    unigram = torch.ones(vocab)
+    bigrams = {prev: {prev + 1: 1.0} for prev in range(400)}
+    drafter = NgramLMDrafter(unigram, bigrams, order=2)
+    for prev in range(400):
+        drafter.log_probs(prev)
+    cached = sum(row.numel() * row.element_size() for row in drafter._rows.values())
+    assert 0 < cached <= ROW_CACHE_BYTES
+    assert len(drafter._rows) == drafter.max_cached_rows < 400

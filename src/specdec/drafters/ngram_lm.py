@@ -18,6 +18,9 @@ from specdec.noise import draw
 from specdec.sampling import SamplingParams, TokenHistory, adjusted_probs, penalize
 
 MAX_CORPUS_BYTES = 64 * 1024 * 1024  # bound what a user-given file may make us read
+# the hot rows kept as float32 [V]: bounded in bytes, not rows (at Qwen's vocabulary of
+# 151,936 a row is 0.6 MB, so 4,096 rows would be 2.5 GB)
+ROW_CACHE_BYTES = 64 * 1024 * 1024
 
 
 class NgramLMDrafter:
@@ -43,6 +46,7 @@ class NgramLMDrafter:
         self.bigrams = bigrams or {}
         self.bigram_weight = bigram_weight
         self._rows: dict[int, torch.Tensor] = {}  # log q(. | prev), cached per prev token
+        self.max_cached_rows = max(1, ROW_CACHE_BYTES // (4 * self.vocab_size))
 
     # --- estimation -----------------------------------------------------------------------
 
@@ -125,6 +129,6 @@ class NgramLMDrafter:
                 bigram = torch.zeros_like(probs).index_add_(0, ids, values / values.sum())
                 probs = self.bigram_weight * bigram + (1 - self.bigram_weight) * probs
             row = probs.log().float()
-            if len(self._rows) < 4096:  # bounded cache of the hot rows
+            if len(self._rows) < self.max_cached_rows:  # bounded cache of the hot rows
                 self._rows[prev] = row
         return row
