@@ -17,11 +17,9 @@ from specdec.bench.metrics import summarize
 from specdec.bench.report import write_outputs
 from specdec.bench.runner import Prompt, RunConfig, run
 from specdec.bench.workloads import CATEGORIES, load_questions, prompt_ids
-from specdec.decoding import SpeculativeDecoder
 from specdec.drafters.factory import build_drafter, build_gamma, parse_draft, split_gammas
 from specdec.machine import cpu_count, load_average
 from specdec.models.base import LanguageModel
-from specdec.sampling import SamplingParams
 
 Loader = Callable[[str], LanguageModel]
 
@@ -160,7 +158,7 @@ def machine_load(before: tuple[float, ...] | None, after: tuple[float, ...] | No
 
 def _eos_ids(target: LanguageModel) -> set[int]:
     """The end tokens our decoder stops at, so transformers stops at the same ones."""
-    return SpeculativeDecoder(target, None, 0).eos_token_ids(SamplingParams())
+    return set(target.eos_token_ids)
 
 
 def _runner_note(target: LanguageModel) -> str:

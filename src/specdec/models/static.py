@@ -115,8 +115,7 @@ class StaticCausalLM(HFModel):
     @torch.inference_mode()
     def prefill(self, prompt_ids: torch.Tensor, reserve: int = 0) -> torch.Tensor:
         rows, length = prompt_ids.shape
-        self._length = 0
-        self._ensure_capacity(rows, length + (reserve if reserve > 0 else DEFAULT_RESERVE))
+        self._reset(rows, length, reserve)
         ids = self.to_device(prompt_ids)
         for start in range(0, length - 1, PREFILL_CHUNK):
             chunk = ids[:, start:min(start + PREFILL_CHUNK, length - 1)]
@@ -140,8 +139,7 @@ class StaticCausalLM(HFModel):
                 (len(self.layers), self.kv_heads, self.head_dim) or \
                 theirs.keys[0].dtype != self.embed.weight.dtype or other.device != self.device:
             return False
-        self._length = 0
-        self._ensure_capacity(rows, length + (reserve if reserve > 0 else DEFAULT_RESERVE))
+        self._reset(rows, length, reserve)
         assert self.cache is not None
         self.cache.copy_from(theirs, length - 1)
         self._length = length - 1
@@ -259,6 +257,11 @@ class StaticCausalLM(HFModel):
     def _width(self, k: int) -> int | None:
         """The compiled width a block of k tokens pads to, or None to run it eagerly."""
         return next((w for w in self.widths if w >= k), None)
+
+    def _reset(self, rows: int, length: int, reserve: int) -> None:
+        """An empty cache with room for a `length`-token prompt and `reserve` more positions."""
+        self._length = 0
+        self._ensure_capacity(rows, length + (reserve if reserve > 0 else DEFAULT_RESERVE))
 
     def _ensure_capacity(self, rows: int, needed: int) -> None:
         cache = self.cache
