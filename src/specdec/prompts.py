@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from specdec.errors import UsageError
+
 
 def chat_text(tokenizer: Any, messages: list[dict]) -> str:
     """messages rendered with the tokenizer's chat template, ready for the assistant's reply.
@@ -19,7 +21,7 @@ def chat_text(tokenizer: Any, messages: list[dict]) -> str:
         return tokenizer.apply_chat_template(messages, tokenize=False,
                                              add_generation_prompt=True)
     except TemplateError as error:  # also what a template's raise_exception() raises
-        raise ValueError(f"the chat template refused the messages: {error}") from None
+        raise UsageError(f"the chat template refused the messages: {error}") from None
 
 
 def chat_ids(tokenizer: Any, messages: list[dict]) -> list[int]:

@@ -18,6 +18,7 @@ from specdec.bench.report import write_outputs
 from specdec.bench.runner import Prompt, RunConfig, run
 from specdec.bench.workloads import CATEGORIES, load_questions, prompt_ids
 from specdec.drafters.factory import build_drafter, build_gamma, parse_draft, split_gammas
+from specdec.errors import UsageError
 from specdec.machine import cpu_count, load_average
 from specdec.models.base import LanguageModel
 
@@ -101,7 +102,7 @@ def run_benchmark(config: BenchConfig, target: LanguageModel, loader: Loader,
                   gguf: str | Path | None = None) -> dict[str, Path]:
     """Run every method on the configured questions; write results.json, report.md, plots."""
     if target.tokenizer is None:
-        raise ValueError("the benchmark needs a target with a tokenizer (for the questions)")
+        raise UsageError("the benchmark needs a target with a tokenizer (for the questions)")
     questions = load_questions(config.questions, config.categories, config.per_category)
     prompts = [Prompt(q, prompt_ids(target.tokenizer, q.text)) for q in questions]
     methods, notes = build_methods(config, target, loader, gguf)

@@ -19,6 +19,7 @@ from specdec.cli.options import add_runtime_arguments, runtime_options
 from specdec.cli.render import compile_seconds, finish_line, renderer, summary
 from specdec.decoding import SpeculativeDecoder
 from specdec.drafters.factory import build_drafter, build_gamma, validate_spec
+from specdec.errors import UsageError
 from specdec.sampling import SamplingParams
 
 DEFAULT_TARGET = "qwen2.5-coder-0.5b"
@@ -140,9 +141,9 @@ def main(argv: list[str]) -> int:
 def read_prompt(prompt: str | None, file: str | None) -> str:
     """The prompt from the argument, a file or stdin (`-`); ValueError if none or empty."""
     if prompt is not None and file is not None:
-        raise ValueError("give the prompt as an argument or with -f FILE, not both")
+        raise UsageError("give the prompt as an argument or with -f FILE, not both")
     if prompt is None and file is None:
-        raise ValueError("no prompt: give it as an argument, with -f FILE, or `-` for stdin")
+        raise UsageError("no prompt: give it as an argument, with -f FILE, or `-` for stdin")
     if file is None and prompt != "-":
         text = prompt
     elif (file or prompt) == "-":
@@ -150,7 +151,7 @@ def read_prompt(prompt: str | None, file: str | None) -> str:
     else:
         text = _read_file(Path(file))
     if not text.strip():
-        raise ValueError("the prompt is empty")
+        raise UsageError("the prompt is empty")
     return text
 
 
@@ -163,23 +164,23 @@ def _read_stdin() -> str:
 
 def _read_file(path: Path) -> str:
     if not path.is_file():
-        raise ValueError(f"prompt file not found: {path}")
+        raise UsageError(f"prompt file not found: {path}")
     with path.open("rb") as handle:
         return _bounded(handle.read(MAX_PROMPT_BYTES + 1), str(path))
 
 
 def _bounded(data: bytes, where: str) -> str:
     if len(data) > MAX_PROMPT_BYTES:
-        raise ValueError(f"the prompt from {where} is over {MAX_PROMPT_BYTES} bytes")
+        raise UsageError(f"the prompt from {where} is over {MAX_PROMPT_BYTES} bytes")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise ValueError(f"the prompt from {where} is not UTF-8 text") from None
+        raise UsageError(f"the prompt from {where} is not UTF-8 text") from None
 
 
 def sampling_params(args: argparse.Namespace) -> SamplingParams:
     if args.max_new_tokens > MAX_NEW_TOKENS:
-        raise ValueError(f"--max-new-tokens must be <= {MAX_NEW_TOKENS}")
+        raise UsageError(f"--max-new-tokens must be <= {MAX_NEW_TOKENS}")
     return SamplingParams(
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
         seed=args.seed, max_new_tokens=args.max_new_tokens,
@@ -198,7 +199,7 @@ def logit_bias(values: list[str]) -> dict[int, float]:
         except ValueError:
             sep = ""
         if not sep:
-            raise ValueError(f"--logit-bias takes ID=BIAS (e.g. 13=-100), got {value!r}")
+            raise UsageError(f"--logit-bias takes ID=BIAS (e.g. 13=-100), got {value!r}")
     return out
 
 
@@ -215,10 +216,10 @@ def logprobs_report(logprobs: list, tokenizer: Any) -> list[dict]:
 def stop_strings(values: list[str]) -> list[str]:
     """--stop values with \\n, \\t, \\r and \\\\ read as escapes; bounded in number and size."""
     if len(values) > MAX_STOPS:
-        raise ValueError(f"at most {MAX_STOPS} --stop strings")
+        raise UsageError(f"at most {MAX_STOPS} --stop strings")
     stops = [_unescape(v) for v in values]
     if any(not s or len(s) > MAX_STOP_LENGTH for s in stops):
-        raise ValueError(f"--stop strings must have 1 to {MAX_STOP_LENGTH} characters")
+        raise UsageError(f"--stop strings must have 1 to {MAX_STOP_LENGTH} characters")
     return stops
 
 
@@ -239,7 +240,7 @@ def load_decoder(args: argparse.Namespace) -> SpeculativeDecoder:
     gamma = build_gamma(args.gamma)
     validate_spec(args.draft, "--draft")  # a typo fails now, not after the target's load
     if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
-        raise ValueError(f"--threads must be in [1, {MAX_THREADS}], got {args.threads}")
+        raise UsageError(f"--threads must be in [1, {MAX_THREADS}], got {args.threads}")
     runtime = runtime_options(args)
 
     import torch
@@ -278,4 +279,4 @@ def chat_text(tokenizer: Any, messages: list[dict]) -> str:
     try:
         return prompts.chat_text(tokenizer, messages)
     except LookupError as error:
-        raise ValueError(f"--chat/--system: {error}") from None
+        raise UsageError(f"--chat/--system: {error}") from None
