@@ -73,14 +73,3 @@ def _parse(row: Any, path: Path, number: int) -> tuple[str, Question]:
         return raw, Question(str(row["question_id"]), category_of(raw), text)
     except (KeyError, IndexError, TypeError, ValueError) as error:
         raise UsageError(f"{path}:{number}: not a Spec-Bench question ({error!r})") from error
-
-
-def prompt_ids(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of the prompt: the chat template with a generation prompt when there is one."""
-    if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                            add_generation_prompt=True, tokenize=True)
-        if hasattr(ids, "keys"):  # some versions return a BatchEncoding
-            ids = ids["input_ids"]
-        return [int(t) for t in ids]
-    return [int(t) for t in tokenizer(text).input_ids]

@@ -114,8 +114,7 @@ def main(argv: list[str]) -> int:
     tokenizer = decoder.tokenizer
     prompt: str | list[int] = prompt_text
     if args.chat or args.system is not None:
-        prompt_text = chat_text(tokenizer, chat_messages(args.system, prompt_text))
-        prompt = list(tokenizer(prompt_text, add_special_tokens=False).input_ids)
+        prompt_text, prompt = chat_prompt(tokenizer, chat_messages(args.system, prompt_text))
 
     out = io.StringIO() if args.json else sys.stdout
     if args.echo and not args.json:
@@ -274,9 +273,9 @@ def chat_messages(system: str | None, prompt: str) -> list[dict]:
     return [*head, {"role": "user", "content": prompt}]
 
 
-def chat_text(tokenizer: Any, messages: list[dict]) -> str:
-    """The chat template's text; a missing template is a user error (exit code 1)."""
+def chat_prompt(tokenizer: Any, messages: list[dict]) -> tuple[str, list[int]]:
+    """prompts.chat_prompt; a missing template is a user error (exit code 1)."""
     try:
-        return prompts.chat_text(tokenizer, messages)
+        return prompts.chat_prompt(tokenizer, messages)
     except LookupError as error:
         raise UsageError(f"--chat/--system: {error}") from None
