@@ -14,12 +14,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from specdec import prompts
 from specdec.cli.options import add_runtime_arguments, runtime_options
 from specdec.cli.render import compile_seconds, finish_line, renderer, summary
 from specdec.decoding import SpeculativeDecoder
 from specdec.drafters.factory import build_drafter, build_gamma, validate_spec
 from specdec.errors import UsageError
+from specdec.machine import CpuMeter, starvation_warning
 from specdec.sampling import SamplingParams
 
 DEFAULT_TARGET = "qwen2.5-coder-0.5b"
@@ -47,7 +50,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32", "float16"),
                    help="weights dtype (default auto: bfloat16 where the device computes it "
                         "natively, else float32 on a CPU, float16 on a GPU)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's, at most the cores other jobs leave "
+                        "idle at start)")
     add_runtime_arguments(p)
 
 
@@ -119,7 +124,10 @@ def main(argv: list[str]) -> int:
     out = io.StringIO() if args.json else sys.stdout
     if args.echo and not args.json:
         out.write(prompt_text)
+    meter = CpuMeter()
     outcome = renderer(out, tokenizer, stops, args.show).run(decoder.stream(prompt, params))
+    starved = starvation_warning(*meter.elapsed(), torch.get_num_threads()) \
+        if decoder.target.device.type == "cpu" else None
     if args.json:
         report: dict[str, Any] = {
             "text": outcome.text, "tokens": outcome.tokens,
@@ -134,6 +142,8 @@ def main(argv: list[str]) -> int:
     print(finish_line(outcome, tokenizer, params.max_new_tokens), file=sys.stderr)
     print(summary(outcome.stats, drafter_name(decoder),
                   compile_seconds(decoder.target, decoder.drafter)), file=sys.stderr)
+    if starved:
+        print(f"specdec: {starved}", file=sys.stderr)
     return 0
 
 
@@ -242,14 +252,13 @@ def load_decoder(args: argparse.Namespace) -> SpeculativeDecoder:
         raise UsageError(f"--threads must be in [1, {MAX_THREADS}], got {args.threads}")
     runtime = runtime_options(args)
 
-    import torch
-
-    from specdec.machine import contention_warning
+    from specdec.machine import contention_warning, default_threads
     from specdec.models.loading import load_model, resolve_dtype, set_threads
 
     dtype = resolve_dtype(None if args.dtype == "auto" else args.dtype, runtime.device)
-    if args.threads is not None:
-        set_threads(args.threads)
+    # default: torch's threads, but none that would wait for a core other jobs hold
+    set_threads(args.threads if args.threads is not None
+                else default_threads(torch.get_num_threads()))
     warning = contention_warning(torch.get_num_threads()) if runtime.device.type == "cpu" \
         else None
     if warning:
