@@ -3,8 +3,8 @@
 torch's intra-op threads wait for each other at every operation: when another job holds a
 core, a 2-thread forward waits on a descheduled thread (here: 0.8 tok/s with 2 threads on a
 busy 2-core machine against 10.2 tok/s with --threads 1). Measured again on the 2-core
-machine at load average 2.0-2.6 (/tmp-style loop of Qwen-0.5B-shaped one-row matmuls, 8 s
-each): 2 threads 7.2-8.2 steps/s with 34-39% of the CPU time they asked for, 1 thread
+machine at load average 2.0-2.6 (8 s loops of one-row matmuls of Qwen-0.5B's MLP
+shape): 2 threads 7.2-8.2 steps/s with 34-39% of the CPU time they asked for, 1 thread
 28.6 steps/s with 80%. So the default is the cores other jobs leave idle, and a decoding
 that got well under its threads' CPU time says so afterwards.
 """
