@@ -35,6 +35,23 @@ def required_draws(df: int, tv: float, alpha: float, target: float) -> int:
     return lo
 
 
+def pooled_draws(exact: np.ndarray, tv: float, alpha: float, target: float) -> int:
+    """Draws for the pooled check (cells expecting < 5 merged into one bin) to catch every
+    TV-`tv` bias between bins with probability >= target.
+
+    The bins depend on N (more cells expect >= 5 as N grows, raising df): iterate
+    N <- required_draws(df(N)) upward from df = 1 until it holds still.
+    """
+    exact = np.asarray(exact, dtype=float)
+    draws = required_draws(1, tv, alpha, target)
+    while True:
+        bins = int((exact * draws >= 5).sum()) + int(((exact > 0) & (exact * draws < 5)).any())
+        needed = required_draws(max(bins - 1, 1), tv, alpha, target)
+        if needed <= draws:
+            return draws
+        draws = needed
+
+
 def detectable_tv(df: int, draws: int, alpha: float, target: float) -> float:
     """Smallest TV caught with probability >= target by N draws (worst-case direction)."""
     return float(brentq(lambda tv: power(df, 4 * draws * tv * tv, alpha) - target, 1e-6, 1.0))

@@ -16,9 +16,11 @@ import pytest
 import torch
 
 from drafter_fixtures import (
+    SIZES,
     bpe_tokenizer,
     chi_square_pvalue,
     cross_pair,
+    draws_for,
     exact_continuations,
     sampled,
 )
@@ -144,17 +146,19 @@ def test_greedy_equals_target_alone_token_for_token(width):
     assert accepted > 0  # the drafter's proposals were really used
 
 
+@pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("width,params", [
     (9, SamplingParams(temperature=1.0)),
     (12, SamplingParams(temperature=0.8, top_k=6)),
 ])
-def test_sampling_matches_the_target_distribution(width, params):
+def test_sampling_matches_the_target_distribution(width, params, size):
     target, drafter = pair(width)
     run = SamplingParams(**{**params.__dict__, "max_new_tokens": 3, "ignore_eos": True})
     decoder = SpeculativeDecoder(target, build_drafter("draft", target, lambda name: drafter), 3)
     prompt = [4, 1, 5]
-    counts = sampled(decoder, prompt, run, SAMPLES)
     exact = exact_continuations(target, prompt, 3, run)
-    assert chi_square_pvalue(counts, exact, SAMPLES) > FALSE_ALARM
+    n = draws_for(size, SAMPLES, exact, FALSE_ALARM)
+    counts = sampled(decoder, prompt, run, n)
+    assert chi_square_pvalue(counts, exact, n) > FALSE_ALARM
     if width < TARGET_WIDTH:  # the target's padding id 9 occurs: the drafter was fed it
         assert any(9 in seq for seq in counts)
