@@ -109,6 +109,16 @@ class CombinedDrafter:
         self.fallback_steps = 0
         self._pending: _Pending | None = None
 
+    def fork(self) -> CombinedDrafter:
+        """A drafter for another concurrent sequence: both parts forked, its own policy."""
+        parts = []
+        for part in (self.lookup, self.fallback):
+            fork = getattr(part, "fork", None)
+            if fork is None:
+                raise ValueError(f"drafter {part.name!r} cannot serve concurrent sequences")
+            parts.append(fork())
+        return CombinedDrafter(parts[0], parts[1], self.config, self.clock)
+
     def begin(self, prompt_ids: torch.Tensor) -> None:
         # what was learned carries over between requests; only the step in flight is dropped
         self.lookup.begin(prompt_ids)

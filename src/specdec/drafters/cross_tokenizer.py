@@ -13,12 +13,13 @@ rolled back to the common prefix of the two id sequences; only the differing tai
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
 
 from specdec.drafters.base import Proposal
-from specdec.drafters.model import sync_cache
+from specdec.drafters.model import fork_model, sync_cache
 from specdec.errors import VocabularyMismatchError
 from specdec.models.base import LanguageModel
 from specdec.noise import draw
@@ -58,6 +59,13 @@ class CrossTokenizerDrafter:
         self.drafter_ids = drafter_ids.to(model.device)
         self.target_ids = target_ids.to(model.device)
         self.cached_ids = torch.zeros(1, 0, dtype=torch.long)
+
+    def fork(self) -> CrossTokenizerDrafter:
+        """A drafter for another concurrent sequence: same weights and id maps, own cache."""
+        other = copy.copy(self)
+        other.model = fork_model(self.model)
+        other.cached_ids = torch.zeros(1, 0, dtype=torch.long)
+        return other
 
     def begin(self, prompt_ids: torch.Tensor) -> None:
         ids = self._drafter_tokens(prompt_ids)

@@ -31,6 +31,10 @@ class ModelDrafter:
         self.cached_ids = torch.zeros(1, 0, dtype=torch.long)
         self._drafts_on_device: torch.Tensor | None = None  # cached, not yet in cached_ids
 
+    def fork(self) -> ModelDrafter:
+        """A drafter for another concurrent sequence: same weights, its own cache."""
+        return ModelDrafter(fork_model(self.model))
+
     def begin(self, prompt_ids: torch.Tensor) -> None:
         context = self.model.prefill(self._fit(prompt_ids))
         self.cached_ids = context[:, : self.model.cached_length]
@@ -86,6 +90,14 @@ class ModelDrafter:
         a tokenizer id, but a sampled target may emit one) is fed as the drafter's last id.
         That only changes what the drafter conditions on, so only acceptance can suffer."""
         return ids if self._embeddable is None else ids.clamp_max(self._embeddable - 1)
+
+
+def fork_model(model: LanguageModel) -> LanguageModel:
+    """A runner over model's weights with its own cache (ValueError if it cannot)."""
+    fork = getattr(model, "fork", None)
+    if fork is None:
+        raise ValueError(f"model {model.name!r} cannot run a second cache (no fork())")
+    return fork()
 
 
 def sync_cache(model: LanguageModel, cached_ids: torch.Tensor,

@@ -33,6 +33,10 @@ class NgramDrafter:
         self.index: dict[int, dict[tuple[int, ...], int]] = {}
         self.begin(torch.zeros(1, 0, dtype=torch.long))
 
+    def fork(self) -> NgramDrafter:
+        """A drafter for another concurrent sequence (its own index)."""
+        return NgramDrafter(self.min_n, self.max_n)
+
     def begin(self, prompt_ids: torch.Tensor) -> None:
         self.tokens = []
         self.index = {n: {} for n in range(self.min_n, self.max_n + 1)}

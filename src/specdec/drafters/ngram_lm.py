@@ -92,6 +92,10 @@ class NgramLMDrafter:
     def begin(self, prompt_ids: torch.Tensor) -> None:
         pass  # stateless between steps: q depends only on the previous token
 
+    def fork(self) -> NgramLMDrafter:
+        """Itself: no per-sequence state, so concurrent sequences share it (and its rows)."""
+        return self
+
     def propose(self, context: torch.Tensor, gamma: int, params: SamplingParams,
                 generator: torch.Generator, history: TokenHistory | None = None) -> Proposal:
         if gamma <= 0:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from specdec.drafters.model import ModelDrafter
+from specdec.drafters.model import ModelDrafter, fork_model
 from specdec.models.base import LanguageModel
 from specdec.models.low_bit_view import (
     VocabularySubsetHead,
@@ -63,6 +63,16 @@ class SelfDrafter(ModelDrafter):
         self.seen = 0  # context tokens already added to the head
         self.target = target  # whose prompt cache begin() copies, when it can
         self.copied_prefill = False  # how the last begin() filled the cache, for tests
+
+    def fork(self) -> SelfDrafter:
+        """A drafter for another concurrent sequence: the low-bit weights shared, its own
+        cache. A vocabulary-subset head grows with its sequence's context, so it cannot be
+        shared: such a drafter serves one sequence at a time."""
+        if self.head is not None:
+            raise ValueError(f"drafter {self.name!r} has a vocabulary-subset head that follows "
+                             "one sequence: use a batch size of 1")
+        # target None: the batch's target cache is not the runner's own, nothing to copy
+        return SelfDrafter(fork_model(self.model), None, self.vocab_size, self.name)
 
     def begin(self, prompt_ids: torch.Tensor) -> None:
         if self.head is not None:

@@ -39,6 +39,10 @@ class HFModel:
     def to_device(self, tokens: torch.Tensor) -> torch.Tensor:
         return tokens.to(self.device, non_blocking=True)
 
+    def fork(self) -> HFModel:
+        """A runner of the same kind over the same weights, with its own empty cache."""
+        return type(self)(self.model, self.tokenizer, self.name)
+
 
 class _CachedModel(HFModel):
     """The dynamic cache and its length."""

@@ -78,6 +78,18 @@ class StaticKVCache:
         for mine, theirs in zip(self.keys + self.values, other.keys + other.values, strict=True):
             mine[:, :, :length] = theirs[:, :, :length]
 
+    def view(self, start: int, stop: int) -> StaticKVCache:
+        """Rows start..stop-1 as a cache sharing this one's storage (no copy)."""
+        part = object.__new__(StaticKVCache)
+        part.keys = [k[start:stop] for k in self.keys]
+        part.values = [v[start:stop] for v in self.values]
+        return part
+
+    def move_row(self, source: int, target: int, length: int) -> None:
+        """Copy row `source`'s first `length` positions over row `target`."""
+        for tensor in self.keys + self.values:
+            tensor[target, :, :length] = tensor[source, :, :length]
+
     def mark_static(self) -> None:
         """Fixed addresses for CUDA graphs (the buffers are mutated in place)."""
         for tensor in self.keys + self.values:
@@ -165,6 +177,10 @@ class StaticCausalLM(HFModel):
             raise ValueError(f"cannot roll back {n} of {self._length} cached positions")
         self._length -= n  # slots past the write position are masked, then overwritten
 
+    def fork(self) -> StaticCausalLM:
+        """A runner over the same weights with its own (empty) cache, uncompiled."""
+        return StaticCausalLM(self.model, self.tokenizer, self.name)
+
     def warmup(self, capacity: int, rows: int = 1) -> float:
         """Compile every width now (for servers: not on the first request); returns seconds."""
         self._ensure_capacity(rows, capacity)
@@ -182,8 +198,14 @@ class StaticCausalLM(HFModel):
 
     def _eager(self, ids: torch.Tensor, keep: int) -> torch.Tensor | None:
         start, width = self._length, ids.shape[1]
-        positions = torch.arange(start, start + width, device=ids.device)
-        hidden = self._layers(ids, positions, end=start + width)
+        positions = torch.arange(start, start + width, device=ids.device)[None]
+        return self.forward_rows(ids, positions, start + width, self.cache, keep)
+
+    def forward_rows(self, ids: torch.Tensor, positions: torch.Tensor, end: int,
+                     cache: StaticKVCache | None, keep: int) -> torch.Tensor | None:
+        """Eager forward of ids [R, w] at positions [R or 1, w] over `cache`'s rows, attending
+        to slots < end; the logits of the last `keep` positions (None for 0)."""
+        hidden = self._layers(ids, positions, end=end, cache=cache)
         if keep == 0:
             return None
         return self.head(self.norm(hidden[:, -keep:]))
@@ -196,7 +218,7 @@ class StaticCausalLM(HFModel):
         rows, k = ids.shape
         if k < width:  # pad: these positions' logits are dropped, their slots overwritten later
             ids = torch.cat([ids, ids.new_zeros(rows, width - k)], dim=1)
-        positions = torch.arange(self._length, self._length + width, device=ids.device)
+        positions = torch.arange(self._length, self._length + width, device=ids.device)[None]
         first = width not in self._compiled_widths
         t0 = time.perf_counter()
         if self.device.type == "cuda":
@@ -211,23 +233,27 @@ class StaticCausalLM(HFModel):
         return logits
 
     def _layers(self, ids: torch.Tensor, positions: torch.Tensor,
-                end: int | None) -> torch.Tensor:
-        assert self.cache is not None
+                end: int | None, cache: StaticKVCache | None = None) -> torch.Tensor:
+        """positions [R, w]: R = 1 (every row at the same positions) or one per row."""
+        cache = cache or self.cache
+        assert cache is not None
         hidden = self.embed(ids)
-        cos, sin = self._cos[positions], self._sin[positions]
-        length = self.cache.capacity if end is None else end
-        # key j is visible to the query at position t iff j <= t
-        mask = torch.arange(length, device=ids.device)[None, :] <= positions[:, None]
+        # [R, 1, w, D]: broadcast over heads
+        cos, sin = self._cos[positions][:, None], self._sin[positions][:, None]
+        length = cache.capacity if end is None else end
+        # key j is visible to the query at position t iff j <= t: [R, 1, w, length]
+        mask = (torch.arange(length, device=ids.device) <= positions[..., None])[:, None]
         for index, layer in enumerate(self.layers):
-            attended = self._attention(index, layer.self_attn, layer.input_layernorm(hidden),
-                                       positions, cos, sin, mask, end)
+            attended = self._attention(cache, index, layer.self_attn,
+                                       layer.input_layernorm(hidden), positions, cos, sin,
+                                       mask, end)
             hidden = hidden + attended
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         return hidden
 
-    def _attention(self, index: int, attn: Any, x: torch.Tensor, positions: torch.Tensor,
-                   cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
-                   end: int | None) -> torch.Tensor:
+    def _attention(self, cache: StaticKVCache, index: int, attn: Any, x: torch.Tensor,
+                   positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   mask: torch.Tensor, end: int | None) -> torch.Tensor:
         rows, width, _ = x.shape
         shape = (rows, width, -1, self.head_dim)
         q = attn.q_proj(x).view(shape)
@@ -237,17 +263,22 @@ class StaticCausalLM(HFModel):
             q, k = attn.q_norm(q), attn.k_norm(k)
         q = _rotate(q.transpose(1, 2), cos, sin)
         k = _rotate(k.transpose(1, 2), cos, sin)
-        assert self.cache is not None
-        keys, values = self.cache.keys[index], self.cache.values[index]
-        keys.index_copy_(2, positions, k)
-        values.index_copy_(2, positions, v)
+        keys, values = cache.keys[index], cache.values[index]
+        if positions.shape[0] == 1:  # every row writes the same slots
+            keys.index_copy_(2, positions[0], k)
+            values.index_copy_(2, positions[0], v)
+        else:  # ragged rows: each writes at its own positions
+            slots = positions[:, None, :, None].expand_as(k)
+            keys.scatter_(2, slots, k)
+            values.scatter_(2, slots, v)
         if end is not None:
             keys, values = keys[:, :, :end], values[:, :, :end]
         # grouped-query attention without repeating keys: the query heads that share a key
         # head become extra query rows of that head, [B, H_kv, groups * width, D]
         groups = q.shape[1] // self.kv_heads
         q = q.reshape(rows, self.kv_heads, groups * width, self.head_dim)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask.repeat(groups, 1),
+        out = F.scaled_dot_product_attention(q, keys, values,
+                                             attn_mask=mask.repeat(1, 1, groups, 1),
                                              scale=attn.scaling)
         out = out.view(rows, self.kv_heads * groups, width, self.head_dim).transpose(1, 2)
         return attn.o_proj(out.reshape(rows, width, -1))
@@ -269,9 +300,7 @@ class StaticCausalLM(HFModel):
             return
         if cache is not None and cache.rows == rows:
             needed = max(needed, 2 * cache.capacity)  # doubling: few regrows, few recompiles
-        capacity = -(-max(needed, 1) // CAPACITY_STEP) * CAPACITY_STEP
-        grown = StaticKVCache(len(self.layers), rows, self.kv_heads, self.head_dim, capacity,
-                              self.embed.weight.dtype, self.device)
+        grown = self.new_cache(rows, needed)
         if cache is not None and cache.rows == rows:
             grown.copy_from(cache, self._length)
         if self._step is not None:
@@ -279,8 +308,18 @@ class StaticCausalLM(HFModel):
             if self.device.type == "cuda":
                 grown.mark_static()
         self.cache = grown
-        if self._cos.shape[0] < capacity:
-            self._cos, self._sin = self._rotary_tables(capacity)
+
+    def ensure_rotary(self, length: int) -> None:
+        """Rotary tables for positions < length."""
+        if self._cos.shape[0] < length:
+            self._cos, self._sin = self._rotary_tables(length)
+
+    def new_cache(self, rows: int, capacity: int) -> StaticKVCache:
+        """An empty cache for this model's layers (capacity rounded up), rotary covered."""
+        capacity = -(-max(capacity, 1) // CAPACITY_STEP) * CAPACITY_STEP
+        self.ensure_rotary(capacity)
+        return StaticKVCache(len(self.layers), rows, self.kv_heads, self.head_dim, capacity,
+                             self.embed.weight.dtype, self.device)
 
     def _rotary_tables(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin [length, head_dim] from the model's own rotary module (any rope type)."""
@@ -298,7 +337,8 @@ class StaticCausalLM(HFModel):
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding (rotate-half convention), x [B, H, T, D], cos/sin [T, D]."""
+    """Rotary position embedding (rotate-half convention), x [B, H, T, D], cos/sin
+    [B or 1, 1, T, D]."""
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin

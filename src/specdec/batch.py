@@ -1,0 +1,160 @@
+"""The decoding loop over rows: sequences join and leave between steps (continuous batching).
+
+Each step every active sequence drafts its own gamma_i tokens; ONE target forward verifies all
+of them (blocks padded to a common width); each sequence accepts its own count with its own
+random generator and rolls back its own positions; a finished sequence leaves without
+disturbing the others. Batch 1 (SpeculativeDecoder.stream) is this loop with one row.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from specdec.controller import FixedGamma, GammaPolicy
+from specdec.controller_batch import BatchGammaController
+from specdec.drafters.base import Drafter
+from specdec.models.device import StepClock
+from specdec.models.rows import Rows
+from specdec.noise import resolve_seed
+from specdec.sampling import SamplingParams
+from specdec.sequence import Sequence, StepEvent
+
+# cache positions a step may write past the output: the pending token, up to 64 drafts and
+# the padding of a compiled width (a hint; runners grow when it is exceeded)
+DRAFT_RESERVE = 80
+
+
+class BatchDecoder:
+    """Step-level decoding of up to rows.max_rows sequences on one target.
+
+    drafter: the prototype drafter; each further concurrent sequence drafts with a fork of it
+    (`fork()`: same weights and tables, its own state). gamma: an int (fixed) or a factory of
+    GammaPolicy; with a policy and several rows, BatchGammaController caps every row's drafts
+    to the width that maximizes the batch's throughput.
+    """
+
+    def __init__(self, rows: Rows, drafter: Drafter | None,
+                 gamma: int | Callable[[], GammaPolicy], eos_ids: frozenset[int],
+                 vocab_size: int, batch_policy: BatchGammaController | None = None):
+        self.rows = rows
+        self.gamma = gamma
+        self.eos_ids = eos_ids
+        self.vocab_size = vocab_size
+        self.clock = StepClock(rows.device)
+        self.sequences: list[Sequence] = []  # in row order
+        self.batch_policy = batch_policy or BatchGammaController()
+        self._drafters: list[Drafter] = [] if drafter is None else [drafter]  # free ones
+        self._prototype = drafter
+        self.steps = 0
+        self.last_width = 0  # block width of the last step (drafts + 1)
+
+    def add(self, prompt_ids: torch.Tensor, params: SamplingParams) -> Sequence:
+        """Prefill a new sequence (params already validated); it joins at the next step."""
+        params = resolve_seed(params)  # the coupled rule without a seed needs one noise
+        start = time.perf_counter()
+        drafter = self._take_drafter()
+        clock = self.clock
+        t0 = clock.mark()
+        context = self.rows.add(prompt_ids, reserve=params.max_new_tokens + DRAFT_RESERVE)
+        t1 = clock.mark()
+        try:
+            if drafter is not None:
+                drafter.begin(prompt_ids)
+        except BaseException:
+            self.rows.remove(self.rows.count - 1)
+            self._drafters.append(drafter)
+            raise
+        t2 = clock.mark()
+        policy = FixedGamma(self.gamma) if isinstance(self.gamma, int) else self.gamma()
+        stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else
+                                                 set(self.eos_ids))
+        sequence = Sequence(prompt_ids, context, params, drafter, policy, stop_ids,
+                            self.rows.device, self.vocab_size, start)
+        stats = sequence.stats
+        stats.target_s += clock.seconds(t0, t1)
+        stats.drafter_s += clock.seconds(t1, t2)
+        stats.prefill_s = clock.seconds(t0, t2)  # device time: a GPU prefill is queued
+        self.sequences.append(sequence)
+        return sequence
+
+    def remove(self, sequence: Sequence) -> None:
+        """Drop a sequence (finished or cancelled); the last row takes its place."""
+        index = self.sequences.index(sequence)
+        self.rows.remove(index)
+        last = self.sequences.pop()
+        if index < len(self.sequences):
+            self.sequences[index] = last
+        if sequence.drafter is not None:
+            self._drafters.append(sequence.drafter)
+
+    def step(self) -> list[tuple[Sequence, StepEvent]]:
+        """One step for every active sequence; finished ones leave the batch afterwards."""
+        sequences = list(self.sequences)
+        if not sequences:
+            return []
+        clock = self.clock
+        gammas = self._gammas(sequences)
+        drafts = [seq.propose(k, clock) for seq, k in zip(sequences, gammas, strict=True)]
+        width = 1 + max(d.shape[1] for d in drafts)
+        block = torch.zeros(len(sequences), width, dtype=torch.long, device=self.rows.device)
+        for i, (seq, d) in enumerate(zip(sequences, drafts, strict=True)):
+            block[i, 0] = seq.pending  # the context's last token: not yet in the cache
+            block[i, 1:1 + d.shape[1]] = d[0]
+        t0 = clock.mark()
+        logits = self.rows.extend(block)  # p_1..p_{k+1} of every row, one forward
+        marks = (t0, clock.mark())
+        events = []
+        for i, (seq, d) in enumerate(zip(sequences, drafts, strict=True)):
+            events.append(seq.judge(logits[i:i + 1, : d.shape[1] + 1], marks, clock))
+        # drop each row's rejected drafts and padding: x_1..x_n stay cached
+        self.rows.rollback([width - 1 - len(e.accepted) for e in events])
+        self.batch_policy.observe(len(sequences) * width, clock.seconds(*marks),
+                                  sum(d.shape[1] for d in drafts),
+                                  sum(s.last_drafter_s for s in sequences))
+        out = []
+        for seq, event in zip(sequences, events, strict=True):
+            out.append((seq, seq.advance(event)))
+            if seq.finished:
+                self.remove(seq)
+        self.steps += 1
+        self.last_width = width
+        return out
+
+    def _gammas(self, sequences: list[Sequence]) -> list[int]:
+        wanted = [seq.wanted_gamma() for seq in sequences]
+        if len(sequences) == 1 or isinstance(self.gamma, int):
+            return wanted  # fixed gamma, or alone: the row's own policy decides
+        alphas = [float(getattr(seq.policy, "alpha", 0.6)) for seq in sequences]
+        # rows cap at what they may still emit; the batch policy chooses the common width
+        room = [max(seq.remaining - 1, 0) for seq in sequences]
+        width = self.batch_policy.choose(alphas, room)
+        return [min(width, r) for r in room]
+
+    def _take_drafter(self) -> Drafter | None:
+        if self._drafters:
+            return self._drafters.pop()
+        if self._prototype is None:
+            return None
+        fork = getattr(self._prototype, "fork", None)
+        if not callable(fork):
+            raise ValueError(f"drafter {self._prototype.name!r} cannot draft for several "
+                             "sequences at once (it has no fork()); use a batch size of 1")
+        return fork()
+
+
+def forks(drafter: Any) -> bool:
+    """Whether `drafter` can serve several concurrent sequences (tries a fork)."""
+    if drafter is None:
+        return True
+    fork = getattr(drafter, "fork", None)
+    if not callable(fork):
+        return False
+    try:
+        fork()
+    except (AttributeError, ValueError):
+        return False
+    return True

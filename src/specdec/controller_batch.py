@@ -1,0 +1,90 @@
+"""Gamma for a batch: one block width W for all rows, chosen for the batch's throughput.
+
+With n rows and drafts up to W, one target forward processes n * (W + 1) tokens (blocks are
+padded to a common width). Alone, a (k+1)-token verification costs nearly what one token
+costs; in a batch the forward's time grows with the tokens it carries, so speculation pays
+less as rows x (W + 1) grows. The controller fits the forward's time as a line in the tokens
+it carries, T(m) = a + b * m, from the steps it observed (weighted least squares, recent steps
+weigh more), and chooses
+    W = argmax  sum_i E(alpha_i, min(W, want_i)) / (T(n (W + 1)) + d * sum_i min(W, want_i))
+where E(alpha, k) = (1 - alpha^(k+1)) / (1 - alpha) is the expected tokens of a step (the
+paper's Eq. 1), alpha_i each row's measured acceptance and d the drafter's time per drafted
+token. W = 0 switches speculation off; it comes back by itself when the batch shrinks (fewer
+tokens per forward) or acceptance rises. While only one token count has been observed it
+alternates W between 0 and its initial value to measure the slope.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from specdec.controller_auto import _fit_line, _means, _points, _Smoothed
+
+
+@dataclass
+class BatchGammaConfig:
+    max_gamma: int = 16
+    initial_gamma: int = 4
+    decay: float = 0.95  # per observation of the same token count
+    draft_decay: float = 0.9
+
+
+def expected_tokens(alpha: float, k: int) -> float:
+    """E(alpha, k): expected tokens a step with k drafts emits (Leviathan et al., Eq. 1)."""
+    if alpha >= 1.0:
+        return k + 1.0
+    return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
+
+
+@dataclass
+class BatchGammaController:
+    """Chooses the batch's block width from a fitted forward-time line and rows' alphas."""
+
+    config: BatchGammaConfig = field(default_factory=BatchGammaConfig)
+
+    def __post_init__(self) -> None:
+        self.forward_time: dict[int, _Smoothed] = {}  # tokens carried -> seconds per forward
+        self.draft_time = _Smoothed()  # drafter seconds per drafted token
+        self.last_width = self.config.initial_gamma
+
+    def choose(self, alphas: list[float], wanted: list[int]) -> int:
+        """The drafts per row (the block width minus one) for rows with these alphas, each
+        wanting at most wanted[i] drafts."""
+        top = min(max(wanted, default=0), self.config.max_gamma)
+        if top <= 0:
+            return 0
+        if len(self.forward_time) < 2:  # one token count seen: measure another
+            width = 0 if self.last_width > 0 and self.forward_time else \
+                min(self.config.initial_gamma, top)
+        else:
+            width = max(range(top + 1), key=lambda w: self.rate(alphas, wanted, w))
+        self.last_width = width
+        return width
+
+    def observe(self, tokens: int, forward_s: float, drafted: int, drafter_s: float) -> None:
+        """One step: the forward carried `tokens` (padding included) in forward_s seconds;
+        the drafters proposed `drafted` tokens in drafter_s seconds altogether."""
+        self.forward_time.setdefault(tokens, _Smoothed()).add(forward_s, 1, self.config.decay)
+        if drafted:
+            self.draft_time.add(drafter_s, drafted, self.config.draft_decay)
+
+    def rate(self, alphas: list[float], wanted: list[int], width: int) -> float:
+        """Expected tokens per second of the batch at this width."""
+        drafts = [min(width, w) for w in wanted]
+        tokens = sum(expected_tokens(a, k) for a, k in zip(alphas, drafts, strict=True))
+        seconds = self.forward_seconds(len(wanted) * (width + 1)) + \
+            self.draft_time.mean(0.0) * sum(drafts)
+        return tokens / max(seconds, 1e-12)
+
+    def forward_seconds(self, tokens: int) -> float:
+        """The fitted T(tokens); a flat line before two token counts are known."""
+        points = _points(self.forward_time)
+        if not points:
+            return 1.0
+        fit = _fit_line(points)
+        if fit is None:
+            return _means(points)[1]
+        a, b = fit
+        if b < 0:  # carrying more tokens cannot be cheaper: flat through the mean
+            return _means(points)[1]
+        return max(a + b * tokens, 1e-9)

@@ -1,0 +1,226 @@
+"""One sequence being decoded: its drafts, its verification, its output (Algorithm 1's body).
+
+A Sequence owns everything that is per request: sampling parameters, random generator, gamma
+policy, drafter, context, penalties history and statistics. The target forward that verifies
+its drafts is not here: the loop (batch.py) runs one forward for all sequences of a step and
+hands each its rows of logits. The target's cache holds the context minus its last (pending)
+token; after verification it is cut back to the accepted prefix.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from specdec.controller import GammaPolicy, StepRecord
+from specdec.drafters.base import Drafter, Proposal
+from specdec.models.device import StepClock
+from specdec.noise import position_range
+from specdec.sampling import (
+    SamplingParams,
+    TokenHistory,
+    TokenLogprob,
+    adjusted_probs,
+    make_generator,
+    penalize,
+    token_logprobs,
+)
+from specdec.stats import GenerationStats
+from specdec.verify import Verdict, overlap, verify, verify_coupled, verify_greedy
+
+
+@dataclass
+class StepEvent:
+    """One target call: what a UI needs to draw the paper's Figure 1."""
+
+    accepted: list[int]  # draft tokens kept
+    rejected: list[int]  # draft tokens thrown away
+    next_token: int | None  # correction (after a rejection) or bonus (all accepted); None if cut
+    bonus: bool  # True when every draft was accepted and next_token came from p_{k+1}
+    finished: bool = False
+    finish_reason: str | None = None  # "stop" or "length" once finished
+    stats: GenerationStats = field(default_factory=GenerationStats)
+    logprobs: list[TokenLogprob] | None = None  # per emitted token, when params.logprobs
+
+    @property
+    def tokens(self) -> list[int]:
+        """Tokens this step appends to the output."""
+        return self.accepted + ([] if self.next_token is None else [self.next_token])
+
+
+@dataclass
+class _Step:
+    """A step in flight: the proposal and what it cost."""
+
+    proposal: Proposal
+    drafts: torch.Tensor  # on the target's device
+    drafter_marks: tuple[Any, Any]
+
+
+class Sequence:
+    """A request's decoding state; `propose`, then `judge` the target's logits, then `advance`."""
+
+    def __init__(self, prompt_ids: torch.Tensor, context: torch.Tensor, params: SamplingParams,
+                 drafter: Drafter | None, policy: GammaPolicy, stop_ids: set[int],
+                 device: torch.device, vocab_size: int, start: float):
+        self.prompt_ids = prompt_ids
+        self.context = context  # decoder context [1, T] on the host; its last token is pending
+        self.params = params
+        self.drafter = drafter
+        self.policy = policy
+        self.stop_ids = stop_ids
+        self.device = device
+        self.generator = make_generator(params.seed, device)
+        self.stats = GenerationStats(prompt_tokens=prompt_ids.shape[1])
+        self.start = start
+        self.finished = False
+        self.output: list[int] = []
+        # penalties: tokens seen so far and output counts, on the target's device
+        self.history = TokenHistory.of(context.to(device), context.shape[1],
+                                       vocab_size) if params.penalized else None
+        self._step: _Step | None = None
+        self.last_drafter_s = 0.0  # the last step's drafting time
+
+    @property
+    def remaining(self) -> int:
+        return self.params.max_new_tokens - self.stats.generated
+
+    @property
+    def pending(self) -> int:
+        return int(self.context[0, -1])
+
+    def wanted_gamma(self) -> int:
+        """The policy's gamma, never drafting past max_new_tokens (a step emits k + 1)."""
+        return min(self.policy.choose(), self.remaining - 1)
+
+    def propose(self, k: int, clock: StepClock) -> torch.Tensor:
+        """Draft up to k tokens; returns them [1, k'] on the target's device."""
+        t0 = clock.mark()
+        proposal = Proposal.empty(1)
+        if self.drafter is not None and k > 0:
+            # the history only when penalties need it: drafters written without it still work
+            extra = {} if self.history is None else {"history": self.history}
+            try:
+                proposal = self.drafter.propose(self.context, k, self.params, self.generator,
+                                                **extra)
+            except Exception as error:  # a broken drafter costs speed, never correctness
+                warnings.warn(f"drafter {self.drafter.name!r} failed ({error!r}); "
+                              "decoding this step without drafts", RuntimeWarning, stacklevel=3)
+                self.stats.drafter_failures += 1
+                proposal = Proposal.empty(1)
+            self.stats.drafter_calls += proposal.forwards
+            if proposal.length > k:
+                proposal = Proposal(proposal.tokens[:, :k],
+                                    None if proposal.probs is None else proposal.probs[:, :k],
+                                    proposal.forwards)
+        drafts = proposal.tokens.to(self.device, non_blocking=True)  # moved once
+        self._step = _Step(proposal, drafts, (t0, clock.mark()))
+        return drafts
+
+    def judge(self, logits: torch.Tensor, forward_marks: tuple[Any, Any],
+              clock: StepClock) -> StepEvent:
+        """Verify the proposal against the target's logits [1, k + 1, V] (p_1..p_{k+1});
+        forward_marks: the clock's marks around the target forward.
+
+        Returns the step's event (not yet cut at stop tokens: see `advance`); the caller rolls
+        the target's cache back by `rejected` + the block's padding.
+        """
+        assert self._step is not None, "judge() without propose()"
+        step, self._step = self._step, None
+        params, drafts = self.params, step.drafts
+        k = drafts.shape[1]
+        raw = logits
+        if self.history is not None:  # position i sees the history plus drafts x_1..x_{i-1}
+            logits = penalize(logits, params, self.history, drafts)
+        if params.greedy:
+            verdict = verify_greedy(drafts, logits)
+            betas = None  # one-hot p and q: beta is 1 where the draft matched, derived below
+        else:
+            draft_probs = None if step.proposal.probs is None else \
+                step.proposal.probs.to(self.device)
+            target_probs = adjusted_probs(logits, params)
+            if params.coupled_rule:
+                position = self.context.shape[1]  # of the first token this step emits
+                verdict = verify_coupled(drafts, target_probs, params.seed,
+                                         position_range(position, k + 1, self.device))
+                # p(x) is still the acceptance chance of a deterministic draft; with a q it is
+                # P(both Gumbel-max tokens agree), not 1 - TV: count what happened, as greedy
+                betas = None if draft_probs is not None else \
+                    overlap(target_probs, None, drafts)[0]
+            else:
+                verdict = verify(drafts, draft_probs, target_probs, self.generator)
+                betas = overlap(target_probs, draft_probs, drafts)[0]
+        # the sequence's one host synchronization: count, next token, drafts and betas together
+        n, next_token, draft_list, beta_list = _to_host(verdict, drafts, betas)
+        if betas is None:
+            beta_list = [1.0] * n + [0.0] * (k - n)
+        # read after the sync: the forward is the target's time, the verification math loop time
+        target_s = clock.seconds(*forward_marks)
+        drafter_s = clock.seconds(*step.drafter_marks)
+        self.last_drafter_s = drafter_s
+        stats = self.stats
+        stats.drafter_s += drafter_s
+        stats.target_s += target_s
+        kept_betas = beta_list[: min(n + 1, k)]
+        stats.record_step(k, n, kept_betas)
+        self.policy.observe(StepRecord(
+            drafted=k, accepted=n, betas=kept_betas, drafter_s=drafter_s,
+            drafter_forwards=step.proposal.forwards, target_s=target_s))
+        event = StepEvent(accepted=draft_list[:n], rejected=draft_list[n:],
+                          next_token=next_token, bonus=n == k)
+        if params.logprobs is not None:  # the verify forward's logits: no extra forward
+            event.logprobs = token_logprobs(raw[0, : n + 1], event.tokens, params.logprobs)
+        return event
+
+    def advance(self, event: StepEvent) -> StepEvent:
+        """Cut the event at a stop token or max_new_tokens, append it to the output."""
+        stats = self.stats
+        emitted = event.tokens
+        cut = _cut(emitted, self.stop_ids, self.remaining)
+        if cut is not None:
+            emitted = emitted[:cut]
+            event.accepted = event.accepted[:cut]
+            event.next_token = emitted[-1] if len(emitted) > len(event.accepted) else None
+            if event.logprobs is not None:
+                event.logprobs = event.logprobs[:cut]
+        stats.generated += len(emitted)
+        self.output.extend(emitted)
+        self.context = torch.cat([self.context, torch.tensor([emitted], dtype=torch.long)],
+                                 dim=1)
+        if self.history is not None:
+            self.history = self.history.plus(self.context[:, -len(emitted):].to(self.device))
+        if cut is not None or stats.generated >= self.params.max_new_tokens:
+            event.finished = self.finished = True
+            stopped = bool(emitted) and emitted[-1] in self.stop_ids
+            event.finish_reason = "stop" if stopped else "length"
+        stats.total_s = time.perf_counter() - self.start
+        stats.first_token_s = stats.first_token_s or stats.total_s
+        event.stats = stats
+        return event
+
+
+def _to_host(verdict: Verdict, drafts: torch.Tensor, betas: torch.Tensor | None,
+             ) -> tuple[int, int, list[int], list[float]]:
+    """Row 0's accepted count, next token, drafts and betas in ONE device-to-host copy.
+
+    Token ids are exact in float64 (< 2**53), so one float64 tensor carries them all.
+    """
+    k = drafts.shape[1]
+    parts = [verdict.accepted[:1].double(), verdict.next_token[:1].double(), drafts[0].double()]
+    if betas is not None:
+        parts.append(betas.double())
+    values = torch.cat(parts).tolist()
+    drafted = [int(v) for v in values[2:2 + k]]
+    return int(values[0]), int(values[1]), drafted, values[2 + k:]
+
+
+def _cut(tokens: list[int], stop_ids: set[int], remaining: int) -> int | None:
+    """Length to keep: through the first stop token, at most `remaining`; None if all stay."""
+    for i, token in enumerate(tokens[:remaining]):
+        if token in stop_ids:
+            return i + 1
+    return remaining if len(tokens) > remaining else None
