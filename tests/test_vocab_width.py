@@ -162,3 +162,14 @@ def test_sampling_matches_the_target_distribution(width, params, size):
     assert chi_square_pvalue(counts, exact, n) > FALSE_ALARM
     if width < TARGET_WIDTH:  # the target's padding id 9 occurs: the drafter was fed it
         assert any(9 in seq for seq in counts)
+
+
+@pytest.mark.parametrize("width", [9, 12])
+def test_batched_greedy_forks_keep_the_targets_width(width):
+    target, drafter = pair(width, noise=0.2)
+    decoder = SpeculativeDecoder(target, drafter, 3)
+    assert decoder.drafter.fork().vocab_size == TARGET_WIDTH
+    params = SamplingParams(temperature=0, max_new_tokens=12, ignore_eos=True)
+    alone = [SpeculativeDecoder(target, None).generate(p, params).tokens for p in GREEDY_PROMPTS]
+    batched = decoder.generate_batch(GREEDY_PROMPTS, params, max_batch_size=3)
+    assert [r.tokens for r in batched] == alone

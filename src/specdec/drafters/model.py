@@ -33,7 +33,7 @@ class ModelDrafter:
 
     def fork(self) -> ModelDrafter:
         """A drafter for another concurrent sequence: same weights, its own cache."""
-        return ModelDrafter(fork_model(self.model))
+        return ModelDrafter(fork_model(self.model), self.vocab_size)
 
     def begin(self, prompt_ids: torch.Tensor) -> None:
         context = self.model.prefill(self._fit(prompt_ids))
