@@ -4,8 +4,8 @@ Statistical tests: N continuations of 3 tokens from SpeculativeDecoder with seed
 compared with the exact distribution enumerated over all 8^3 continuations. Cells with an
 expected count below 5 are pooled. The test fails when the chi-square p-value is below 1e-3,
 a false-alarm rate of 0.1% per test; seeds are fixed, so the outcome is deterministic.
-Power (tests/power.py, worst-case direction): N = 1,200 catches a TV bias of about 10% with
-99% probability (df = pooled bins - 1, 3 to 14 here); the `slow` variants draw the N that
+Power (tests/power.py, worst-case direction): N = 1,200 catches a TV bias of 9-12% with 99%
+probability (df = pooled bins - 1, 3 to 26 here); the `slow` variants draw the N that
 catches 2% (23,708 to 58,720 here, minutes each); test_verify_power covers 2% per token.
 """
 

@@ -7,9 +7,10 @@ generations (fixed seeds) are compared with it two ways:
 - total variation below the 99.9th percentile of the TV that N exact samples would show
   (simulated, 2,000 multinomial draws): a false-alarm rate of 0.1%.
 Two configurations, so the family-wise false-alarm rate is <= 0.2% + 0.02%.
-Power (tests/power.py): the default N (2,000-3,000) catches a TV bias of roughly 8% with 99%
-probability; the `slow` variants draw the N at which the pooled chi-square catches any 2% TV
-bias with >= 99% probability (about 10^5 here: tens of minutes each on 2 cores).
+Power (tests/power.py): the default N (3,000 / 2,000) catches any TV bias of 11% / 12% with
+99% probability (worst-case direction, df = pooled bins - 1); the `slow` variants draw the N
+at which the pooled chi-square catches any 2% TV bias with >= 99% probability (141,230 /
+79,571 here: tens of minutes each on 2 cores).
 """
 
 import itertools
