@@ -13,9 +13,10 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from specdec.bench.metrics import OVERALL
 from specdec.bench.report import validate
 from specdec.bench.suite import BenchConfig, run_benchmark
-from specdec.bench.workloads import load_questions, prompt_ids
+from specdec.bench.workloads import load_questions
 from specdec.cli import main
 from specdec.models import wrap
+from specdec.prompts import user_prompt_ids
 
 CHARS = string.ascii_letters + string.digits + " .,;:!?'\"()-\n"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -66,7 +67,7 @@ def test_questions_grouped_and_limited(tmp_path):
 
 def test_chat_template_applied():
     tokenizer = char_tokenizer()
-    ids = prompt_ids(tokenizer, "hi")
+    ids = user_prompt_ids(tokenizer, "hi")
     assert tokenizer.decode(ids) == "<s>user: hi\nassistant: "
 
 

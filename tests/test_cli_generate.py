@@ -235,6 +235,34 @@ def test_contention_warning_names_the_threads_to_use(models, capsys, monkeypatch
     assert code == 0 and "warning" not in err
 
 
+def test_default_threads_leave_busy_cores_alone(models, capsys, monkeypatch):
+    from specdec import machine
+
+    monkeypatch.setattr(machine, "load_average", lambda: (1.6, 1.5, 1.0))
+    monkeypatch.setattr(machine, "cpu_count", lambda: 2)
+    torch.set_num_threads(2)  # torch's default on 2 cores
+    try:
+        code, _, err = run(capsys, "hi", "--target", str(models["target"]),
+                           "--max-new-tokens", "2")
+        assert code == 0 and "warning" not in err
+        assert torch.get_num_threads() == 1  # 0.4 cores idle: one thread, no waiting
+    finally:
+        torch.set_num_threads(1)  # the suite's setting (conftest)
+
+
+def test_starved_decoding_warns_after_the_run(models, capsys, monkeypatch):
+    import specdec.cli.generate as generate
+
+    class Starved:  # 10 s wall, 3 s CPU: 30% of one thread's time
+        def elapsed(self):
+            return 10.0, 3.0
+
+    monkeypatch.setattr(generate, "CpuMeter", Starved)
+    code, _, err = run(capsys, "hi", "--target", str(models["target"]), "--max-new-tokens", "2")
+    assert code == 0
+    assert err.rstrip("\n").split("\n")[-1].startswith("specdec: warning: decoding got 30% ")
+
+
 def test_no_network_while_fetching_is_one_line_and_leaves_no_file(capsys, tmp_path,
                                                                    monkeypatch):
     monkeypatch.setenv(fetch.CACHE_ENV, str(tmp_path / "cache"))

@@ -160,3 +160,42 @@ def test_build_gamma_and_drafter_specs():
         build_drafter("ngram:3", None, None)
     with pytest.raises(ValueError, match="min_n"):
         build_drafter("ngram:5:2", None, None)
+
+
+def _batch_controller(a: float, b: float):
+    """A batch controller that has seen forwards cost a + b * tokens."""
+    from specdec.controller_batch import BatchGammaController
+
+    controller = BatchGammaController()
+    for tokens in (1, 5, 16, 80):
+        controller.observe(tokens, a + b * tokens, 0, 0.0)
+    return controller
+
+
+def test_batch_controller_backs_off_as_the_batch_grows_and_returns():
+    """Verification nearly free at one row, ~linear in tokens at many: speculation pays
+    alone, switches off for 16 rows, comes back when the batch shrinks."""
+    controller = _batch_controller(a=1.0, b=0.1)
+    assert controller.choose([0.6], [16]) >= 2
+    assert controller.choose([0.6] * 16, [16] * 16) == 0
+    assert controller.choose([0.6] * 2, [16] * 2) >= 2
+
+
+def test_batch_controller_follows_acceptance_and_cost():
+    cheap = _batch_controller(a=1.0, b=0.001)  # a GPU-like flat forward
+    assert cheap.choose([0.9] * 8, [16] * 8) >= 6
+    assert cheap.choose([0.05] * 8, [16] * 8) <= 1
+    steep = _batch_controller(a=1.0, b=0.5)  # every token costs half a forward
+    assert steep.choose([0.3], [16]) == 0
+    assert cheap.choose([0.9] * 4, [2, 1, 0, 2]) <= 2  # never wider than any row may draft
+
+
+def test_batch_controller_measures_a_second_width_first():
+    from specdec.controller_batch import BatchGammaController, expected_tokens
+
+    controller = BatchGammaController()
+    assert controller.choose([0.5] * 4, [8] * 4) == 4  # initial width
+    controller.observe(20, 1.0, 16, 0.01)
+    assert controller.choose([0.5] * 4, [8] * 4) == 0  # then a plain step for the slope
+    assert expected_tokens(0.5, 0) == 1.0 and expected_tokens(1.0, 3) == 4.0
+    assert abs(expected_tokens(0.5, 2) - 1.75) < 1e-12

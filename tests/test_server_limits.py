@@ -22,6 +22,7 @@ def url(tmp_path_factory):
                             layers=8)
     with serve("--target", str(model), "--draft", "none", "--dtype", "float32",
                "--threads", "1", "--served-model-name", "tiny", "--max-queue", "1",
+               "--max-batch-size", "1",
                "--max-body-bytes", "4096", "--max-tokens-limit", str(LONG)) as base:
         yield base
 

@@ -41,7 +41,7 @@ def long_model(tmp_path_factory) -> Path:
 
 def start(model: Path, grace: float):
     return start_server("--target", str(model), "--draft", "none", "--dtype", "float32",
-                        "--threads", "1", "--served-model-name", "tiny",
+                        "--threads", "1", "--served-model-name", "tiny", "--max-batch-size", "1",
                         "--max-tokens-limit", str(LONG), "--shutdown-grace", str(grace))
 
 

@@ -17,6 +17,7 @@ from specdec.batch import DRAFT_RESERVE, BatchDecoder, forks
 from specdec.controller import GammaPolicy
 from specdec.drafters.base import Drafter
 from specdec.drafters.model import ModelDrafter
+from specdec.errors import UsageError
 from specdec.models.base import LanguageModel, check_same_vocabulary
 from specdec.models.rows import Rows, SingleRow, make_rows
 from specdec.models.static import StaticCausalLM
@@ -145,7 +146,7 @@ class SpeculativeDecoder:
         """Prompt as token ids [1, T]; strings need the target's tokenizer."""
         if isinstance(prompt, str):
             if not prompt:
-                raise ValueError("prompt is empty")
+                raise UsageError("prompt is empty")
             if self.tokenizer is None:
                 raise ValueError("prompt is text but the target has no tokenizer; pass token ids")
             prompt = self.tokenizer(prompt).input_ids
@@ -153,11 +154,11 @@ class SpeculativeDecoder:
         if ids.ndim == 1:
             ids = ids[None]
         if ids.ndim != 2 or ids.shape[1] == 0:
-            raise ValueError("prompt is empty" if ids.numel() == 0 else "prompt must be 1-D ids")
+            raise UsageError("prompt is empty" if ids.numel() == 0 else "prompt must be 1-D ids")
         if ids.shape[0] != 1:
             raise NotImplementedError("batched prompts are not supported yet (batch 1 only)")
         if ids.min() < 0 or ids.max() >= self.target.vocab_size:
-            raise ValueError(f"prompt token ids must be in [0, {self.target.vocab_size})")
+            raise UsageError(f"prompt token ids must be in [0, {self.target.vocab_size})")
         return ids
 
     def decode(self, tokens: list[int]) -> str:
@@ -168,7 +169,7 @@ class SpeculativeDecoder:
     def _check_length(self, prompt_ids: torch.Tensor, params: SamplingParams) -> None:
         window = self.target.max_length
         if window is not None and prompt_ids.shape[1] + params.max_new_tokens > window:
-            raise ValueError(
+            raise UsageError(
                 f"max_new_tokens={params.max_new_tokens} plus the prompt's "
                 f"{prompt_ids.shape[1]} tokens exceeds the model's context of {window} tokens")
 

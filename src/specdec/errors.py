@@ -5,6 +5,14 @@ class SpecdecError(Exception):
     """Base class: a message meant for the user."""
 
 
+class UsageError(SpecdecError, ValueError):
+    """Bad input the user can fix: a flag's value, a drafter spec, a prompt, a file to read.
+
+    A ValueError too, so library callers that catch ValueError keep working; ValueErrors that
+    are not UsageErrors are bugs, and the CLI shows their traceback.
+    """
+
+
 class VocabularyMismatchError(SpecdecError, ValueError):
     """Drafter and target do not share a vocabulary."""
 

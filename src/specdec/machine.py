@@ -2,12 +2,18 @@
 
 torch's intra-op threads wait for each other at every operation: when another job holds a
 core, a 2-thread forward waits on a descheduled thread (here: 0.8 tok/s with 2 threads on a
-busy 2-core machine against 10.2 tok/s with --threads 1).
+busy 2-core machine against 10.2 tok/s with --threads 1). Measured again on the 2-core
+machine at load average 2.0-2.6 (8 s loops of one-row matmuls of Qwen-0.5B's MLP
+shape): 2 threads 7.2-8.2 steps/s with 34-39% of the CPU time they asked for, 1 thread
+28.6 steps/s with 80%. So the default is the cores other jobs leave idle, and a decoding
+that got well under its threads' CPU time says so afterwards.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass, field
 
 
 def cpu_count() -> int:
@@ -26,6 +32,22 @@ def load_average() -> tuple[float, float, float] | None:
         return None
 
 
+def idle_cores(cores: int | None = None, load: float | None = None) -> int:
+    """Cores other jobs leave idle: cores minus the 1-minute load average, at least 1."""
+    cores = cpu_count() if cores is None else cores
+    if load is None:
+        averages = load_average()
+        load = 0.0 if averages is None else averages[0]
+    return max(1, min(cores, int(cores - load + 0.5)))
+
+
+def default_threads(available: int, cores: int | None = None,
+                    load: float | None = None) -> int:
+    """Threads to use when the user chose none: torch's default (`available`), but no more
+    than the idle cores, since a thread that waits for a busy core stalls every step."""
+    return max(1, min(available, idle_cores(cores, load)))
+
+
 def contention_warning(threads: int, cores: int | None = None,
                        load: float | None = None) -> str | None:
     """A one-line warning when `threads` exceed the cores left idle by other jobs, else None.
@@ -38,9 +60,44 @@ def contention_warning(threads: int, cores: int | None = None,
         if averages is None:
             return None
         load = averages[0]
-    idle = max(1, int(cores - load + 0.5))
+    idle = idle_cores(cores, load)
     if threads <= idle:
         return None
     return (f"warning: torch uses {threads} threads but the load average is {load:.1f} on "
             f"{cores} cores (about {idle} idle): threads that wait for a busy core can slow "
             f"decoding 10x; pass --threads {idle}")
+
+
+# below this share of the CPU time its threads asked for, decoding was starved (measured:
+# 34-39% when 2 threads collapsed 3.5x; a lone thread on the same busy machine got 67-80%)
+STARVED_SHARE = 0.6
+MIN_WALL_SECONDS = 2.0  # shorter runs say little
+
+
+@dataclass
+class CpuMeter:
+    """Wall and process CPU time since creation: how much of its threads' CPU it got."""
+
+    wall0: float = field(default_factory=time.perf_counter)
+    cpu0: float = field(default_factory=time.process_time)
+
+    def elapsed(self) -> tuple[float, float]:
+        """(wall seconds, CPU seconds of all this process's threads) since creation."""
+        return time.perf_counter() - self.wall0, time.process_time() - self.cpu0
+
+
+def starvation_warning(wall: float, cpu: float, threads: int,
+                       cores: int | None = None, load: float | None = None) -> str | None:
+    """A one-line warning when `threads` got well under the CPU time they asked for over
+    `wall` seconds (other jobs held the cores: tok/s collapsed), else None."""
+    if wall < MIN_WALL_SECONDS or threads < 1:
+        return None
+    share = cpu / (wall * threads)
+    if share >= STARVED_SHARE:
+        return None
+    idle = idle_cores(cores, load)
+    advice = f"pass --threads {idle}" if idle < threads else \
+        "rerun when the machine is idle"
+    return (f"warning: decoding got {share:.0%} of the CPU time its {threads} thread(s) asked "
+            f"for: other jobs held the cores, so the speed above is not this machine's; "
+            f"{advice}")

@@ -1,8 +1,11 @@
-"""Prompts through a tokenizer's chat template, shared by the CLI and the server."""
+"""Prompts through a tokenizer's chat template: the one encoding of chat messages, used by
+`generate --chat`, `chat`, the server's /v1/chat/completions and the benchmark."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from specdec.errors import UsageError
 
 
 def chat_text(tokenizer: Any, messages: list[dict]) -> str:
@@ -19,9 +22,28 @@ def chat_text(tokenizer: Any, messages: list[dict]) -> str:
         return tokenizer.apply_chat_template(messages, tokenize=False,
                                              add_generation_prompt=True)
     except TemplateError as error:  # also what a template's raise_exception() raises
-        raise ValueError(f"the chat template refused the messages: {error}") from None
+        raise UsageError(f"the chat template refused the messages: {error}") from None
 
 
 def chat_ids(tokenizer: Any, messages: list[dict]) -> list[int]:
-    """Token ids of chat_text: the template writes the special tokens (BOS) itself."""
-    return list(tokenizer(chat_text(tokenizer, messages), add_special_tokens=False).input_ids)
+    """Token ids of the messages, ready for the assistant's reply (see chat_prompt)."""
+    return chat_prompt(tokenizer, messages)[1]
+
+
+def chat_prompt(tokenizer: Any, messages: list[dict]) -> tuple[str, list[int]]:
+    """(chat_text, its token ids): the template writes the special tokens (BOS) itself, so
+    the tokenizer adds none."""
+    text = chat_text(tokenizer, messages)
+    return text, text_ids(tokenizer, text, add_special_tokens=False)
+
+
+def user_prompt_ids(tokenizer: Any, text: str) -> list[int]:
+    """One user message through the chat template when the tokenizer has one, else the
+    text as is (with the tokenizer's own special tokens): how the benchmark asks."""
+    if getattr(tokenizer, "chat_template", None):
+        return chat_ids(tokenizer, [{"role": "user", "content": text}])
+    return text_ids(tokenizer, text)
+
+
+def text_ids(tokenizer: Any, text: str, add_special_tokens: bool = True) -> list[int]:
+    return [int(t) for t in tokenizer(text, add_special_tokens=add_special_tokens).input_ids]

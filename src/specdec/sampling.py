@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from specdec.errors import UsageError
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -50,53 +52,53 @@ class SamplingParams:
     def __post_init__(self) -> None:
         _check_number("temperature", self.temperature)
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+            raise UsageError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+            raise UsageError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
         _check_number("top_p", self.top_p)
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise UsageError(f"top_p must be in (0, 1], got {self.top_p}")
         _check_number("min_p", self.min_p)
         if not 0 <= self.min_p < 1:
-            raise ValueError(f"min_p must be in [0, 1), got {self.min_p}")
+            raise UsageError(f"min_p must be in [0, 1), got {self.min_p}")
         seed = self.seed
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
+            raise UsageError(f"seed must be an integer or None, got {self.seed!r}")
         mnt = self.max_new_tokens
         if isinstance(mnt, bool) or not isinstance(mnt, int) or mnt < 1:
-            raise ValueError(f"max_new_tokens must be an integer >= 1, got {mnt!r}")
+            raise UsageError(f"max_new_tokens must be an integer >= 1, got {mnt!r}")
         stops = tuple(self.stop_token_ids)
         if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in stops):
-            raise ValueError(f"stop_token_ids must be non-negative integers, got {stops!r}")
+            raise UsageError(f"stop_token_ids must be non-negative integers, got {stops!r}")
         object.__setattr__(self, "stop_token_ids", stops)
         if self.coupled is not None and not isinstance(self.coupled, bool):
-            raise ValueError(f"coupled must be true, false or None, got {self.coupled!r}")
+            raise UsageError(f"coupled must be true, false or None, got {self.coupled!r}")
         self._check_penalties()
         lp = self.logprobs
         if lp is not None and (isinstance(lp, bool) or not isinstance(lp, int)
                                or not 0 <= lp <= MAX_LOGPROBS):
-            raise ValueError(f"logprobs must be None or an integer in [0, {MAX_LOGPROBS}], "
+            raise UsageError(f"logprobs must be None or an integer in [0, {MAX_LOGPROBS}], "
                              f"got {lp!r}")
 
     def _check_penalties(self) -> None:
         _check_number("repetition_penalty", self.repetition_penalty)
         if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0 (1 = off), got "
+            raise UsageError(f"repetition_penalty must be > 0 (1 = off), got "
                              f"{self.repetition_penalty}")
         for name in ("frequency_penalty", "presence_penalty"):
             _check_number(name, getattr(self, name))
             if not -2 <= getattr(self, name) <= 2:
-                raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
+                raise UsageError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
         bias = self.logit_bias
         pairs = list(bias.items() if isinstance(bias, Mapping) else _pairs(bias))
         if len(pairs) > MAX_LOGIT_BIAS:
-            raise ValueError(f"logit_bias has at most {MAX_LOGIT_BIAS} entries")
+            raise UsageError(f"logit_bias has at most {MAX_LOGIT_BIAS} entries")
         for token, value in pairs:
             if isinstance(token, bool) or not isinstance(token, int) or token < 0:
-                raise ValueError(f"logit_bias keys must be token ids >= 0, got {token!r}")
+                raise UsageError(f"logit_bias keys must be token ids >= 0, got {token!r}")
             _check_number("logit_bias value", value)
             if not -100 <= value <= 100:
-                raise ValueError(f"logit_bias values must be in [-100, 100], got {value}")
+                raise UsageError(f"logit_bias values must be in [-100, 100], got {value}")
         object.__setattr__(self, "logit_bias", tuple(sorted((t, float(v)) for t, v in pairs)))
 
     @property
@@ -109,7 +111,7 @@ class SamplingParams:
         """ValueError if a token id of logit_bias is outside the model's vocabulary."""
         bad = [t for t, _ in self.logit_bias if t >= vocab_size]
         if bad:
-            raise ValueError(f"logit_bias token id {bad[0]} is outside the vocabulary "
+            raise UsageError(f"logit_bias token id {bad[0]} is outside the vocabulary "
                              f"[0, {vocab_size})")
 
     @property
@@ -131,13 +133,13 @@ MAX_LOGIT_BIAS = 1024
 def _pairs(items: Iterable) -> Iterable[tuple]:
     for item in items:
         if not isinstance(item, tuple | list) or len(item) != 2:
-            raise ValueError(f"logit_bias must map token ids to biases, got {item!r}")
+            raise UsageError(f"logit_bias must map token ids to biases, got {item!r}")
         yield tuple(item)
 
 
 def _check_number(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        raise UsageError(f"{name} must be a finite number, got {value!r}")
 
 
 def adjusted_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:

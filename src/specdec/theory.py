@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from specdec.errors import UsageError
+
 
 def _check(alpha: float, gamma: int | None = None, c: float | None = None) -> None:
     if not 0 <= alpha < 1:
-        raise ValueError(f"alpha must be in [0, 1), got {alpha}")
+        raise UsageError(f"alpha must be in [0, 1), got {alpha}")
     if gamma is not None and (not isinstance(gamma, int) or gamma < 0):
-        raise ValueError(f"gamma must be an integer >= 0, got {gamma!r}")
+        raise UsageError(f"gamma must be an integer >= 0, got {gamma!r}")
     if c is not None and c < 0:
-        raise ValueError(f"c must be >= 0, got {c}")
+        raise UsageError(f"c must be >= 0, got {c}")
 
 
 def expected_tokens(alpha: float, gamma: int) -> float:

@@ -27,8 +27,14 @@ def llamacpp_methods(gguf: str | Path, threads: int, context: int = 4096,
 
     def load(draft=None) -> Llama:
         with _plain_cpu_buffers():
+            # with a draft model, Llama keeps every position's logits (it verifies drafts from
+            # them) but sizes its `scores` buffer from the logits_all argument: n_batch (512)
+            # rows unless logits_all=True, so every prompt over 512 tokens failed with "could
+            # not broadcast input array from shape (R * n_vocab,) into shape (0,)". Costs
+            # n_ctx x n_vocab float32 of address space, touched for prompt + output rows.
             return Llama(model_path=str(gguf), n_ctx=context, n_threads=threads,
-                         n_threads_batch=threads, draft_model=draft, verbose=False, seed=0)
+                         n_threads_batch=threads, draft_model=draft, verbose=False, seed=0,
+                         logits_all=draft is not None)
 
     plain = load()
     lookup = load(LlamaPromptLookupDecoding(num_pred_tokens=lookup_tokens))

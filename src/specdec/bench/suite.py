@@ -16,10 +16,12 @@ from specdec.bench.methods import PLAIN, Method, hf_methods, specdec_method
 from specdec.bench.metrics import summarize
 from specdec.bench.report import write_outputs
 from specdec.bench.runner import Prompt, RunConfig, run
-from specdec.bench.workloads import CATEGORIES, load_questions, prompt_ids
+from specdec.bench.workloads import CATEGORIES, Question, load_questions
 from specdec.drafters.factory import build_drafter, build_gamma, parse_draft, split_gammas
+from specdec.errors import UsageError
 from specdec.machine import cpu_count, load_average
 from specdec.models.base import LanguageModel
+from specdec.prompts import user_prompt_ids
 
 Loader = Callable[[str], LanguageModel]
 
@@ -97,13 +99,18 @@ def build_methods(config: BenchConfig, target: LanguageModel, loader: Loader,
     return methods, notes
 
 
+def bench_prompts(tokenizer: Any, questions: list[Question]) -> list[Prompt]:
+    """Each question as one user message, through the chat template (prompts.py)."""
+    return [Prompt(q, user_prompt_ids(tokenizer, q.text)) for q in questions]
+
+
 def run_benchmark(config: BenchConfig, target: LanguageModel, loader: Loader,
                   gguf: str | Path | None = None) -> dict[str, Path]:
     """Run every method on the configured questions; write results.json, report.md, plots."""
     if target.tokenizer is None:
-        raise ValueError("the benchmark needs a target with a tokenizer (for the questions)")
+        raise UsageError("the benchmark needs a target with a tokenizer (for the questions)")
     questions = load_questions(config.questions, config.categories, config.per_category)
-    prompts = [Prompt(q, prompt_ids(target.tokenizer, q.text)) for q in questions]
+    prompts = bench_prompts(target.tokenizer, questions)
     methods, notes = build_methods(config, target, loader, gguf)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)

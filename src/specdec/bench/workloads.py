@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from specdec.errors import UsageError
+
 # Spec-Bench's own categories; the MT-bench ones are grouped as "conversation"
 CATEGORIES = ("conversation", "translation", "summarization", "qa", "math_reasoning", "rag")
 MT_BENCH = frozenset({"writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem",
@@ -35,9 +37,9 @@ def load_questions(path: str | Path, categories: list[str] | None = None,
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ValueError(f"--questions: no such file: {path}")
+        raise UsageError(f"--questions: no such file: {path}")
     if path.stat().st_size > MAX_QUESTIONS_BYTES:
-        raise ValueError(f"{path}: larger than {MAX_QUESTIONS_BYTES} bytes")
+        raise UsageError(f"{path}: larger than {MAX_QUESTIONS_BYTES} bytes")
     wanted = None if categories is None else set(categories)
     by_category: dict[str, list[tuple[int, Question]]] = {}
     seen_raw: dict[str, int] = {}
@@ -53,7 +55,7 @@ def load_questions(path: str | Path, categories: list[str] | None = None,
             by_category.setdefault(question.category, []).append((seen_raw[raw], question))
     missing = sorted((wanted or set()) - set(by_category))
     if missing:
-        raise ValueError(f"{path}: no questions in categories {', '.join(missing)}")
+        raise UsageError(f"{path}: no questions in categories {', '.join(missing)}")
     # categories alternate (first of each, second of each, ...) so a run cut short by a time
     # limit still covers every category; the order of `categories` decides who goes first
     order = list(categories) if categories else list(by_category)
@@ -66,19 +68,8 @@ def _parse(row: Any, path: Path, number: int) -> tuple[str, Question]:
     try:
         text = row["turns"][0]
         if not isinstance(text, str) or not text.strip():
-            raise ValueError("first turn is empty")
+            raise UsageError("first turn is empty")
         raw = str(row["category"])
         return raw, Question(str(row["question_id"]), category_of(raw), text)
     except (KeyError, IndexError, TypeError, ValueError) as error:
-        raise ValueError(f"{path}:{number}: not a Spec-Bench question ({error!r})") from error
-
-
-def prompt_ids(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of the prompt: the chat template with a generation prompt when there is one."""
-    if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                            add_generation_prompt=True, tokenize=True)
-        if hasattr(ids, "keys"):  # some versions return a BatchEncoding
-            ids = ids["input_ids"]
-        return [int(t) for t in ids]
-    return [int(t) for t in tokenizer(text).input_ids]
+        raise UsageError(f"{path}:{number}: not a Spec-Bench question ({error!r})") from error

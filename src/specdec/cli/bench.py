@@ -11,6 +11,7 @@ import torch
 
 from specdec.bench.workloads import CATEGORIES, DEFAULT_QUESTIONS
 from specdec.cli.options import add_runtime_arguments, runtime_options
+from specdec.errors import UsageError
 from specdec.machine import contention_warning
 
 DEFAULT_TARGET = "qwen2.5-coder-0.5b"
@@ -82,7 +83,7 @@ def main(argv: list[str]) -> int:
         float(_bounded(args.max_minutes, "--max-minutes", 0, 10080)))
     _check_drafts(config)
     if not Path(config.questions).expanduser().is_file():
-        raise ValueError(f"--questions: no such file: {config.questions}")
+        raise UsageError(f"--questions: no such file: {config.questions}")
     torch.set_num_threads(config.threads)
     warning = contention_warning(config.threads) if runtime.device.type == "cpu" else None
     if warning:
@@ -118,13 +119,13 @@ def _check_drafts(config) -> None:
 def _list(text: str, flag: str) -> list[str]:
     items = [x.strip() for x in text.split(",") if x.strip()]
     if not items:
-        raise ValueError(f"{flag} is empty")
+        raise UsageError(f"{flag} is empty")
     return items
 
 
 def _bounded(value: int, flag: str, low: int, high: int) -> int:
     if not low <= value <= high:
-        raise ValueError(f"{flag} must be in [{low}, {high}], got {value}")
+        raise UsageError(f"{flag} must be in [{low}, {high}], got {value}")
     return value
 
 
@@ -141,7 +142,7 @@ def _temperature(text: str) -> float:
     except ValueError:
         value = -1.0
     if not 0 <= value <= 100:
-        raise ValueError(f"--temperatures: each must be a number in [0, 100], got {text!r}")
+        raise UsageError(f"--temperatures: each must be a number in [0, 100], got {text!r}")
     return value
 
 

@@ -22,6 +22,7 @@ from specdec.cli.generate import (
 )
 from specdec.cli.render import Outcome, finish_line, renderer, summary
 from specdec.decoding import SpeculativeDecoder
+from specdec.errors import UsageError
 from specdec.prompts import chat_ids
 from specdec.sampling import SamplingParams
 
@@ -43,7 +44,7 @@ def main(argv: list[str]) -> int:
     params, stops = sampling_params(args), stop_strings(args.stop)
     decoder = load_decoder(args)
     if not getattr(decoder.tokenizer, "chat_template", None):
-        raise ValueError(f"{args.target} has no chat template; use `specdec generate`")
+        raise UsageError(f"{args.target} has no chat template; use `specdec generate`")
     interactive = sys.stdin.isatty()
     if interactive:
         import readline  # noqa: F401  (line editing and history for input())

@@ -14,11 +14,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from specdec import prompts
 from specdec.cli.options import add_runtime_arguments, runtime_options
 from specdec.cli.render import compile_seconds, finish_line, renderer, summary
 from specdec.decoding import SpeculativeDecoder
 from specdec.drafters.factory import build_drafter, build_gamma, validate_spec
+from specdec.errors import UsageError
+from specdec.machine import CpuMeter, starvation_warning
 from specdec.sampling import SamplingParams
 
 DEFAULT_TARGET = "qwen2.5-coder-0.5b"
@@ -46,7 +50,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32", "float16"),
                    help="weights dtype (default auto: bfloat16 where the device computes it "
                         "natively, else float32 on a CPU, float16 on a GPU)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's, at most the cores other jobs leave "
+                        "idle at start)")
     add_runtime_arguments(p)
 
 
@@ -113,13 +119,15 @@ def main(argv: list[str]) -> int:
     tokenizer = decoder.tokenizer
     prompt: str | list[int] = prompt_text
     if args.chat or args.system is not None:
-        prompt_text = chat_text(tokenizer, chat_messages(args.system, prompt_text))
-        prompt = list(tokenizer(prompt_text, add_special_tokens=False).input_ids)
+        prompt_text, prompt = chat_prompt(tokenizer, chat_messages(args.system, prompt_text))
 
     out = io.StringIO() if args.json else sys.stdout
     if args.echo and not args.json:
         out.write(prompt_text)
+    meter = CpuMeter()
     outcome = renderer(out, tokenizer, stops, args.show).run(decoder.stream(prompt, params))
+    starved = starvation_warning(*meter.elapsed(), torch.get_num_threads()) \
+        if decoder.target.device.type == "cpu" else None
     if args.json:
         report: dict[str, Any] = {
             "text": outcome.text, "tokens": outcome.tokens,
@@ -134,15 +142,17 @@ def main(argv: list[str]) -> int:
     print(finish_line(outcome, tokenizer, params.max_new_tokens), file=sys.stderr)
     print(summary(outcome.stats, drafter_name(decoder),
                   compile_seconds(decoder.target, decoder.drafter)), file=sys.stderr)
+    if starved:
+        print(f"specdec: {starved}", file=sys.stderr)
     return 0
 
 
 def read_prompt(prompt: str | None, file: str | None) -> str:
     """The prompt from the argument, a file or stdin (`-`); ValueError if none or empty."""
     if prompt is not None and file is not None:
-        raise ValueError("give the prompt as an argument or with -f FILE, not both")
+        raise UsageError("give the prompt as an argument or with -f FILE, not both")
     if prompt is None and file is None:
-        raise ValueError("no prompt: give it as an argument, with -f FILE, or `-` for stdin")
+        raise UsageError("no prompt: give it as an argument, with -f FILE, or `-` for stdin")
     if file is None and prompt != "-":
         text = prompt
     elif (file or prompt) == "-":
@@ -150,7 +160,7 @@ def read_prompt(prompt: str | None, file: str | None) -> str:
     else:
         text = _read_file(Path(file))
     if not text.strip():
-        raise ValueError("the prompt is empty")
+        raise UsageError("the prompt is empty")
     return text
 
 
@@ -163,23 +173,23 @@ def _read_stdin() -> str:
 
 def _read_file(path: Path) -> str:
     if not path.is_file():
-        raise ValueError(f"prompt file not found: {path}")
+        raise UsageError(f"prompt file not found: {path}")
     with path.open("rb") as handle:
         return _bounded(handle.read(MAX_PROMPT_BYTES + 1), str(path))
 
 
 def _bounded(data: bytes, where: str) -> str:
     if len(data) > MAX_PROMPT_BYTES:
-        raise ValueError(f"the prompt from {where} is over {MAX_PROMPT_BYTES} bytes")
+        raise UsageError(f"the prompt from {where} is over {MAX_PROMPT_BYTES} bytes")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise ValueError(f"the prompt from {where} is not UTF-8 text") from None
+        raise UsageError(f"the prompt from {where} is not UTF-8 text") from None
 
 
 def sampling_params(args: argparse.Namespace) -> SamplingParams:
     if args.max_new_tokens > MAX_NEW_TOKENS:
-        raise ValueError(f"--max-new-tokens must be <= {MAX_NEW_TOKENS}")
+        raise UsageError(f"--max-new-tokens must be <= {MAX_NEW_TOKENS}")
     return SamplingParams(
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
         seed=args.seed, max_new_tokens=args.max_new_tokens,
@@ -198,7 +208,7 @@ def logit_bias(values: list[str]) -> dict[int, float]:
         except ValueError:
             sep = ""
         if not sep:
-            raise ValueError(f"--logit-bias takes ID=BIAS (e.g. 13=-100), got {value!r}")
+            raise UsageError(f"--logit-bias takes ID=BIAS (e.g. 13=-100), got {value!r}")
     return out
 
 
@@ -215,10 +225,10 @@ def logprobs_report(logprobs: list, tokenizer: Any) -> list[dict]:
 def stop_strings(values: list[str]) -> list[str]:
     """--stop values with \\n, \\t, \\r and \\\\ read as escapes; bounded in number and size."""
     if len(values) > MAX_STOPS:
-        raise ValueError(f"at most {MAX_STOPS} --stop strings")
+        raise UsageError(f"at most {MAX_STOPS} --stop strings")
     stops = [_unescape(v) for v in values]
     if any(not s or len(s) > MAX_STOP_LENGTH for s in stops):
-        raise ValueError(f"--stop strings must have 1 to {MAX_STOP_LENGTH} characters")
+        raise UsageError(f"--stop strings must have 1 to {MAX_STOP_LENGTH} characters")
     return stops
 
 
@@ -239,17 +249,16 @@ def load_decoder(args: argparse.Namespace) -> SpeculativeDecoder:
     gamma = build_gamma(args.gamma)
     validate_spec(args.draft, "--draft")  # a typo fails now, not after the target's load
     if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
-        raise ValueError(f"--threads must be in [1, {MAX_THREADS}], got {args.threads}")
+        raise UsageError(f"--threads must be in [1, {MAX_THREADS}], got {args.threads}")
     runtime = runtime_options(args)
 
-    import torch
-
-    from specdec.machine import contention_warning
+    from specdec.machine import contention_warning, default_threads
     from specdec.models.loading import load_model, resolve_dtype, set_threads
 
     dtype = resolve_dtype(None if args.dtype == "auto" else args.dtype, runtime.device)
-    if args.threads is not None:
-        set_threads(args.threads)
+    # default: torch's threads, but none that would wait for a core other jobs hold
+    set_threads(args.threads if args.threads is not None
+                else default_threads(torch.get_num_threads()))
     warning = contention_warning(torch.get_num_threads()) if runtime.device.type == "cpu" \
         else None
     if warning:
@@ -273,9 +282,9 @@ def chat_messages(system: str | None, prompt: str) -> list[dict]:
     return [*head, {"role": "user", "content": prompt}]
 
 
-def chat_text(tokenizer: Any, messages: list[dict]) -> str:
-    """The chat template's text; a missing template is a user error (exit code 1)."""
+def chat_prompt(tokenizer: Any, messages: list[dict]) -> tuple[str, list[int]]:
+    """prompts.chat_prompt; a missing template is a user error (exit code 1)."""
     try:
-        return prompts.chat_text(tokenizer, messages)
+        return prompts.chat_prompt(tokenizer, messages)
     except LookupError as error:
-        raise ValueError(f"--chat/--system: {error}") from None
+        raise UsageError(f"--chat/--system: {error}") from None

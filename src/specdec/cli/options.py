@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from specdec.errors import UsageError
 from specdec.models.device import DEVICE_CHOICES, resolve_device
 from specdec.models.wrap import RUNTIMES
 
@@ -43,5 +44,5 @@ def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
     device = resolve_device(args.device)
     compile = device.type == "cuda" if args.compile is None else bool(args.compile)
     if compile and args.runtime == "dynamic":
-        raise ValueError("--compile needs the static runtime; drop --runtime dynamic")
+        raise UsageError("--compile needs the static runtime; drop --runtime dynamic")
     return RuntimeOptions(device, compile, args.runtime)

@@ -9,10 +9,12 @@ from typing import Any
 
 from specdec.cli.options import add_runtime_arguments, runtime_options
 from specdec.server.app import DEFAULT_MAX_BODY
+from specdec.server.engine import DEFAULT_MAX_BATCH_SIZE
 
 DEFAULT_TARGET = "qwen2.5-coder-0.5b"
 DEFAULT_DRAFT = "ngram"
 MAX_QUEUE_LIMIT = 100_000
+MAX_BATCH_LIMIT = 256  # rows of KV cache held at once
 MAX_TOKENS_CEILING = 1 << 20
 MAX_BODY_CEILING = 64 << 20
 DEFAULT_GRACE = 3.0
@@ -42,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     parser.add_argument("--served-model-name", default=None,
                         help="model id clients use (default: --target)")
+    parser.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE,
+                        help="requests decoded together, one target forward per step; "
+                        f"waiting ones join between steps (default {DEFAULT_MAX_BATCH_SIZE}; "
+                        "1 on runners that cannot batch)")
     parser.add_argument("--max-queue", type=int, default=64,
                         help="requests that may wait; more get HTTP 429 (default 64)")
     parser.add_argument("--max-tokens-limit", type=int, default=4096,
@@ -96,7 +102,7 @@ def main(argv: list[str]) -> int:
         seconds = warm_up(target, drafter, args.max_tokens_limit)
         print(f"specdec serve: compiled steps in {seconds:.1f}s", file=sys.stderr)
     engine = Engine(SpeculativeDecoder(target, drafter, gamma),
-                    EngineConfig(max_queue=args.max_queue,
+                    EngineConfig(max_queue=args.max_queue, max_batch_size=args.max_batch_size,
                                  max_tokens_limit=args.max_tokens_limit))
     app = create_app(engine, args.served_model_name or args.target, args.max_body_bytes,
                      api_key=args.api_key, public_metrics=args.public_metrics)
@@ -132,6 +138,9 @@ def _check_bounds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(f"--port must be in [0, 65535], got {args.port}")
     if not 0 <= args.max_queue <= MAX_QUEUE_LIMIT:
         parser.error(f"--max-queue must be in [0, {MAX_QUEUE_LIMIT}], got {args.max_queue}")
+    if not 1 <= args.max_batch_size <= MAX_BATCH_LIMIT:
+        parser.error(f"--max-batch-size must be in [1, {MAX_BATCH_LIMIT}], "
+                     f"got {args.max_batch_size}")
     if not 1 <= args.max_tokens_limit <= MAX_TOKENS_CEILING:
         parser.error(f"--max-tokens-limit must be in [1, {MAX_TOKENS_CEILING}]")
     if not 1 <= args.max_body_bytes <= MAX_BODY_CEILING:

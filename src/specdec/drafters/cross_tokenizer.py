@@ -20,7 +20,7 @@ import torch
 
 from specdec.drafters.base import Proposal
 from specdec.drafters.model import fork_model, sync_cache
-from specdec.errors import VocabularyMismatchError
+from specdec.errors import UsageError, VocabularyMismatchError
 from specdec.models.base import LanguageModel
 from specdec.noise import draw
 from specdec.sampling import SamplingParams, TokenHistory, adjusted_probs, penalize
@@ -49,7 +49,7 @@ class CrossTokenizerDrafter:
 
     def __init__(self, model: LanguageModel, target: LanguageModel):
         if model.tokenizer is None or target.tokenizer is None:
-            raise ValueError("a cross-tokenizer drafter needs tokenizers on drafter and target")
+            raise UsageError("a cross-tokenizer drafter needs tokenizers on drafter and target")
         self.model = model
         self.name = f"{model.name} (cross-tokenizer)"
         self.target_tokenizer = target.tokenizer

@@ -19,7 +19,7 @@ from pathlib import Path
 from specdec.controller import GammaPolicy
 from specdec.drafters.base import Drafter
 from specdec.drafters.model import ModelDrafter
-from specdec.errors import VocabularyMismatchError
+from specdec.errors import UsageError, VocabularyMismatchError
 from specdec.models.base import LanguageModel, check_same_vocabulary
 
 MAX_GAMMA = 64
@@ -54,29 +54,29 @@ def parse_draft(spec: str) -> DraftSpec:
     if plus and head.split(":", 1)[0] == "ngram" and not Path(spec).exists():
         _ngram_args(head.partition(":")[2])  # validates
         if not rest.strip():
-            raise ValueError(f"--draft {head}+MODEL needs a model name or path after '+'")
+            raise UsageError(f"--draft {head}+MODEL needs a model name or path after '+'")
         lookup, spec = head, rest.strip()
     if spec.lower() in ("", "none"):
         if lookup:
-            raise ValueError(f"--draft {lookup}+MODEL needs a model name or path after '+'")
+            raise UsageError(f"--draft {lookup}+MODEL needs a model name or path after '+'")
         return DraftSpec(None, "none")
     kind, _, arg = spec.partition(":")
     if kind in MODEL_FREE[1:]:
         if lookup:
-            raise ValueError(f"--draft {lookup}+{spec}: only a model or self may follow '+'")
+            raise UsageError(f"--draft {lookup}+{spec}: only a model or self may follow '+'")
         return DraftSpec(None, kind, arg)
     if Path(spec).exists():  # a local model path is taken as it is, '@' and ':' included
         return DraftSpec(lookup, "model", spec)
     name, *options = spec.split("@")
     if arg and "@" not in kind and len(kind) > 1 and not Path(name).exists():
-        raise ValueError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
+        raise UsageError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
     bits, vocab = _options(name, options)
     if name == SELF:
         return DraftSpec(lookup, SELF, "", bits, vocab)
     if vocab is not None:
-        raise ValueError(f"--draft {spec}: @vocab=N applies to self only")
+        raise UsageError(f"--draft {spec}: @vocab=N applies to self only")
     if not name:
-        raise ValueError(f"--draft {spec!r} names no model before '@'")
+        raise UsageError(f"--draft {spec!r} names no model before '@'")
     return DraftSpec(lookup, "model", name, bits)
 
 
@@ -126,7 +126,7 @@ def build_gamma(value: str | int) -> int | Callable[[], GammaPolicy]:
     except ValueError:
         gamma = -1
     if not 0 <= gamma <= MAX_GAMMA:
-        raise ValueError(f"--gamma must be 'auto' or an integer in [0, {MAX_GAMMA}], got {value!r}")
+        raise UsageError(f"--gamma must be 'auto' or an integer in [0, {MAX_GAMMA}], got {value!r}")
     return gamma
 
 
@@ -138,11 +138,11 @@ def _options(name: str, options: list[str]) -> tuple[int | None, int | None]:
         elif option.startswith("vocab=") and vocab is None:
             text = option[len("vocab="):].replace("_", "")
             if not text.isdigit() or not 1 <= int(text) <= MAX_VOCAB:
-                raise ValueError(f"@vocab=N needs an integer N in [1, {MAX_VOCAB}], "
+                raise UsageError(f"@vocab=N needs an integer N in [1, {MAX_VOCAB}], "
                                  f"got {option!r}")
             vocab = int(text)
         else:
-            raise ValueError(f"unknown or repeated option @{option} after {name!r}; known: "
+            raise UsageError(f"unknown or repeated option @{option} after {name!r}; known: "
                              "@int8, @int4, @vocab=N (self only)")
     return bits, vocab
 
@@ -152,7 +152,7 @@ def _ngram_args(arg: str) -> tuple[int, int] | None:
         return None
     parts = arg.split(":")
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise ValueError(f"--draft ngram:MIN:MAX needs two integers, got 'ngram:{arg}'")
+        raise UsageError(f"--draft ngram:MIN:MAX needs two integers, got 'ngram:{arg}'")
     return int(parts[0]), int(parts[1])
 
 
@@ -167,9 +167,9 @@ def _ngram_lm(kind: str, arg: str, target: LanguageModel) -> Drafter:
     from specdec.drafters.ngram_lm import NgramLMDrafter
 
     if not arg:
-        raise ValueError(f"--draft {kind}:FILE needs a text corpus file")
+        raise UsageError(f"--draft {kind}:FILE needs a text corpus file")
     if target.tokenizer is None:
-        raise ValueError(f"--draft {kind}:FILE needs a target with a tokenizer")
+        raise UsageError(f"--draft {kind}:FILE needs a target with a tokenizer")
     order = 1 if kind == "unigram" else 2
     return NgramLMDrafter.from_file(arg, target.tokenizer, target.vocab_size, order)
 
@@ -202,7 +202,7 @@ def _quantized(model: LanguageModel, bits: int) -> LanguageModel:
 
     hf_model = getattr(model, "model", None)
     if hf_model is None:
-        raise ValueError(f"@int{bits} needs a transformers model, {model.name!r} is not one")
+        raise UsageError(f"@int{bits} needs a transformers model, {model.name!r} is not one")
     # a view: the loader's model keeps its layers; norms and embeddings are shared, not copied
     return wrap(low_bit_view(hf_model, bits), model.tokenizer, f"{model.name}@int{bits}",
                 compile=bool(getattr(model, "widths", ())))
@@ -227,26 +227,26 @@ def validate_spec(spec: str, flag: str = "--draft") -> None:
             _check_model_spec(parsed.arg)
     except (ValueError, OSError) as error:
         message = str(error).removeprefix("--draft ").removeprefix("--draft: ")
-        raise ValueError(f"{flag} {spec!r}: {message}") from None
+        raise UsageError(f"{flag} {spec!r}: {message}") from None
 
 
 def _check_corpus(kind: str, arg: str) -> None:
     from specdec.drafters.ngram_lm import MAX_CORPUS_BYTES
 
     if not arg:
-        raise ValueError(f"{kind}:FILE needs a text corpus file")
+        raise UsageError(f"{kind}:FILE needs a text corpus file")
     path = Path(arg).expanduser()
     if not path.exists():
-        raise ValueError(f"corpus file not found: {path}")
+        raise UsageError(f"corpus file not found: {path}")
     if not path.is_file():
-        raise ValueError(f"corpus {path} is not a file")
+        raise UsageError(f"corpus {path} is not a file")
     if path.stat().st_size > MAX_CORPUS_BYTES:
-        raise ValueError(f"corpus file {path} is larger than {MAX_CORPUS_BYTES} bytes")
+        raise UsageError(f"corpus file {path} is larger than {MAX_CORPUS_BYTES} bytes")
     try:
         with open(path, "rb") as data:
             data.read(1)
     except OSError as error:
-        raise ValueError(f"cannot read corpus file {path}: {error.strerror}") from None
+        raise UsageError(f"cannot read corpus file {path}: {error.strerror}") from None
 
 
 def _check_model_spec(name: str) -> None:
@@ -255,5 +255,5 @@ def _check_model_spec(name: str) -> None:
 
     if name in REGISTRY or Path(name).expanduser().exists():
         return
-    raise ValueError(f"unknown model {name!r}: not a registry name "
+    raise UsageError(f"unknown model {name!r}: not a registry name "
                      f"({', '.join(REGISTRY)}), an existing directory or a .gguf file")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from specdec.drafters.base import Proposal
+from specdec.errors import UsageError
 from specdec.sampling import SamplingParams, TokenHistory
 
 MAX_NGRAM = 64  # bound on user-given n-gram sizes (keys are tuples of this length)
@@ -21,10 +22,10 @@ class NgramDrafter:
     def __init__(self, min_n: int = 1, max_n: int = 4):
         for label, value in (("min_n", min_n), ("max_n", max_n)):
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_NGRAM:
-                raise ValueError(f"ngram {label} must be an integer in [1, {MAX_NGRAM}], "
+                raise UsageError(f"ngram {label} must be an integer in [1, {MAX_NGRAM}], "
                                  f"got {value!r}")
         if min_n > max_n:
-            raise ValueError(f"ngram min_n ({min_n}) must be <= max_n ({max_n})")
+            raise UsageError(f"ngram min_n ({min_n}) must be <= max_n ({max_n})")
         self.min_n, self.max_n = min_n, max_n
         self.name = f"ngram:{min_n}:{max_n}"
         self.tokens: list[int] = []

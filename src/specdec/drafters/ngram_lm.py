@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from specdec.drafters.base import Proposal
+from specdec.errors import UsageError
 from specdec.noise import draw
 from specdec.sampling import SamplingParams, TokenHistory, adjusted_probs, penalize
 
@@ -33,11 +34,11 @@ class NgramLMDrafter:
     def __init__(self, unigram: torch.Tensor, bigrams: dict[int, dict[int, float]] | None,
                  order: int = 2, smoothing: float = 0.1, bigram_weight: float = 0.9):
         if order not in (1, 2):
-            raise ValueError(f"order must be 1 (unigram) or 2 (bigram), got {order!r}")
+            raise UsageError(f"order must be 1 (unigram) or 2 (bigram), got {order!r}")
         if not 0 <= bigram_weight <= 1:
-            raise ValueError(f"bigram_weight must be in [0, 1], got {bigram_weight}")
+            raise UsageError(f"bigram_weight must be in [0, 1], got {bigram_weight}")
         if smoothing <= 0:
-            raise ValueError(f"smoothing must be > 0, got {smoothing}")
+            raise UsageError(f"smoothing must be > 0, got {smoothing}")
         self.order = order
         self.name = "unigram" if order == 1 else "bigram"
         self.vocab_size = int(unigram.shape[0])
@@ -79,12 +80,12 @@ class NgramLMDrafter:
                   **kwargs: Any) -> NgramLMDrafter:
         path = Path(path)
         if not path.is_file():
-            raise ValueError(f"corpus file not found: {path}")
+            raise UsageError(f"corpus file not found: {path}")
         if path.stat().st_size > MAX_CORPUS_BYTES:
-            raise ValueError(f"corpus file {path} is larger than {MAX_CORPUS_BYTES} bytes")
+            raise UsageError(f"corpus file {path} is larger than {MAX_CORPUS_BYTES} bytes")
         text = path.read_text(encoding="utf-8", errors="replace")
         if not text.strip():
-            raise ValueError(f"corpus file {path} is empty")
+            raise UsageError(f"corpus file {path} is empty")
         return cls.from_text(text, tokenizer, vocab_size, order, **kwargs)
 
     # --- the drafter ----------------------------------------------------------------------

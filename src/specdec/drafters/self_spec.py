@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from specdec.drafters.model import ModelDrafter, fork_model
+from specdec.errors import UsageError
 from specdec.models.base import LanguageModel
 from specdec.models.low_bit_view import (
     VocabularySubsetHead,
@@ -38,9 +39,9 @@ class SelfDraftConfig:
 
     def __post_init__(self) -> None:
         if self.bits not in (None, 4, 8):
-            raise ValueError(f"self-drafting bits must be 4, 8 or None, got {self.bits!r}")
+            raise UsageError(f"self-drafting bits must be 4, 8 or None, got {self.bits!r}")
         if self.vocab is not None and self.vocab < 1:
-            raise ValueError(f"a vocabulary subset needs at least 1 token, got {self.vocab}")
+            raise UsageError(f"a vocabulary subset needs at least 1 token, got {self.vocab}")
 
     @property
     def label(self) -> str:
@@ -146,9 +147,9 @@ def build_self_drafter(target: LanguageModel, config: SelfDraftConfig) -> SelfDr
     hf_model = getattr(target, "model", None)
     output = getattr(hf_model, "get_output_embeddings", lambda: None)()
     if output is None or not hasattr(output, "weight"):
-        raise ValueError(f"--draft self needs a transformers target, {target.name!r} is not one")
+        raise UsageError(f"--draft self needs a transformers target, {target.name!r} is not one")
     if hf_model.config.is_encoder_decoder:
-        raise ValueError("--draft self supports decoder-only targets")
+        raise UsageError("--draft self supports decoder-only targets")
     head = None
     if config.vocab is not None:
         ids = frequent_token_ids(target.vocab_size, config.vocab, special_token_ids(target))

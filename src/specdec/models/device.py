@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from specdec.errors import UsageError
+
 DEVICE_CHOICES = "auto | cpu | cuda | cuda:N"
 
 
@@ -24,18 +26,18 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     try:
         device = torch.device(text)
     except RuntimeError:
-        raise ValueError(f"device must be {DEVICE_CHOICES}, got {spec!r}") from None
+        raise UsageError(f"device must be {DEVICE_CHOICES}, got {spec!r}") from None
     if device.type == "cpu":
         return torch.device("cpu")
     if device.type != "cuda":
-        raise ValueError(f"device must be {DEVICE_CHOICES}, got {spec!r}")
+        raise UsageError(f"device must be {DEVICE_CHOICES}, got {spec!r}")
     if not torch.cuda.is_available():
-        raise ValueError(f"device {spec!r}: CUDA is not available on this machine "
+        raise UsageError(f"device {spec!r}: CUDA is not available on this machine "
                          "(this torch build or its driver has no GPU)")
     count = torch.cuda.device_count()
     index = 0 if device.index is None else device.index
     if not 0 <= index < count:
-        raise ValueError(f"device {spec!r}: this machine has {count} CUDA device(s)")
+        raise UsageError(f"device {spec!r}: this machine has {count} CUDA device(s)")
     return torch.device("cuda", index)
 
 

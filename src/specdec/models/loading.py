@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from specdec.errors import ModelLoadError
+from specdec.errors import ModelLoadError, UsageError
 from specdec.models.base import LanguageModel
 from specdec.models.convert import CopyKey, dtype_name, load_copy, save_copy, sha256_file
 from specdec.models.device import resolve_device
@@ -75,12 +75,12 @@ def resolve_dtype(dtype: str | torch.dtype | None,
         return torch.bfloat16 if cpu_supports_bfloat16() else torch.float32
     if isinstance(dtype, torch.dtype):
         if dtype not in DTYPES.values():
-            raise ValueError(f"dtype must be one of bfloat16, float32, float16; got {dtype}")
+            raise UsageError(f"dtype must be one of bfloat16, float32, float16; got {dtype}")
         return dtype
     try:
         return DTYPES[str(dtype).lower()]
     except KeyError:
-        raise ValueError(f"dtype must be one of bfloat16, float32, float16; got {dtype!r}") \
+        raise UsageError(f"dtype must be one of bfloat16, float32, float16; got {dtype!r}") \
             from None
 
 
@@ -95,7 +95,7 @@ def cpu_supports_bfloat16() -> bool:
 def set_threads(threads: int) -> None:
     if isinstance(threads, bool) or not isinstance(threads, int) or \
             not 1 <= threads <= MAX_THREADS:
-        raise ValueError(f"threads must be an integer in [1, {MAX_THREADS}], got {threads!r}")
+        raise UsageError(f"threads must be an integer in [1, {MAX_THREADS}], got {threads!r}")
     torch.set_num_threads(threads)
 
 

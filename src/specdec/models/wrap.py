@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from specdec.errors import UsageError
 from specdec.models.hf import HFCausalLM, HFSeq2SeqLM
 from specdec.models.static import DEFAULT_WIDTHS, StaticCausalLM, static_unsupported
 
@@ -24,7 +25,7 @@ def wrap(model: PreTrainedModel, tokenizer: Any = None, name: str | None = None,
     refuses a model it cannot run; 'dynamic' always takes transformers' own forward.
     """
     if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        raise UsageError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     if device is not None:
         model = model.to(device)
     if model.config.is_encoder_decoder:
@@ -34,7 +35,7 @@ def wrap(model: PreTrainedModel, tokenizer: Any = None, name: str | None = None,
     else:
         return StaticCausalLM(model, tokenizer, name, compile=compile, widths=widths)
     if runtime == "static":
-        raise ValueError(f"the static runner cannot run {runner.name}: "
+        raise UsageError(f"the static runner cannot run {runner.name}: "
                          f"{static_unsupported(model)}")
     if compile:
         warnings.warn(f"{runner.name} runs uncompiled: compiled steps need the static runner, "

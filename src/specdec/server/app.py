@@ -13,16 +13,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from specdec.server.auth import APIKeyMiddleware
-from specdec.server.engine import (
-    Cancelled,
-    Engine,
-    Failed,
-    Finished,
-    Job,
-    QueueFullError,
-    ShuttingDownError,
-    TextChunk,
-)
+from specdec.server.engine import Engine, QueueFullError, ShuttingDownError
+from specdec.server.jobs import Cancelled, Failed, Finished, Job, TextChunk
 from specdec.server.responses import Shape
 from specdec.server.schemas import APIError, ChatCompletionRequest, CompletionRequest, parse
 

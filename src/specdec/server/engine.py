@@ -1,30 +1,34 @@
-"""The worker that owns the models: one generation at a time, from a bounded FIFO queue.
+"""The worker that owns the models: continuous batching over a bounded FIFO queue.
 
-Decoding is CPU-bound and the models hold one KV cache each, so a single background thread
-runs the generations in arrival order. Output goes back to the request's asyncio queue one
-token at a time; a cancelled request is dropped from the queue at once, or stopped between
-decoding steps if it is running.
+Decoding is compute-bound and the target holds one batch of KV-cache rows, so a single
+background thread runs the steps. Between steps, waiting requests join the batch (up to
+max_batch_size) and finished or cancelled ones leave; each step drafts for every running
+request and verifies them all in one target forward. Output goes back to each request's
+asyncio queue one token at a time.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+import torch
+
+from specdec.batch import BatchDecoder
 from specdec.decoding import SpeculativeDecoder
+from specdec.models.rows import SingleRow, make_rows
 from specdec.prompts import chat_ids
-from specdec.sampling import SamplingParams, TokenLogprob
+from specdec.sequence import Sequence
+from specdec.server.jobs import Cancelled, Failed, Job, Streaming
 from specdec.server.metrics import ServerMetrics
-from specdec.stats import GenerationStats
-from specdec.stop import StoppingText
 
 log = logging.getLogger("specdec.server")
+
+DEFAULT_MAX_BATCH_SIZE = 8
 
 
 class QueueFullError(Exception):
@@ -38,81 +42,15 @@ class ShuttingDownError(Exception):
 SHUTDOWN_MESSAGE = "the server is shutting down"
 
 
-@dataclass
-class TokenInfo:
-    """One generated token's log-probability, for the response's logprobs."""
-
-    text: str  # the token's own text
-    logprob: float
-    top: list[tuple[str, float]]  # the most likely alternatives (text, logprob)
-    offset: int  # where the token's text starts in the generated text
-
-
-@dataclass
-class TextChunk:
-    text: str  # new text of one token (may be "" while held back)
-    logprobs: list[TokenInfo] | None = None  # when the request asked for them
-
-
-@dataclass
-class Finished:
-    finish_reason: str  # "stop" or "length"
-    prompt_tokens: int
-    completion_tokens: int
-    stats: dict
-
-
-@dataclass
-class Failed:
-    message: str
-    status: int = 500  # HTTP status of the error (503: the server is shutting down)
-
-
-@dataclass
-class Cancelled:
-    pass
-
-
-Item = TextChunk | Finished | Failed | Cancelled
-
-
-@dataclass
-class Job:
-    """One request's generation and the channel its output flows back through."""
-
-    prompt_ids: list[int]
-    params: SamplingParams
-    stops: list[str]
-    loop: asyncio.AbstractEventLoop
-    outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    submitted: float = field(default_factory=time.perf_counter)
-    first_token_at: float | None = None
-
-    def emit(self, item: Item) -> None:
-        """Hand an item to the request (thread-safe; the loop may already be gone)."""
-        try:
-            self.loop.call_soon_threadsafe(self.outbox.put_nowait, item)
-        except RuntimeError:  # event loop closed: nobody is listening any more
-            self.cancelled.set()
-
-    async def items(self) -> AsyncIterator[Item]:
-        """Items until the job ends (Finished, Failed or Cancelled is the last)."""
-        while True:
-            item = await self.outbox.get()
-            yield item
-            if not isinstance(item, TextChunk):
-                return
-
-
 @dataclass(frozen=True)
 class EngineConfig:
-    max_queue: int = 64  # requests waiting (the running one not counted)
+    max_queue: int = 64  # requests waiting (the running ones not counted)
     max_tokens_limit: int = 4096  # largest max_tokens a request may ask for
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE  # requests decoded together per step
 
 
 class Engine:
-    """Owns the decoder; runs queued jobs one at a time in a background thread."""
+    """Owns the decoder; runs up to max_batch_size jobs per step in a background thread."""
 
     def __init__(self, decoder: SpeculativeDecoder, config: EngineConfig | None = None,
                  metrics: ServerMetrics | None = None):
@@ -121,17 +59,25 @@ class Engine:
         self.decoder = decoder
         self.tokenizer: Any = decoder.tokenizer
         self.config = config or EngineConfig()
+        if self.config.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {self.config.max_batch_size}")
         self.metrics = metrics or ServerMetrics()
-        self.metrics.bind_queue(lambda: len(self._waiting), lambda: int(self._running is not None))
+        self.metrics.bind_queue(lambda: len(self._waiting), lambda: len(self._active))
         # fast tokenizers are not safe to use from two threads at once
         self.tokenizer_lock = threading.Lock()
         self._waiting: deque[Job] = deque()
-        self._running: Job | None = None
+        self._active: dict[int, tuple[Sequence, Streaming]] = {}  # by id(sequence)
         self._wake = threading.Condition()
         self._stopping = False
         self._draining = False  # shutting down: nothing new starts
-        self._deadline: float | None = None  # monotonic time the running job must stop by
+        self._deadline: float | None = None  # monotonic time running jobs must stop by
         self._thread: threading.Thread | None = None
+        self.max_batch_size = self.config.max_batch_size
+        if self.max_batch_size > 1 and not decoder.batches():
+            log.warning("batching needs the static runner and a drafter that forks; "
+                        "running one request at a time")
+            self.max_batch_size = 1
+        self._loop_state: BatchDecoder | None = None
 
     # --- queue ------------------------------------------------------------------------
 
@@ -142,7 +88,7 @@ class Engine:
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Fail what waits, stop the running job after its step (503s), end the worker."""
+        """Fail what waits, stop the running jobs after their step (503s), end the worker."""
         self.shut_down(0.0)
         with self._wake:
             self._stopping = True
@@ -151,8 +97,8 @@ class Engine:
             self._thread.join(timeout=timeout)
 
     def shut_down(self, grace: float) -> int:
-        """Stop taking requests; fail the waiting ones now (503); the running one may finish
-        within `grace` seconds, else it stops after its current step with a 503 error.
+        """Stop taking requests; fail the waiting ones now (503); running ones may finish
+        within `grace` seconds, else they stop after the current step with a 503 error.
 
         Every client gets a last message (an error event on a stream). Returns the number of
         requests that will not finish. Call it on the event loop's thread.
@@ -169,14 +115,16 @@ class Engine:
             job.cancelled.set()
             self.metrics.record_outcome("cancelled")
             job.emit(Failed(f"{SHUTDOWN_MESSAGE}: request not started", 503))
-        return len(waiting) + int(self._running is not None)
+        return len(waiting) + len(self._active)
 
     def submit(self, job: Job) -> None:
         """Queue job (FIFO); QueueFullError when max_queue requests already wait."""
         with self._wake:
             if self._draining or self._stopping:
                 raise ShuttingDownError(SHUTDOWN_MESSAGE)
-            if len(self._waiting) >= self.config.max_queue:
+            # the free rows of the batch take requests at the next step; max_queue more wait
+            free = max(0, self.max_batch_size - len(self._active))
+            if len(self._waiting) >= self.config.max_queue + free:
                 raise QueueFullError(f"server busy: {len(self._waiting)} requests waiting")
             self._waiting.append(job)
             self._wake.notify()
@@ -198,89 +146,108 @@ class Engine:
 
     @property
     def busy(self) -> bool:
-        return self._running is not None
+        return bool(self._active)
 
     @property
     def healthy(self) -> bool:
         """The worker thread runs and takes requests."""
         return self._thread is not None and self._thread.is_alive() and not self._draining
 
+    # --- the worker -------------------------------------------------------------------
+
     def _loop(self) -> None:
+        batch = self._new_batch()
         while True:
             with self._wake:
-                while not self._waiting and not self._stopping and not self._draining:
+                while not self._waiting and not self._active and not self._stopping \
+                        and not self._draining:
                     self._wake.wait()
-                if self._stopping or not self._waiting:
+                if self._stopping or (not self._waiting and not self._active):
+                    self._fail_running(f"{SHUTDOWN_MESSAGE}: generation stopped")
                     return
-                job = self._running = self._waiting.popleft()
+                joining = []
+                while self._waiting and len(self._active) + len(joining) < self.max_batch_size:
+                    joining.append(self._waiting.popleft())
+            for job in joining:
+                self._admit(batch, job)
+            if not self._active:
+                continue
             try:
-                self._run(job)
-            except Exception as error:  # one bad request must not take the server down
-                log.exception("generation failed")
-                self.metrics.record_outcome("error")
-                job.emit(Failed(f"generation failed: {error}"))
-            finally:
-                with self._wake:
-                    self._running = None
-
-    # --- one generation ---------------------------------------------------------------
-
-    def _run(self, job: Job) -> None:
-        started = time.perf_counter()
-        self.metrics.queue_time.observe(started - job.submitted)
-        text = StoppingText(self.tokenizer, job.stops)
-        reason, last_step = None, None
-        stats = GenerationStats()
-        for event in self.decoder.stream(job.prompt_ids, job.params):
-            stats = event.stats
-            last_step = self._observe_step(job, last_step)
-            for i, token in enumerate(event.tokens):  # a block goes out token by token
-                with self.tokenizer_lock:
-                    offset = len(text.text.text)
-                    piece = text.push(token)
-                    info = None if event.logprobs is None else [
-                        self._token_info(event.logprobs[i], offset)]
-                if piece or info:
-                    job.emit(TextChunk(piece, info))
-                if text.stopped:
-                    reason = "stop"
-                    break
-            if reason is None and event.finished:
-                reason = event.finish_reason
-            if reason is not None or job.cancelled.is_set():
-                break
+                with torch.inference_mode():
+                    events = batch.step()
+            except Exception as error:  # the batch's caches are suspect: fail it, start anew
+                log.exception("decoding step failed")
+                self._fail_running(f"generation failed: {error}", outcome="error", status=500)
+                batch = self._new_batch()
+                continue
+            self.metrics.record_step(len(events), sum(len(e.tokens) for _, e in events))
+            for sequence, event in events:
+                self._deliver(batch, sequence, event)
+            self._drop_cancelled(batch)
             if self._deadline is not None and time.monotonic() >= self._deadline:
-                count = len(text.tokens)
-                self.metrics.record_generation(stats, count, "cancelled")
-                job.emit(Failed(f"{SHUTDOWN_MESSAGE}: generation stopped after {count} "
-                                "tokens", 503))
-                return
-        count = len(text.tokens)
-        if reason is None:  # cancelled mid-generation: the request is gone
-            self.metrics.record_generation(stats, count, "cancelled")
+                self._fail_running(f"{SHUTDOWN_MESSAGE}: generation stopped")
+
+    def _new_batch(self) -> BatchDecoder:
+        target = self.decoder.target
+        rows = make_rows(target, self.max_batch_size) if self.max_batch_size > 1 else \
+            SingleRow(target)
+        self._active.clear()
+        self._loop_state = self.decoder.batch(rows)
+        return self._loop_state
+
+    def _admit(self, batch: BatchDecoder, job: Job) -> None:
+        """Prefill a job into the batch; a failure fails that job only."""
+        if job.cancelled.is_set():
             return
-        if piece := text.flush():
-            job.emit(TextChunk(piece))
-        self.metrics.record_generation(stats, count, reason)
-        assert job.first_token_at is not None
-        self.metrics.record_latency(job.submitted, job.first_token_at, time.perf_counter(),
-                                    count)
-        job.emit(Finished(reason, len(job.prompt_ids), count, stats.to_dict()))
+        try:
+            with torch.inference_mode():
+                sequence = batch.add(torch.tensor([job.prompt_ids]), job.params)
+        except Exception as error:  # one bad request must not take the server down
+            log.exception("prefill failed")
+            self.metrics.record_outcome("error")
+            job.emit(Failed(f"generation failed: {error}"))
+            return
+        streaming = Streaming(job, self.tokenizer, self.tokenizer_lock, self.metrics)
+        self._active[id(sequence)] = (sequence, streaming)
 
-    def _token_info(self, logprob: TokenLogprob, offset: int) -> TokenInfo:
-        decode = self.tokenizer.decode
-        top = [(decode([t]), lp) for t, lp in logprob.top]
-        return TokenInfo(decode([logprob.token]), logprob.logprob, top, offset)
+    def _deliver(self, batch: BatchDecoder, sequence: Sequence, event: Any) -> None:
+        """Send one step's tokens of one job; finish it when it is done."""
+        _, streaming = self._active[id(sequence)]
+        if streaming.job.cancelled.is_set():
+            return  # dropped after the step
+        try:
+            reason = streaming.on_step(event)
+            if reason is not None:
+                streaming.finish(reason)
+        except Exception as error:
+            log.exception("streaming failed")
+            self.metrics.record_outcome("error")
+            streaming.job.emit(Failed(f"generation failed: {error}"))
+            reason = "error"
+        if reason is not None:
+            self._leave(batch, sequence)
 
-    def _observe_step(self, job: Job, last_step: float | None) -> float:
-        """Time to first token at the first step, inter-token latency at the others."""
-        now = time.perf_counter()
-        if last_step is None:
-            job.first_token_at = now
-            self.metrics.time_to_first_token.observe(now - job.submitted)
-        else:
-            self.metrics.inter_token_latency.observe(now - last_step)
-        return now
+    def _drop_cancelled(self, batch: BatchDecoder) -> None:
+        for sequence, streaming in list(self._active.values()):
+            if streaming.job.cancelled.is_set():  # the request is gone
+                self.metrics.record_generation(streaming.stats, streaming.sent, "cancelled")
+                self._leave(batch, sequence)
+
+    def _leave(self, batch: BatchDecoder, sequence: Sequence) -> None:
+        del self._active[id(sequence)]
+        if sequence in batch.sequences:  # a finished sequence left by itself
+            batch.remove(sequence)
+
+    def _fail_running(self, message: str, outcome: str = "cancelled", status: int = 503,
+                      ) -> None:
+        """Every running job gets an error (503 when stopping) and leaves the batch."""
+        for sequence, streaming in list(self._active.values()):
+            if not streaming.job.cancelled.is_set():
+                self.metrics.record_generation(streaming.stats, streaming.sent, outcome)
+                streaming.job.emit(Failed(f"{message} after {streaming.sent} tokens", status))
+            if self._loop_state is not None and sequence in self._loop_state.sequences:
+                self._loop_state.remove(sequence)
+        self._active.clear()
 
     # --- prompts ----------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 
                    640)
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5,
                 0.75, 1, 2.5, 5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 REQUEST_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 60, 120, 240, 480, 960, 1920)
 
 
@@ -71,6 +72,12 @@ class ServerMetrics:
         self.queue_time = Histogram(
             "specdec_request_queue_time_seconds", "Waiting in the queue before generation",
             buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            "specdec_batch_size", "Requests decoded together per step",
+            buckets=BATCH_BUCKETS, registry=r)
+        self.step_tokens = Histogram(
+            "specdec_step_tokens", "Tokens emitted per step, all requests of the batch",
+            buckets=BATCH_BUCKETS, registry=r)
         self._lock = threading.Lock()
         self._drafted = self._accepted = self._calls = self._generated = 0
         self._drafted_at: list[int] = []
@@ -103,6 +110,11 @@ class ServerMetrics:
                 self._drafted_at[i] += d
                 self._accepted_at[i] += a
                 self.by_position.labels(str(i)).set(self._accepted_at[i] / self._drafted_at[i])
+
+    def record_step(self, rows: int, tokens: int) -> None:
+        """One decoding step of the batch: its rows and the tokens it emitted."""
+        self.batch_size.observe(rows)
+        self.step_tokens.observe(tokens)
 
     def record_latency(self, submitted: float, first_token: float, end: float,
                        tokens: int) -> None:

@@ -6,7 +6,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from specdec.server.engine import Finished, TokenInfo
+from specdec.server.jobs import Finished, TokenInfo
 
 
 @dataclass
