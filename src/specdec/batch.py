@@ -54,32 +54,46 @@ class BatchDecoder:
 
     def add(self, prompt_ids: torch.Tensor, params: SamplingParams) -> Sequence:
         """Prefill a new sequence (params already validated); it joins at the next step."""
-        params = resolve_seed(params)  # the coupled rule without a seed needs one noise
+        return self.add_many([(prompt_ids, params)])[0]
+
+    def add_many(self, requests: list[tuple[torch.Tensor, SamplingParams]]) -> list[Sequence]:
+        """Prefill several new sequences together (one padded forward on a static runner)."""
+        if not requests:
+            return []
         start = time.perf_counter()
-        drafter = self._take_drafter()
         clock = self.clock
+        reserve = max(p.max_new_tokens for _, p in requests) + DRAFT_RESERVE
         t0 = clock.mark()
-        context = self.rows.add(prompt_ids, reserve=params.max_new_tokens + DRAFT_RESERVE)
+        contexts = self.rows.add_many([ids for ids, _ in requests], reserve=reserve)
         t1 = clock.mark()
+        first = self.rows.count - len(requests)
+        drafters: list[Drafter | None] = []
         try:
-            if drafter is not None:
-                drafter.begin(prompt_ids)
+            for ids, _ in requests:
+                drafters.append(self._take_drafter())
+                if drafters[-1] is not None:
+                    drafters[-1].begin(ids)
         except BaseException:
-            self.rows.remove(self.rows.count - 1)
-            self._drafters.append(drafter)
+            for index in reversed(range(first, self.rows.count)):
+                self.rows.remove(index)
+            self._drafters.extend(d for d in drafters if d is not None)
             raise
         t2 = clock.mark()
-        policy = FixedGamma(self.gamma) if isinstance(self.gamma, int) else self.gamma()
-        stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else
-                                                 set(self.eos_ids))
-        sequence = Sequence(prompt_ids, context, params, drafter, policy, stop_ids,
-                            self.rows.device, self.vocab_size, start)
-        stats = sequence.stats
-        stats.target_s += clock.seconds(t0, t1)
-        stats.drafter_s += clock.seconds(t1, t2)
-        stats.prefill_s = clock.seconds(t0, t2)  # device time: a GPU prefill is queued
-        self.sequences.append(sequence)
-        return sequence
+        added = []
+        for (ids, params), context, drafter in zip(requests, contexts, drafters, strict=True):
+            params = resolve_seed(params)  # the coupled rule without a seed needs one noise
+            policy = FixedGamma(self.gamma) if isinstance(self.gamma, int) else self.gamma()
+            stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else
+                                                     set(self.eos_ids))
+            sequence = Sequence(ids, context, params, drafter, policy, stop_ids,
+                                self.rows.device, self.vocab_size, start)
+            stats = sequence.stats
+            stats.target_s += clock.seconds(t0, t1)
+            stats.drafter_s += clock.seconds(t1, t2)
+            stats.prefill_s = clock.seconds(t0, t2)  # device time: a GPU prefill is queued
+            added.append(sequence)
+        self.sequences.extend(added)
+        return added
 
     def remove(self, sequence: Sequence) -> None:
         """Drop a sequence (finished or cancelled); the last row takes its place."""

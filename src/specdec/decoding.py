@@ -113,9 +113,10 @@ class SpeculativeDecoder:
         results: list[GenerationResult | None] = [None] * len(prompts)
         with torch.inference_mode():
             while waiting or loop.sequences:
-                while waiting and rows.count < rows.max_rows:
-                    i = waiting.popleft()
-                    index_of[id(loop.add(encoded[i], per_row[i]))] = i
+                joining = [waiting.popleft()
+                           for _ in range(min(len(waiting), rows.max_rows - rows.count))]
+                added = loop.add_many([(encoded[i], per_row[i]) for i in joining])
+                index_of.update((id(s), i) for s, i in zip(added, joining, strict=True))
                 for sequence, event in loop.step():
                     i = index_of[id(sequence)]
                     tokens[i].extend(event.tokens)

@@ -39,6 +39,10 @@ class Rows(Protocol):
         """Prefill prompt_ids [1, T] as row `count`; return its decoder context [1, T']."""
         ...
 
+    def add_many(self, prompts: list[torch.Tensor], reserve: int = 0) -> list[torch.Tensor]:
+        """add() for several prompts, in as few forwards as the runner can."""
+        ...
+
     def extend(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed tokens [count, w] (one block per row) in ONE forward; logits [count, w, V]."""
         ...
@@ -73,6 +77,9 @@ class SingleRow:
         self._active = True
         return context
 
+    def add_many(self, prompts: list[torch.Tensor], reserve: int = 0) -> list[torch.Tensor]:
+        return [self.add(p, reserve) for p in prompts]
+
     def extend(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model.extend(tokens)
 
@@ -99,23 +106,35 @@ class StaticRows:
     def count(self) -> int:
         return len(self.lengths)
 
-    @torch.inference_mode()
     def add(self, prompt_ids: torch.Tensor, reserve: int = 0) -> torch.Tensor:
-        if prompt_ids.shape[0] != 1:
-            raise ValueError("add one row at a time: prompt_ids must be [1, T]")
-        index, length = self.count, prompt_ids.shape[1]
-        if index >= self.max_rows:
+        return self.add_many([prompt_ids], reserve)[0]
+
+    @torch.inference_mode()
+    def add_many(self, prompts: list[torch.Tensor], reserve: int = 0) -> list[torch.Tensor]:
+        """Prefill several prompts [1, T_i] as new rows in shared forwards (padded to the
+        longest; a row's padding lies past its length and is overwritten later)."""
+        if any(p.ndim != 2 or p.shape[0] != 1 for p in prompts):
+            raise ValueError("each prompt must be [1, T]")
+        first, count = self.count, len(prompts)
+        if first + count > self.max_rows:
             raise RuntimeError(f"all {self.max_rows} rows are in use")
-        self._ensure_capacity(length + max(reserve, 0))
+        lengths = [p.shape[1] - 1 for p in prompts]  # the last token stays pending
+        longest = max(lengths, default=0)
+        self._ensure_capacity(longest + 1 + max(reserve, 0))
         assert self.cache is not None
-        row = self.cache.view(index, index + 1)
-        ids = prompt_ids.to(self.device)
-        for start in range(0, length - 1, PREFILL_CHUNK):
-            stop = min(start + PREFILL_CHUNK, length - 1)
+        rows = self.cache.view(first, first + count)
+        ids = torch.zeros(count, longest, dtype=torch.long)
+        for i, prompt in enumerate(prompts):
+            ids[i, : lengths[i]] = prompt[0, : lengths[i]]
+        ids = ids.to(self.device)
+        # the same bound on a chunk's activations and scores as one row's prefill
+        chunk = max(1, PREFILL_CHUNK // max(count, 1))
+        for start in range(0, longest, chunk):
+            stop = min(start + chunk, longest)
             positions = torch.arange(start, stop, device=self.device)[None]
-            self.model.forward_rows(ids[:, start:stop], positions, stop, row, keep=0)
-        self.lengths.append(length - 1)
-        return prompt_ids
+            self.model.forward_rows(ids[:, start:stop], positions, stop, rows, keep=0)
+        self.lengths.extend(lengths)
+        return prompts
 
     @torch.inference_mode()
     def extend(self, tokens: torch.Tensor) -> torch.Tensor:

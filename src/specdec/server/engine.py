@@ -168,8 +168,7 @@ class Engine:
                 joining = []
                 while self._waiting and len(self._active) + len(joining) < self.max_batch_size:
                     joining.append(self._waiting.popleft())
-            for job in joining:
-                self._admit(batch, job)
+            self._admit(batch, [job for job in joining if not job.cancelled.is_set()])
             if not self._active:
                 continue
             try:
@@ -195,20 +194,27 @@ class Engine:
         self._loop_state = self.decoder.batch(rows)
         return self._loop_state
 
-    def _admit(self, batch: BatchDecoder, job: Job) -> None:
-        """Prefill a job into the batch; a failure fails that job only."""
-        if job.cancelled.is_set():
-            return
+    def _admit(self, batch: BatchDecoder, jobs: list[Job]) -> None:
+        """Prefill joining jobs together; on a failure, one at a time (a bad request fails
+        alone)."""
         try:
             with torch.inference_mode():
-                sequence = batch.add(torch.tensor([job.prompt_ids]), job.params)
-        except Exception as error:  # one bad request must not take the server down
-            log.exception("prefill failed")
-            self.metrics.record_outcome("error")
-            job.emit(Failed(f"generation failed: {error}"))
+                added = batch.add_many([(torch.tensor([j.prompt_ids]), j.params) for j in jobs])
+        except Exception as error:
+            if len(jobs) == 1:
+                self._fail_job(jobs[0], error)
+                return
+            for job in jobs:
+                self._admit(batch, [job])
             return
-        streaming = Streaming(job, self.tokenizer, self.tokenizer_lock, self.metrics)
-        self._active[id(sequence)] = (sequence, streaming)
+        for job, sequence in zip(jobs, added, strict=True):
+            streaming = Streaming(job, self.tokenizer, self.tokenizer_lock, self.metrics)
+            self._active[id(sequence)] = (sequence, streaming)
+
+    def _fail_job(self, job: Job, error: Exception) -> None:
+        log.error("prefill failed", exc_info=error)  # one bad request must not stop the server
+        self.metrics.record_outcome("error")
+        job.emit(Failed(f"generation failed: {error}"))
 
     def _deliver(self, batch: BatchDecoder, sequence: Sequence, event: Any) -> None:
         """Send one step's tokens of one job; finish it when it is done."""
