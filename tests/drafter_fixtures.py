@@ -5,11 +5,14 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 
+import numpy as np
+import pytest
 import torch
 from scipy.stats import chisquare
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from power import pooled_draws
 from specdec.models import wrap
 from specdec.sampling import SamplingParams, adjusted_probs
 from tiny import tiny_llama
@@ -84,3 +87,18 @@ def sampled(decoder, prompt, params: SamplingParams, samples: int) -> Counter:
         run = SamplingParams(**{**params.__dict__, "seed": seed, "coupled": False})
         counts[tuple(decoder.generate(prompt, run).tokens)] += 1
     return counts
+
+
+# Sizes of the sampled sequence checks: the default suite's N, and (marked slow) the N at which
+# the pooled chi-square catches any 2% TV bias with >= 99% probability (tests/power.py).
+TV_BIAS, POWER = 0.02, 0.99
+SIZES = ["default", pytest.param("2%-TV", marks=pytest.mark.slow)]
+
+
+def draws_for(size: str, default: int, exact: dict[tuple[int, ...], float] | np.ndarray,
+              alpha: float) -> int:
+    """`default` for the default suite, else the draws that give the check 2%-TV power."""
+    if size == "default":
+        return default
+    probs = np.array(list(exact.values())) if isinstance(exact, dict) else np.asarray(exact)
+    return pooled_draws(probs, TV_BIAS, alpha, POWER)

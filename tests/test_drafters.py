@@ -4,6 +4,9 @@ Statistical tests: N continuations of 3 tokens from SpeculativeDecoder with seed
 compared with the exact distribution enumerated over all 8^3 continuations. Cells with an
 expected count below 5 are pooled. The test fails when the chi-square p-value is below 1e-3,
 a false-alarm rate of 0.1% per test; seeds are fixed, so the outcome is deterministic.
+Power (tests/power.py, worst-case direction): N = 1,200 catches a TV bias of 9-12% with 99%
+probability (df = pooled bins - 1, 3 to 26 here); the `slow` variants draw the N that
+catches 2% (23,708 to 58,720 here, minutes each); test_verify_power covers 2% per token.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import pytest
 import torch
 
 from drafter_fixtures import (
+    SIZES,
     chi_square_pvalue,
     cross_pair,
+    draws_for,
     exact_continuations,
     sampled,
     target_model,
@@ -64,26 +69,30 @@ SAMPLING_CASES = [
 ]
 
 
+@pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize(("kind", "prompt", "gamma", "base"), SAMPLING_CASES,
                          ids=[c[0] for c in SAMPLING_CASES])
-def test_sampling_matches_target_distribution(kind, prompt, gamma, base):
+def test_sampling_matches_target_distribution(kind, prompt, gamma, base, size):
     target = target_model(8, seed=3)
     drafter = make_drafter(kind, target)
     params = SamplingParams(**{**base.__dict__, "max_new_tokens": LENGTH, "ignore_eos": True})
     decoder = SpeculativeDecoder(target, drafter, gamma=gamma)
-    counts = sampled(decoder, prompt, params, SAMPLES)
     exact = exact_continuations(target, prompt, LENGTH, params)
-    assert chi_square_pvalue(counts, exact, SAMPLES) > FALSE_ALARM
+    n = draws_for(size, SAMPLES, exact, FALSE_ALARM)
+    counts = sampled(decoder, prompt, params, n)
+    assert chi_square_pvalue(counts, exact, n) > FALSE_ALARM
 
 
-def test_cross_tokenizer_sampling_matches_target_distribution():
+@pytest.mark.parametrize("size", SIZES)
+def test_cross_tokenizer_sampling_matches_target_distribution(size):
     target, draft_model = cross_pair(seed=5)
     drafter = CrossTokenizerDrafter(draft_model, target)
     params = SamplingParams(temperature=1.0, max_new_tokens=LENGTH, ignore_eos=True)
     prompt = [0, 1, 2, 3, 6]  # "abcdab"
-    counts = sampled(SpeculativeDecoder(target, drafter, gamma=3), prompt, params, SAMPLES)
     exact = exact_continuations(target, prompt, LENGTH, params)
-    assert chi_square_pvalue(counts, exact, SAMPLES) > FALSE_ALARM
+    n = draws_for(size, SAMPLES, exact, FALSE_ALARM)
+    counts = sampled(SpeculativeDecoder(target, drafter, gamma=3), prompt, params, n)
+    assert chi_square_pvalue(counts, exact, n) > FALSE_ALARM
 
 
 def test_chi_square_check_has_power():

@@ -7,6 +7,10 @@ generations (fixed seeds) are compared with it two ways:
 - total variation below the 99.9th percentile of the TV that N exact samples would show
   (simulated, 2,000 multinomial draws): a false-alarm rate of 0.1%.
 Two configurations, so the family-wise false-alarm rate is <= 0.2% + 0.02%.
+Power (tests/power.py): the default N (3,000 / 2,000) catches any TV bias of 11% / 12% with
+99% probability (worst-case direction, df = pooled bins - 1); the `slow` variants draw the N
+at which the pooled chi-square catches any 2% TV bias with >= 99% probability (141,230 /
+79,571 here: tens of minutes each on 2 cores).
 """
 
 import itertools
@@ -15,6 +19,8 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
+from drafter_fixtures import SIZES, TV_BIAS
+from power import pooled_draws
 from specdec import SamplingParams, SpeculativeDecoder
 from specdec.models import wrap
 from specdec.sampling import adjusted_probs
@@ -57,22 +63,28 @@ def pooled_chisquare(counts: torch.Tensor, expected: torch.Tensor) -> float:
     return float(chisquare(obs.numpy(), (exp * obs.sum() / exp.sum()).numpy()).pvalue)
 
 
+@pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("gamma,draws,params", [
     (2, 3000, dict(temperature=1.0)),
     (3, 2000, dict(temperature=0.7, top_k=5)),
 ])
-def test_continuations_match_the_target_distribution(gamma, draws, params):
+def test_continuations_match_the_target_distribution(gamma, draws, params, size):
     model = _target()
     target, drafter = wrap(model), wrap(perturbed(model, 0.6, seed=4))
     # Algorithm 1: not the coupled rule, which seeded requests take by default
-    assert_continuations_match(SpeculativeDecoder(target, drafter, gamma), model, params, draws,
-                               coupled=False)
+    assert_continuations_match(SpeculativeDecoder(target, drafter, gamma), model, params,
+                               draws if size == "default" else None, coupled=False)
 
 
-def assert_continuations_match(decoder: SpeculativeDecoder, model, params: dict, draws: int,
-                               **extra) -> None:
-    """Sample `draws` 3-token continuations (seeds 0..draws-1) and test them against exact."""
+def assert_continuations_match(decoder: SpeculativeDecoder, model, params: dict,
+                               draws: int | None, **extra) -> None:
+    """Sample `draws` 3-token continuations (seeds 0..draws-1) and test them against exact.
+
+    draws None: as many as the pooled chi-square needs to catch a 2% TV bias w.p. >= 99%.
+    """
     exact = exact_distribution(model, SamplingParams(**params))
+    if draws is None:
+        draws = pooled_draws(exact.numpy(), TV_BIAS, 1e-4, 0.99)
     counts = torch.zeros(VOCAB ** LENGTH, dtype=torch.long)
     drafted = accepted = 0
     for seed in range(draws):

@@ -12,7 +12,14 @@ import pytest
 import torch
 from torch import nn
 
-from drafter_fixtures import chi_square_pvalue, exact_continuations, sampled, target_model
+from drafter_fixtures import (
+    SIZES,
+    chi_square_pvalue,
+    draws_for,
+    exact_continuations,
+    sampled,
+    target_model,
+)
 from specdec.decoding import SpeculativeDecoder
 from specdec.drafters.combined import CombinedDrafter, PolicyConfig
 from specdec.drafters.factory import build_drafter
@@ -214,12 +221,13 @@ def _top_token(target, prompt: list[int]) -> int:
 PROMPT = [4, 1, 5]
 
 
+@pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("case,params,gamma", [
     ("int4 full head", dict(temperature=1.0), 3),
     ("int8 subset without the top token, top-k", dict(temperature=0.7, top_k=5), 3),
     ("ngram+int4 subset without the top token", dict(temperature=1.0, top_p=0.9), 2),
 ])
-def test_sampling_matches_the_target_distribution(case, params, gamma):
+def test_sampling_matches_the_target_distribution(case, params, gamma, size):
     target = target_model(8, seed=3)
     top = _top_token(target, PROMPT)
     missing_top = [t for t in range(8) if t != top][:5]
@@ -231,11 +239,12 @@ def test_sampling_matches_the_target_distribution(case, params, gamma):
         drafter = CombinedDrafter(NgramDrafter(1, 2), drafter, PolicyConfig(prior_lookup=5.0))
     run = SamplingParams(**params, max_new_tokens=LENGTH, ignore_eos=True)
     decoder = SpeculativeDecoder(target, drafter, gamma=gamma)
-    counts = sampled(decoder, PROMPT, run, SAMPLES)
     exact = exact_continuations(target, PROMPT, LENGTH, run)
-    assert chi_square_pvalue(counts, exact, SAMPLES) > FALSE_ALARM
+    n = draws_for(size, SAMPLES, exact, FALSE_ALARM)
+    counts = sampled(decoder, PROMPT, run, n)
+    assert chi_square_pvalue(counts, exact, n) > FALSE_ALARM
     if "without the top token" in case:  # the drafts miss often: verification does the work
-        assert sum(c for seq, c in counts.items() if seq[0] == top) > SAMPLES * exact_first(
+        assert sum(c for seq, c in counts.items() if seq[0] == top) > n * exact_first(
             exact, top) * 0.8
 
 

@@ -54,7 +54,7 @@ class SpeculativeDecoder:
                              "cache; wrap the model a second time to draft with it")
         if drafter is not None and not isinstance(drafter, Drafter):
             check_same_vocabulary(target, drafter)
-            drafter = ModelDrafter(drafter)
+            drafter = ModelDrafter(drafter, target.vocab_size)
         self.target = target
         self.drafter = drafter
         self.gamma = gamma

@@ -192,7 +192,7 @@ def _model_drafter(parsed: DraftSpec, target: LanguageModel,
         from specdec.drafters.cross_tokenizer import CrossTokenizerDrafter
 
         return CrossTokenizerDrafter(model, target)
-    return ModelDrafter(model)
+    return ModelDrafter(model, target.vocab_size)
 
 
 def _quantized(model: LanguageModel, bits: int) -> LanguageModel:

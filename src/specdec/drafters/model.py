@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from specdec.drafters.base import Proposal
-from specdec.models.base import LanguageModel
+from specdec.models.base import LanguageModel, logits_at_width
 from specdec.noise import draw
 from specdec.sampling import SamplingParams, TokenHistory, adjusted_probs, penalize
 
@@ -16,20 +16,27 @@ class ModelDrafter:
     Its cache is kept in step with the target's context by comparing token ids: whatever the
     target accepted or replaced, the drafter rolls back to the common prefix and feeds the
     rest, so no feedback call is needed and a failed step can never desynchronise it.
+
+    vocab_size: the target's logits width, when the drafter shares its tokenizer under a
+    different padded width (models.base.check_same_vocabulary): q then has the target's
+    width, zero where the drafter has no logit, and drafts are always target ids.
     """
 
-    def __init__(self, model: LanguageModel):
+    def __init__(self, model: LanguageModel, vocab_size: int | None = None):
         self.model = model
         self.name = model.name
+        self.vocab_size = model.vocab_size if vocab_size is None else vocab_size  # width of q
+        # ids at or past this are target padding the drafter cannot embed (None: no such ids)
+        self._embeddable = model.vocab_size if self.vocab_size > model.vocab_size else None
         self.cached_ids = torch.zeros(1, 0, dtype=torch.long)
         self._drafts_on_device: torch.Tensor | None = None  # cached, not yet in cached_ids
 
     def fork(self) -> ModelDrafter:
         """A drafter for another concurrent sequence: same weights, its own cache."""
-        return ModelDrafter(fork_model(self.model))
+        return ModelDrafter(fork_model(self.model), self.vocab_size)
 
     def begin(self, prompt_ids: torch.Tensor) -> None:
-        context = self.model.prefill(prompt_ids)
+        context = self.model.prefill(self._fit(prompt_ids))
         self.cached_ids = context[:, : self.model.cached_length]
         self._drafts_on_device = None
 
@@ -63,6 +70,7 @@ class ModelDrafter:
 
         The penalties (when the request has any) apply to q exactly as to the target's p.
         """
+        logits = logits_at_width(logits, self.vocab_size)  # before penalties and filters
         if history is not None:
             logits = penalize(logits, params, history)
         if params.greedy:
@@ -74,8 +82,14 @@ class ModelDrafter:
         if self._drafts_on_device is not None:
             self.cached_ids = torch.cat([self.cached_ids, self._drafts_on_device.cpu()], dim=1)
             self._drafts_on_device = None
-        self.cached_ids, feed = sync_cache(self.model, self.cached_ids, context)
+        self.cached_ids, feed = sync_cache(self.model, self.cached_ids, self._fit(context))
         return feed
+
+    def _fit(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids the drafter can embed: a target's padding id past the drafter's width (never
+        a tokenizer id, but a sampled target may emit one) is fed as the drafter's last id.
+        That only changes what the drafter conditions on, so only acceptance can suffer."""
+        return ids if self._embeddable is None else ids.clamp_max(self._embeddable - 1)
 
 
 def fork_model(model: LanguageModel) -> LanguageModel:

@@ -57,18 +57,49 @@ def vocabulary_of(model: LanguageModel) -> dict[str, int] | None:
 
 
 def check_same_vocabulary(target: LanguageModel, drafter: LanguageModel) -> None:
-    """Refuse a drafter whose token ids mean something else than the target's."""
+    """Refuse a drafter whose token ids mean something else than the target's.
+
+    Same vocabulary: the logits have the same width and, where both models have a
+    tokenizer, their get_vocab() mappings are identical. Or the same tokenizer under logits
+    of different widths (checkpoints pad their vocabulary differently: Qwen2.5-0.5B has
+    151,936 logits, Qwen2.5-7B 152,064): identical get_vocab() mappings and every id the
+    tokenizer can produce below both widths. The padded ids past the tokenizer mean nothing;
+    ModelDrafter(drafter, target.vocab_size) drafts only the target's ids (`logits_at_width`).
+    """
     target_vocab, drafter_vocab = vocabulary_of(target), vocabulary_of(drafter)
-    same = target.vocab_size == drafter.vocab_size
-    if same and target_vocab is not None and drafter_vocab is not None:
-        same = target_vocab == drafter_vocab
+    known = target_vocab is not None and drafter_vocab is not None
+    same = not known or target_vocab == drafter_vocab
+    if target.vocab_size != drafter.vocab_size:
+        same = known and same and _fits(target_vocab, min(target.vocab_size, drafter.vocab_size))
     if not same:
         raise VocabularyMismatchError(
             f"drafter {drafter.name!r} has a different vocabulary "
             f"({_describe(drafter, drafter_vocab)}) than target {target.name!r} "
             f"({_describe(target, target_vocab)}); a same-vocabulary model drafter needs "
-            "identical token ids"
+            "identical token ids (the same tokenizer, its ids within both logits widths)"
         )
+
+
+def _fits(vocab: dict[str, int] | None, width: int) -> bool:
+    """Every id of `vocab` is below `width` (an empty vocabulary fits nothing)."""
+    return bool(vocab) and max(vocab.values()) < width
+
+
+def logits_at_width(logits: torch.Tensor, width: int) -> torch.Tensor:
+    """Logits [..., V] brought to `width` columns: cut, or padded with -inf.
+
+    A wider drafter's distribution is thereby restricted to the target's ids and
+    renormalized before anything is sampled from it; a narrower one gives probability 0 to
+    the ids it lacks. Exactness needs only that drafts are sampled from the q that
+    verification sees, and the rule handles q = 0 where p > 0.
+    """
+    extra = width - logits.shape[-1]
+    if extra < 0:
+        return logits[..., :width]
+    if extra > 0:
+        pad = logits.new_full((*logits.shape[:-1], extra), float("-inf"))
+        return torch.cat([logits, pad], dim=-1)
+    return logits
 
 
 def _describe(model: LanguageModel, vocab: dict[str, int] | None) -> str:
