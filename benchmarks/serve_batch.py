@@ -47,11 +47,13 @@ def start(args: argparse.Namespace, batch: int) -> tuple[subprocess.Popen, str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "specdec.cli", "serve", "--target", args.target,
+    command = [sys.executable, "-c", "import sys; from specdec.cli import main; sys.exit(main())",
+               "serve", "--target", args.target,
                "--draft", args.draft, "--gamma", args.gamma, "--threads", str(args.threads),
                "--device", args.device, "--max-batch-size", str(batch), "--max-queue", "256",
                "--port", str(port), "--log-level", "warning", *args.extra.split()]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = open(Path(args.out) / f"serve_{batch}.log", "w")  # noqa: SIM115 (the server's life)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -69,6 +71,7 @@ def start(args: argparse.Namespace, batch: int) -> tuple[subprocess.Popen, str]:
 
 def main() -> int:
     args = parse()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     rows = []
     load_before = os.getloadavg()
     for batch in [int(b) for b in args.batch_sizes.split(",")]:

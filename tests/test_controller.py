@@ -199,3 +199,22 @@ def test_batch_controller_measures_a_second_width_first():
     assert controller.choose([0.5] * 4, [8] * 4) == 0  # then a plain step for the slope
     assert expected_tokens(0.5, 0) == 1.0 and expected_tokens(1.0, 3) == 4.0
     assert abs(expected_tokens(0.5, 2) - 1.75) < 1e-12
+
+
+def test_batch_controller_starts_new_rows_from_the_batch_alpha_and_probes():
+    """A joining row borrows the batch's measured acceptance (not the optimistic prior); with
+    speculation off, a short probe comes after probe_every plain steps, then less often."""
+    from specdec.controller_batch import BatchGammaConfig
+
+    controller = _batch_controller(a=1.0, b=0.1)
+    for _ in range(40):  # the batch's drafts are mostly rejected
+        controller.observe(32, 4.2, 16, 0.0, beta_sum=1.0, beta_count=16)
+    assert controller.alpha < 0.1
+    assert controller.row_alpha(0.0, 0) == controller.alpha
+    assert controller.row_alpha(90.0, 100) > 0.8  # a row's own long record dominates
+    config = BatchGammaConfig()
+    widths = [controller.choose([controller.row_alpha(0.0, 0)] * 4, [16] * 4)
+              for _ in range(3 * config.probe_every + 3)]
+    probes = [i for i, w in enumerate(widths) if w > 0]
+    assert probes[:2] == [config.probe_every, 3 * config.probe_every + 1]
+    assert all(widths[i] == config.probe_gamma for i in probes)

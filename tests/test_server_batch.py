@@ -87,3 +87,12 @@ def test_sixteen_streams_in_one_batch_each_get_their_own_text(pair) -> None:
         # the quitter was cancelled, not run to its 400 tokens
         assert metric(url, "specdec_requests_total", outcome="cancelled") == 1
         assert metric(url, "specdec_generated_tokens_total") < sum(n for _, n in jobs) + 400
+
+
+def test_cpu_server_picks_float32_when_it_batches() -> None:
+    from specdec.cli.serve import serve_dtype
+
+    assert serve_dtype("auto", "cpu", 8) == "float32"  # bf16 products do not batch on a CPU
+    assert serve_dtype("auto", "cpu", 1) is None  # load_model's choice (bf16 where native)
+    assert serve_dtype("auto", "cuda", 8) is None
+    assert serve_dtype("bfloat16", "cpu", 8) == "bfloat16"  # what the user asked for

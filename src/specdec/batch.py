@@ -128,7 +128,9 @@ class BatchDecoder:
         self.rows.rollback([width - 1 - len(e.accepted) for e in events])
         self.batch_policy.observe(len(sequences) * width, clock.seconds(*marks),
                                   sum(d.shape[1] for d in drafts),
-                                  sum(s.last_drafter_s for s in sequences))
+                                  sum(s.last_drafter_s for s in sequences),
+                                  sum(s.last_betas for s in sequences),
+                                  sum(s.last_beta_count for s in sequences))
         out = []
         for seq, event in zip(sequences, events, strict=True):
             out.append((seq, seq.advance(event)))
@@ -142,7 +144,9 @@ class BatchDecoder:
         wanted = [seq.wanted_gamma() for seq in sequences]
         if len(sequences) == 1 or isinstance(self.gamma, int):
             return wanted  # fixed gamma, or alone: the row's own policy decides
-        alphas = [float(getattr(seq.policy, "alpha", 0.6)) for seq in sequences]
+        # a row's own acceptance, shrunk toward the batch's while it has little of its own
+        alphas = [self.batch_policy.row_alpha(seq.stats.beta_sum, seq.stats.beta_count)
+                  for seq in sequences]
         # rows cap at what they may still emit; the batch policy chooses the common width
         room = [max(seq.remaining - 1, 0) for seq in sequences]
         width = self.batch_policy.choose(alphas, room)

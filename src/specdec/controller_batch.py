@@ -9,9 +9,12 @@ weigh more), and chooses
     W = argmax  sum_i E(alpha_i, min(W, want_i)) / (T(n (W + 1)) + d * sum_i min(W, want_i))
 where E(alpha, k) = (1 - alpha^(k+1)) / (1 - alpha) is the expected tokens of a step (the
 paper's Eq. 1), alpha_i each row's measured acceptance and d the drafter's time per drafted
-token. W = 0 switches speculation off; it comes back by itself when the batch shrinks (fewer
-tokens per forward) or acceptance rises. While only one token count has been observed it
-alternates W between 0 and its initial value to measure the slope.
+token. Each row's alpha is its own measured acceptance shrunk toward the batch's (pooled over
+rows, recent steps weigh more), so a row that just joined starts from what the batch sees,
+not from an optimistic prior. W = 0 switches speculation off; it comes back by itself when the
+batch shrinks (fewer tokens per forward), and a short probe now and then (backing off while
+probes fail) notices acceptance that has risen. While only one token count has been observed
+it alternates W between 0 and its initial value to measure the slope.
 """
 
 from __future__ import annotations
@@ -27,6 +30,13 @@ class BatchGammaConfig:
     initial_gamma: int = 4
     decay: float = 0.95  # per observation of the same token count
     draft_decay: float = 0.9
+    alpha_decay: float = 0.95  # per step, for the batch's pooled acceptance
+    prior_alpha: float = 0.6
+    prior_weight: float = 2.0  # pseudo-positions behind the prior
+    row_weight: float = 8.0  # positions of the batch's alpha behind a row's own
+    probe_gamma: int = 2
+    probe_every: int = 16  # plain steps before a probe; doubles after each failed one
+    max_probe_every: int = 128
 
 
 def expected_tokens(alpha: float, k: int) -> float:
@@ -45,7 +55,21 @@ class BatchGammaController:
     def __post_init__(self) -> None:
         self.forward_time: dict[int, _Smoothed] = {}  # tokens carried -> seconds per forward
         self.draft_time = _Smoothed()  # drafter seconds per drafted token
-        self.last_width = self.config.initial_gamma
+        cfg = self.config
+        self.alpha_stat = _Smoothed(cfg.prior_alpha * cfg.prior_weight, cfg.prior_weight)
+        self.last_width = cfg.initial_gamma
+        self.plain_steps = 0
+        self.probe_every = cfg.probe_every
+
+    @property
+    def alpha(self) -> float:
+        """The batch's acceptance: mean beta over recent drafted positions of all rows."""
+        return min(max(self.alpha_stat.mean(self.config.prior_alpha), 0.0), 0.999)
+
+    def row_alpha(self, beta_sum: float, beta_count: int) -> float:
+        """A row's acceptance from its own betas, shrunk toward the batch's alpha."""
+        weight = self.config.row_weight
+        return min((beta_sum + self.alpha * weight) / (beta_count + weight), 0.999)
 
     def choose(self, alphas: list[float], wanted: list[int]) -> int:
         """The drafts per row (the block width minus one) for rows with these alphas, each
@@ -58,15 +82,32 @@ class BatchGammaController:
                 min(self.config.initial_gamma, top)
         else:
             width = max(range(top + 1), key=lambda w: self.rate(alphas, wanted, w))
+        width = self._probe(width, top)
         self.last_width = width
         return width
 
-    def observe(self, tokens: int, forward_s: float, drafted: int, drafter_s: float) -> None:
+    def _probe(self, width: int, top: int) -> int:
+        """A short draft after probe_every plain steps (acceptance may have risen)."""
+        if width > 0:
+            self.plain_steps, self.probe_every = 0, self.config.probe_every
+            return width
+        self.plain_steps += 1
+        if self.plain_steps <= self.probe_every:
+            return 0
+        self.plain_steps = 0
+        self.probe_every = min(2 * self.probe_every, self.config.max_probe_every)
+        return min(self.config.probe_gamma, top)
+
+    def observe(self, tokens: int, forward_s: float, drafted: int, drafter_s: float,
+                beta_sum: float = 0.0, beta_count: int = 0) -> None:
         """One step: the forward carried `tokens` (padding included) in forward_s seconds;
-        the drafters proposed `drafted` tokens in drafter_s seconds altogether."""
+        the drafters proposed `drafted` tokens in drafter_s seconds altogether; the rows'
+        betas at their examined draft positions sum to beta_sum over beta_count positions."""
         self.forward_time.setdefault(tokens, _Smoothed()).add(forward_s, 1, self.config.decay)
         if drafted:
             self.draft_time.add(drafter_s, drafted, self.config.draft_decay)
+        if beta_count:
+            self.alpha_stat.add(beta_sum, beta_count, self.config.alpha_decay)
 
     def rate(self, alphas: list[float], wanted: list[int], width: int) -> float:
         """Expected tokens per second of the batch at this width."""

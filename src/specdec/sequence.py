@@ -84,6 +84,7 @@ class Sequence:
                                        vocab_size) if params.penalized else None
         self._step: _Step | None = None
         self.last_drafter_s = 0.0  # the last step's drafting time
+        self.last_betas, self.last_beta_count = 0.0, 0  # the last step's examined betas
 
     @property
     def remaining(self) -> int:
@@ -166,6 +167,7 @@ class Sequence:
         stats.drafter_s += drafter_s
         stats.target_s += target_s
         kept_betas = beta_list[: min(n + 1, k)]
+        self.last_betas, self.last_beta_count = sum(kept_betas), len(kept_betas)
         stats.record_step(k, n, kept_betas)
         self.policy.observe(StepRecord(
             drafted=k, accepted=n, betas=kept_betas, drafter_s=drafter_s,
