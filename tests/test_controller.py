@@ -176,27 +176,28 @@ def test_batch_controller_backs_off_as_the_batch_grows_and_returns():
     """Verification nearly free at one row, ~linear in tokens at many: speculation pays
     alone, switches off for 16 rows, comes back when the batch shrinks."""
     controller = _batch_controller(a=1.0, b=0.1)
-    assert controller.choose([0.6], [16]) >= 2
-    assert controller.choose([0.6] * 16, [16] * 16) == 0
-    assert controller.choose([0.6] * 2, [16] * 2) >= 2
+    assert controller.model_width([0.6], [16]) >= 2
+    assert controller.model_width([0.6] * 16, [16] * 16) == 0
+    assert controller.model_width([0.6] * 2, [16] * 2) >= 2
 
 
 def test_batch_controller_follows_acceptance_and_cost():
     cheap = _batch_controller(a=1.0, b=0.001)  # a GPU-like flat forward
-    assert cheap.choose([0.9] * 8, [16] * 8) >= 6
-    assert cheap.choose([0.05] * 8, [16] * 8) <= 1
+    assert cheap.model_width([0.9] * 8, [16] * 8) >= 6
+    assert cheap.model_width([0.05] * 8, [16] * 8) <= 1
     steep = _batch_controller(a=1.0, b=0.5)  # every token costs half a forward
-    assert steep.choose([0.3], [16]) == 0
-    assert cheap.choose([0.9] * 4, [2, 1, 0, 2]) <= 2  # never wider than any row may draft
+    assert steep.model_width([0.3], [16]) == 0
+    assert cheap.model_width([0.9] * 4, [2, 1, 0, 2]) <= 2  # never wider than any row may draft
 
 
-def test_batch_controller_measures_a_second_width_first():
+def test_batch_controller_measures_before_it_drafts():
     from specdec.controller_batch import BatchGammaController, expected_tokens
 
     controller = BatchGammaController()
-    assert controller.choose([0.5] * 4, [8] * 4) == 4  # initial width
-    controller.observe(20, 1.0, 16, 0.01)
-    assert controller.choose([0.5] * 4, [8] * 4) == 0  # then a plain step for the slope
+    assert controller.choose([0.5] * 4, [8] * 4) == 0  # plain steps are measured first
+    controller.observe(4, 1.0, 0, 0.0)
+    controller.observe_step(4, False, 4, 1.0)
+    assert controller.choose([0.5] * 4, [8] * 4) == 4  # a second width: the initial one
     assert expected_tokens(0.5, 0) == 1.0 and expected_tokens(1.0, 3) == 4.0
     assert abs(expected_tokens(0.5, 2) - 1.75) < 1e-12
 
@@ -216,5 +217,24 @@ def test_batch_controller_starts_new_rows_from_the_batch_alpha_and_probes():
     widths = [controller.choose([controller.row_alpha(0.0, 0)] * 4, [16] * 4)
               for _ in range(3 * config.probe_every + 3)]
     probes = [i for i, w in enumerate(widths) if w > 0]
-    assert probes[:2] == [config.probe_every, 3 * config.probe_every + 1]
+    assert probes[:2] == [config.probe_every, 3 * config.probe_every + 1]  # backing off
     assert all(widths[i] == config.probe_gamma for i in probes)
+
+
+def test_batch_controller_keeps_speculation_only_where_it_measured_faster():
+    """The model says drafting pays (cheap forward, high alpha); measured whole steps say
+    otherwise at 8 rows and agree at 2: plain at 8 rows, drafts at 2, each side retried."""
+    controller = _batch_controller(a=1.0, b=0.001)
+    alphas = [0.9] * 8
+    assert controller.model_width(alphas, [16] * 8) > 0
+    assert controller.choose(alphas, [16] * 8) == 0  # plain measured first
+    controller.observe_step(8, False, 80, 1.0)
+    controller.observe_step(8, False, 80, 1.0)
+    assert controller.choose(alphas, [16] * 8) > 0  # then speculation
+    controller.observe_step(8, True, 60, 2.0)
+    widths = [controller.choose(alphas, [16] * 8) for _ in range(12)]
+    assert widths.count(0) >= 11  # 30 tok/s speculating against 80 plain
+    for _ in range(3):
+        controller.observe_step(2, False, 20, 1.0)
+        controller.observe_step(2, True, 60, 1.0)
+    assert controller.choose([0.9] * 2, [16] * 2) > 0

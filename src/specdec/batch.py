@@ -111,6 +111,7 @@ class BatchDecoder:
         if not sequences:
             return []
         clock = self.clock
+        started = time.perf_counter()
         gammas = self._gammas(sequences)
         drafts = [seq.propose(k, clock) for seq, k in zip(sequences, gammas, strict=True)]
         width = 1 + max(d.shape[1] for d in drafts)
@@ -136,6 +137,9 @@ class BatchDecoder:
             out.append((seq, seq.advance(event)))
             if seq.finished:
                 self.remove(seq)
+        self.batch_policy.observe_step(len(sequences), width > 1,
+                                       sum(len(e.tokens) for _, e in out),
+                                       time.perf_counter() - started)
         self.steps += 1
         self.last_width = width
         return out

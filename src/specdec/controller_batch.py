@@ -37,6 +37,7 @@ class BatchGammaConfig:
     probe_gamma: int = 2
     probe_every: int = 16  # plain steps before a probe; doubles after each failed one
     max_probe_every: int = 128
+    min_seconds: float = 1.0  # of measured steps per side before comparing them
 
 
 def expected_tokens(alpha: float, k: int) -> float:
@@ -60,6 +61,10 @@ class BatchGammaController:
         self.last_width = cfg.initial_gamma
         self.plain_steps = 0
         self.probe_every = cfg.probe_every
+        # (rows, speculated) -> decayed tokens / decayed seconds of whole steps
+        self.outcomes: dict[tuple[int, bool], _Smoothed] = {}
+        self.arm_steps = 0
+        self.retry_every = cfg.probe_every
 
     @property
     def alpha(self) -> float:
@@ -81,10 +86,43 @@ class BatchGammaController:
             width = 0 if self.last_width > 0 and self.forward_time else \
                 min(self.config.initial_gamma, top)
         else:
-            width = max(range(top + 1), key=lambda w: self.rate(alphas, wanted, w))
+            width = self.model_width(alphas, wanted)
+        if width > 0 and not self._speculation_wins(len(wanted)):
+            width = 0
         width = self._probe(width, top)
         self.last_width = width
         return width
+
+    def model_width(self, alphas: list[float], wanted: list[int]) -> int:
+        """The width that maximizes the modelled rate (before the measured check)."""
+        top = min(max(wanted, default=0), self.config.max_gamma)
+        return max(range(top + 1), key=lambda w: self.rate(alphas, wanted, w))
+
+    def observe_step(self, rows: int, speculated: bool, tokens: int, seconds: float) -> None:
+        """A whole step (drafting, forward, verification) of `rows` rows emitted `tokens`
+        in `seconds`: the measured outcome the model's choice is checked against."""
+        key = (rows, speculated)
+        self.outcomes.setdefault(key, _Smoothed()).add(tokens, seconds, self.config.decay)
+        self.arm_steps += 1
+
+    def _speculation_wins(self, rows: int) -> bool:
+        """Whether speculating beat plain steps at this batch size, in tokens per second
+        measured over whole steps. The model above misses costs outside the forward and the
+        forward's non-linear cost; this check keeps speculation from losing to plain
+        decoding. Each side is measured at least `min_steps` times; the losing side is
+        retried now and then, less often while it keeps losing."""
+        cfg = self.config
+        spec, plain = self.outcomes.get((rows, True)), self.outcomes.get((rows, False))
+        for side, count in ((False, plain), (True, spec)):
+            if count is None or count.weight < cfg.min_seconds:
+                return side  # measure the side not yet measured
+        assert spec is not None and plain is not None
+        wins = spec.total / spec.weight > plain.total / plain.weight
+        if self.arm_steps >= self.retry_every:  # the loser again, once
+            self.arm_steps = 0
+            self.retry_every = min(2 * self.retry_every, cfg.max_probe_every)
+            return not wins
+        return wins
 
     def _probe(self, width: int, top: int) -> int:
         """A short draft after probe_every plain steps (acceptance may have risen)."""
