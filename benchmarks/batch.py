@@ -165,6 +165,7 @@ def main() -> int:
     layout_s = {} if args.no_layout else layout(target)
     load_after = os.getloadavg()
     report = {"target": target.name, "threads": args.threads, "device": args.device,
+              "dtype": str(target.model.dtype).removeprefix("torch."),
               "prompts": len(prompts), "max_new_tokens": args.max_new_tokens,
               "repeats": args.repeats, "load_before": load_before, "load_after": load_after,
               "runs": runs, "layout_s": layout_s}
@@ -180,7 +181,7 @@ def markdown(report: dict, batches: list[int]) -> str:
     runs = report["runs"]
     plain = {b: statistics.median(r["tokens_per_s"] for r in runs["plain"][b]) for b in batches}
     lines = [f"# Batched decoding: {report['target']}, {report['device']}, "
-             f"{report['threads']} threads",
+             f"{report.get('dtype', '')}, {report['threads']} threads",
              "",
              f"{report['prompts']} prompts x {report['max_new_tokens']} tokens (greedy, EOS "
              f"ignored), decoded B at a time; median of {report['repeats']} interleaved "
