@@ -58,8 +58,9 @@ class TextStream:
             text = self._decode(self.tokens[self._start:cut])
             if not text.endswith("\ufffd"):
                 return cut, text
-        if end - self._read >= self.max_pending:  # never completes: invalid bytes
-            return end, self._decode(self.tokens[self._start:end])
+        if end - self._read >= self.max_pending:  # invalid bytes: they never complete
+            # ...except the last 3 tokens, which may still hold a character's beginning
+            return end - 3, self._decode(self.tokens[self._start:end - 3])
         return self._read, ""
 
     def _decode(self, tokens: list[int]) -> str:
