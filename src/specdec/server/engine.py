@@ -28,7 +28,7 @@ from specdec.server.metrics import ServerMetrics
 
 log = logging.getLogger("specdec.server")
 
-DEFAULT_MAX_BATCH_SIZE = 8
+DEFAULT_MAX_BATCH_SIZE = 16  # measured: see benchmarks/batch (16 beat 8 at 16 and 32 clients)
 
 
 class QueueFullError(Exception):
