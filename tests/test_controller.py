@@ -191,14 +191,15 @@ def test_batch_controller_follows_acceptance_and_cost():
 
 
 def test_batch_controller_measures_before_it_drafts():
-    from specdec.controller_batch import BatchGammaController, expected_tokens
+    from specdec.controller_batch import BatchGammaController
+    from specdec.theory import expected_tokens
 
     controller = BatchGammaController()
     assert controller.choose([0.5] * 4, [8] * 4) == 0  # plain steps are measured first
     controller.observe(4, 1.0, 0, 0.0)
     controller.observe_step(4, False, 4, 1.0)
     assert controller.choose([0.5] * 4, [8] * 4) == 4  # a second width: the initial one
-    assert expected_tokens(0.5, 0) == 1.0 and expected_tokens(1.0, 3) == 4.0
+    assert expected_tokens(0.5, 0) == 1.0 and expected_tokens(0.0, 3) == 1.0
     assert abs(expected_tokens(0.5, 2) - 1.75) < 1e-12
 
 

@@ -49,8 +49,6 @@ class BatchDecoder:
         self.batch_policy = batch_policy or BatchGammaController()
         self._drafters: list[Drafter] = [] if drafter is None else [drafter]  # free ones
         self._prototype = drafter
-        self.steps = 0
-        self.last_width = 0  # block width of the last step (drafts + 1)
 
     def add(self, prompt_ids: torch.Tensor, params: SamplingParams) -> Sequence:
         """Prefill a new sequence (params already validated); it joins at the next step."""
@@ -140,14 +138,12 @@ class BatchDecoder:
         self.batch_policy.observe_step(len(sequences), width > 1,
                                        sum(len(e.tokens) for _, e in out),
                                        time.perf_counter() - started)
-        self.steps += 1
-        self.last_width = width
         return out
 
     def _gammas(self, sequences: list[Sequence]) -> list[int]:
-        wanted = [seq.wanted_gamma() for seq in sequences]
         if len(sequences) == 1 or isinstance(self.gamma, int):
-            return wanted  # fixed gamma, or alone: the row's own policy decides
+            # fixed gamma, or alone: the row's own policy decides
+            return [seq.wanted_gamma() for seq in sequences]
         # a row's own acceptance, shrunk toward the batch's while it has little of its own
         alphas = [self.batch_policy.row_alpha(seq.stats.beta_sum, seq.stats.beta_count)
                   for seq in sequences]

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from specdec.controller_auto import _fit_line, _means, _points, _Smoothed
+from specdec.theory import expected_tokens
 
 
 @dataclass
@@ -38,13 +39,6 @@ class BatchGammaConfig:
     probe_every: int = 16  # plain steps before a probe; doubles after each failed one
     max_probe_every: int = 128
     min_seconds: float = 1.0  # of measured steps per side before comparing them
-
-
-def expected_tokens(alpha: float, k: int) -> float:
-    """E(alpha, k): expected tokens a step with k drafts emits (Leviathan et al., Eq. 1)."""
-    if alpha >= 1.0:
-        return k + 1.0
-    return (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
 
 
 @dataclass
@@ -109,7 +103,7 @@ class BatchGammaController:
         """Whether speculating beat plain steps at this batch size, in tokens per second
         measured over whole steps. The model above misses costs outside the forward and the
         forward's non-linear cost; this check keeps speculation from losing to plain
-        decoding. Each side is measured at least `min_steps` times; the losing side is
+        decoding. Each side is measured for at least `min_seconds`; the losing side is
         retried now and then, less often while it keeps losing."""
         cfg = self.config
         spec, plain = self.outcomes.get((rows, True)), self.outcomes.get((rows, False))

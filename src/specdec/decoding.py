@@ -173,7 +173,3 @@ class SpeculativeDecoder:
             raise UsageError(
                 f"max_new_tokens={params.max_new_tokens} plus the prompt's "
                 f"{prompt_ids.shape[1]} tokens exceeds the model's context of {window} tokens")
-
-    def eos_token_ids(self, params: SamplingParams) -> set[int]:
-        """The model's end-of-sequence ids that stop generation (none when ignore_eos)."""
-        return set() if params.ignore_eos else set(self.target.eos_token_ids)

@@ -67,7 +67,6 @@ class Sequence:
     def __init__(self, prompt_ids: torch.Tensor, context: torch.Tensor, params: SamplingParams,
                  drafter: Drafter | None, policy: GammaPolicy, stop_ids: set[int],
                  device: torch.device, vocab_size: int, start: float):
-        self.prompt_ids = prompt_ids
         self.context = context  # decoder context [1, T] on the host; its last token is pending
         self.params = params
         self.drafter = drafter
@@ -78,7 +77,6 @@ class Sequence:
         self.stats = GenerationStats(prompt_tokens=prompt_ids.shape[1])
         self.start = start
         self.finished = False
-        self.output: list[int] = []
         # penalties: tokens seen so far and output counts, on the target's device
         self.history = TokenHistory.of(context.to(device), context.shape[1],
                                        vocab_size) if params.penalized else None
@@ -190,7 +188,6 @@ class Sequence:
             if event.logprobs is not None:
                 event.logprobs = event.logprobs[:cut]
         stats.generated += len(emitted)
-        self.output.extend(emitted)
         self.context = torch.cat([self.context, torch.tensor([emitted], dtype=torch.long)],
                                  dim=1)
         if self.history is not None:

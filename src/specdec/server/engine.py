@@ -77,7 +77,7 @@ class Engine:
             log.warning("batching needs the static runner and a drafter that forks; "
                         "running one request at a time")
             self.max_batch_size = 1
-        self._loop_state: BatchDecoder | None = None
+        self._batch: BatchDecoder | None = None  # the worker's; a failed step replaces it
 
     # --- queue ------------------------------------------------------------------------
 
@@ -168,7 +168,7 @@ class Engine:
                 joining = []
                 while self._waiting and len(self._active) + len(joining) < self.max_batch_size:
                     joining.append(self._waiting.popleft())
-            self._admit(batch, [job for job in joining if not job.cancelled.is_set()])
+            self._admit([job for job in joining if not job.cancelled.is_set()])
             if not self._active:
                 continue
             try:
@@ -181,8 +181,8 @@ class Engine:
                 continue
             self.metrics.record_step(len(events), sum(len(e.tokens) for _, e in events))
             for sequence, event in events:
-                self._deliver(batch, sequence, event)
-            self._drop_cancelled(batch)
+                self._deliver(sequence, event)
+            self._drop_cancelled()
             if self._deadline is not None and time.monotonic() >= self._deadline:
                 self._fail_running(f"{SHUTDOWN_MESSAGE}: generation stopped")
 
@@ -191,21 +191,23 @@ class Engine:
         rows = make_rows(target, self.max_batch_size) if self.max_batch_size > 1 else \
             SingleRow(target)
         self._active.clear()
-        self._loop_state = self.decoder.batch(rows)
-        return self._loop_state
+        self._batch = self.decoder.batch(rows)
+        return self._batch
 
-    def _admit(self, batch: BatchDecoder, jobs: list[Job]) -> None:
+    def _admit(self, jobs: list[Job]) -> None:
         """Prefill joining jobs together; on a failure, one at a time (a bad request fails
         alone)."""
+        assert self._batch is not None
+        requests = [(torch.tensor([job.prompt_ids]), job.params) for job in jobs]
         try:
             with torch.inference_mode():
-                added = batch.add_many([(torch.tensor([j.prompt_ids]), j.params) for j in jobs])
+                added = self._batch.add_many(requests)
         except Exception as error:
             if len(jobs) == 1:
                 self._fail_job(jobs[0], error)
                 return
             for job in jobs:
-                self._admit(batch, [job])
+                self._admit([job])
             return
         for job, sequence in zip(jobs, added, strict=True):
             streaming = Streaming(job, self.tokenizer, self.tokenizer_lock, self.metrics)
@@ -216,7 +218,7 @@ class Engine:
         self.metrics.record_outcome("error")
         job.emit(Failed(f"generation failed: {error}"))
 
-    def _deliver(self, batch: BatchDecoder, sequence: Sequence, event: Any) -> None:
+    def _deliver(self, sequence: Sequence, event: Any) -> None:
         """Send one step's tokens of one job; finish it when it is done."""
         _, streaming = self._active[id(sequence)]
         if streaming.job.cancelled.is_set():
@@ -231,17 +233,18 @@ class Engine:
             streaming.job.emit(Failed(f"generation failed: {error}"))
             reason = "error"
         if reason is not None:
-            self._leave(batch, sequence)
+            self._leave(sequence)
 
-    def _drop_cancelled(self, batch: BatchDecoder) -> None:
+    def _drop_cancelled(self) -> None:
         for sequence, streaming in list(self._active.values()):
             if streaming.job.cancelled.is_set():  # the request is gone
                 self.metrics.record_generation(streaming.stats, streaming.sent, "cancelled")
-                self._leave(batch, sequence)
+                self._leave(sequence)
 
-    def _leave(self, batch: BatchDecoder, sequence: Sequence) -> None:
+    def _leave(self, sequence: Sequence) -> None:
         del self._active[id(sequence)]
-        if sequence in batch.sequences:  # a finished sequence left by itself
+        batch = self._batch
+        if batch is not None and sequence in batch.sequences:  # finished ones left already
             batch.remove(sequence)
 
     def _fail_running(self, message: str, outcome: str = "cancelled", status: int = 503,
@@ -251,9 +254,7 @@ class Engine:
             if not streaming.job.cancelled.is_set():
                 self.metrics.record_generation(streaming.stats, streaming.sent, outcome)
                 streaming.job.emit(Failed(f"{message} after {streaming.sent} tokens", status))
-            if self._loop_state is not None and sequence in self._loop_state.sequences:
-                self._loop_state.remove(sequence)
-        self._active.clear()
+            self._leave(sequence)
 
     # --- prompts ----------------------------------------------------------------------
 
