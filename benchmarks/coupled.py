@@ -2,8 +2,8 @@
 temperature 1, in ONE interleaved run: what "same seed, same text" costs.
 
     python benchmarks/coupled.py [--per-category 3] [--max-new-tokens 128] [--gamma auto]
-        [--drafters ngram,qwen2.5-coder-0.5b@int8,smollm2-135m@int8] [--threads 1]
-        [--no-plain] [--out benchmarks/results] [--name coupled]
+        [--drafters ngram,self@int4@vocab=32768,smollm2-135m@int8] [--threads 1]
+        [--no-plain] [--max-minutes M] [--out benchmarks/results] [--name coupled]
 
 Every question runs with its own seed under both rules: plain decoding (the speedup's
 reference for each rule: plain coupled sampling pays for the noise too) and each drafter.
@@ -29,6 +29,7 @@ from specdec.bench.methods import PLAIN, Method, specdec_method
 from specdec.bench.runner import Prompt, Record, RunConfig, run
 from specdec.bench.workloads import DEFAULT_QUESTIONS, load_questions, prompt_ids
 from specdec.drafters.factory import build_drafter, build_gamma
+from specdec.machine import load_average
 from specdec.models.loading import load_model
 from specdec.sampling import SamplingParams
 
@@ -99,10 +100,14 @@ def table(records: list[Record], drafters: list[str], plain: bool) -> list[str]:
     return lines
 
 
+def _loads(averages: tuple[float, float, float] | None) -> str:
+    return "unknown" if averages is None else ", ".join(f"{a:.2f}" for a in averages)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="qwen2.5-coder-0.5b")
-    parser.add_argument("--drafters", default="ngram,qwen2.5-coder-0.5b@int8,smollm2-135m@int8")
+    parser.add_argument("--drafters", default="ngram,self@int4@vocab=32768,smollm2-135m@int8")
     parser.add_argument("--gamma", default="auto")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--threads", type=int, default=1)
@@ -110,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--no-plain", action="store_true", help="acceptance only: no plain runs")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="start no new question after this many minutes")
     parser.add_argument("--questions", type=Path, default=DEFAULT_QUESTIONS)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--name", default="coupled", help="output file stem")
@@ -117,22 +124,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.temperature <= 0:
         parser.error("--temperature must be > 0: greedy has no sampling rule to compare")
     torch.set_num_threads(args.threads)
+    load_before = load_average()
     start = time.perf_counter()
     methods, target = build(args)
     questions = load_questions(args.questions, per_category=args.per_category)
     prompts = [Prompt(q, prompt_ids(target.tokenizer, q.text)) for q in questions]
+    args.out.mkdir(parents=True, exist_ok=True)
+    journal = args.out / f"{args.name}.jsonl"
+    journal.unlink(missing_ok=True)
+    limit = None if args.max_minutes is None else 60 * args.max_minutes
     records = run(methods, prompts, RunConfig((args.temperature,), args.max_new_tokens,
-                                              warmup_tokens=4))
+                                              warmup_tokens=4, max_seconds=limit,
+                                              journal=journal))
+    load_after = load_average()
     drafters = args.drafters.split(",")
     meta = {"command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
             "seconds": time.perf_counter() - start, "torch": torch.__version__,
             "machine": platform.processor() or platform.machine(), "threads": args.threads,
-            "questions": [q.question_id for q in questions]}
+            "questions": [q.question_id for q in questions],
+            "questions_run": sorted({r.question_id for r in records}),
+            "load_average_before": load_before, "load_average_after": load_after}
     lines = [f"# Coupled vs rejection rule on {args.target} ({args.dtype}, T={args.temperature:g}"
              f", gamma {args.gamma}, {args.max_new_tokens} new tokens, {len(questions)} "
              f"questions, {args.threads} threads)", "", f"`{meta['command']}`", "",
+             f"{len(meta['questions_run'])} of {len(questions)} questions run in "
+             f"{meta['seconds'] / 60:.1f} min; load average (1, 5, 15 min) before "
+             f"{_loads(load_before)}, after {_loads(load_after)} (the run's own threads "
+             "included).", "",
              *table(records, drafters, not args.no_plain), ""]
-    args.out.mkdir(parents=True, exist_ok=True)
     doc = {"meta": meta, "records": [dataclasses.asdict(r) for r in records]}
     (args.out / f"{args.name}.json").write_text(json.dumps(doc, indent=1, default=str))
     (args.out / f"{args.name}.md").write_text("\n".join(lines))
