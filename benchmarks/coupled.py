@@ -27,10 +27,11 @@ import torch
 
 from specdec.bench.methods import PLAIN, Method, specdec_method
 from specdec.bench.runner import Prompt, Record, RunConfig, run
-from specdec.bench.workloads import DEFAULT_QUESTIONS, load_questions, prompt_ids
+from specdec.bench.workloads import DEFAULT_QUESTIONS, load_questions
 from specdec.drafters.factory import build_drafter, build_gamma
 from specdec.machine import load_average
 from specdec.models.loading import load_model
+from specdec.prompts import user_prompt_ids
 from specdec.sampling import SamplingParams
 
 PLAIN_COUPLED = "specdec plain coupled"
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     methods, target = build(args)
     questions = load_questions(args.questions, per_category=args.per_category)
-    prompts = [Prompt(q, prompt_ids(target.tokenizer, q.text)) for q in questions]
+    prompts = [Prompt(q, user_prompt_ids(target.tokenizer, q.text)) for q in questions]
     args.out.mkdir(parents=True, exist_ok=True)
     journal = args.out / f"{args.name}.jsonl"
     journal.unlink(missing_ok=True)

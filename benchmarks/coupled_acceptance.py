@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 
-from specdec.bench.workloads import DEFAULT_QUESTIONS, load_questions, prompt_ids
+from specdec.bench.workloads import DEFAULT_QUESTIONS, load_questions
 from specdec.decoding import SpeculativeDecoder
 from specdec.drafters.factory import build_drafter
 from specdec.models.loading import load_model
 from specdec.noise import gumbel_argmax, position_range
+from specdec.prompts import user_prompt_ids
 from specdec.sampling import SamplingParams, adjusted_probs
 
 
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     betas, matches, tails = [], [], []
     for n, question in enumerate(load_questions(args.questions,
                                                 per_category=args.per_category)):
-        prompt = prompt_ids(target.tokenizer, question.text)
+        prompt = user_prompt_ids(target.tokenizer, question.text)
         text = plain.generate(prompt, SamplingParams(**{**params.__dict__, "seed": n})).tokens
         ids = prompt + text
         p = distributions(target, ids, len(prompt), params)

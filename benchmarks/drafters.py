@@ -25,10 +25,11 @@ import torch
 from specdec.bench.methods import PLAIN, hf_methods, specdec_method
 from specdec.bench.metrics import OVERALL, summarize
 from specdec.bench.runner import Prompt, RunConfig, run
-from specdec.bench.workloads import DEFAULT_QUESTIONS, Question, prompt_ids
+from specdec.bench.workloads import DEFAULT_QUESTIONS, Question
 from specdec.decoding import SpeculativeDecoder
 from specdec.drafters.factory import build_drafter, build_gamma
 from specdec.models.loading import load_model
+from specdec.prompts import user_prompt_ids
 from specdec.sampling import SamplingParams
 
 OWN_CODE = Question("own-code", "code", (
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     corpus = bigram_corpus(args.questions, {q.question_id for q in chosen})
     start = time.perf_counter()
     target, methods = build(args, corpus)
-    prompts = [Prompt(q, prompt_ids(target.tokenizer, q.text)) for q in chosen]
+    prompts = [Prompt(q, user_prompt_ids(target.tokenizer, q.text)) for q in chosen]
     # warm up greedy only: a sampled universal assisted generation prunes the assistant's
     # lm_head in place, and its later greedy calls then fail (transformers 5.23)
     for method in methods:

@@ -23,12 +23,13 @@ from pathlib import Path
 
 import torch
 
-from specdec.bench.workloads import DEFAULT_QUESTIONS, load_questions, prompt_ids
+from specdec.bench.workloads import DEFAULT_QUESTIONS, load_questions
 from specdec.decoding import SpeculativeDecoder
 from specdec.drafters.ngram import NgramDrafter
 from specdec.drafters.self_spec import special_token_ids
 from specdec.models.low_bit_view import frequent_token_ids, shared_tree
 from specdec.models.quantize import Int4Linear, Int8Linear, _LowBitLinear, fake_quantize
+from specdec.prompts import user_prompt_ids
 from specdec.sampling import SamplingParams
 
 SUBSETS = (1024, 4096, 8192, 16384, 32768, 65536, None)  # None: the whole vocabulary
@@ -133,7 +134,7 @@ def acceptance(args: argparse.Namespace) -> None:
     low_heads = {bits: fake_quantize(head.weight, bits, args.group) for bits in args.bits}
     rows: dict[str, list[tuple[float, float, float, int]]] = {}
     for number, question in enumerate(questions, 1):
-        prompt = prompt_ids(target.tokenizer, question.text)
+        prompt = user_prompt_ids(target.tokenizer, question.text)
         params = SamplingParams(temperature=0, max_new_tokens=args.max_new_tokens)
         started = time.perf_counter()
         # the target's greedy output (drafted by prompt lookup only to get it sooner)
@@ -219,7 +220,7 @@ def profile(args: argparse.Namespace) -> None:
 
     target = load_model(args.target, dtype=args.dtype)
     question = load_questions(args.questions, None, 1)[0]
-    prompt = prompt_ids(target.tokenizer, question.text)
+    prompt = user_prompt_ids(target.tokenizer, question.text)
     for spec in args.drafts:
         from specdec.drafters.factory import build_drafter
 
