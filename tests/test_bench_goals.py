@@ -4,6 +4,7 @@ are flagged; the bench CLI finds its questions from any install and checks --dra
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from specdec.bench.goals import MIN_QUESTIONS, interval, judge
 from specdec.bench.suite import machine_load
 from specdec.bench.workloads import DEFAULT_QUESTIONS, load_questions
 from specdec.cli import main
+from specdec.machine import OtherJobsMeter, busy_cpu_seconds, cpu_count
 
 
 def records(speedups: dict[str, list[float]], method: str = "fast") -> list[dict]:
@@ -66,6 +68,33 @@ def test_busy_machine_is_flagged():
     # a job holding one core of two, and we asked for both
     assert machine_load((1.2, 1, 1), (2.3, 2, 2), threads=2, cores=2)["warning"]
     assert machine_load(None, None, threads=2, cores=2)["warning"] is None
+
+
+def test_measured_other_jobs_decide_over_load_averages():
+    # the load averages of an idle run: the minute of model loading before it, its own 2
+    # threads after it; measured, nothing else ran
+    idle = machine_load((0.9, 1.3, 1.2), (2.0, 2.0, 2.0), threads=2, cores=2, other_cores=0.03)
+    assert idle["warning"] is None and idle["other_cores"] == 0.03
+    busy = machine_load((0.1, 0.1, 0.1), (2.0, 1.0, 0.5), threads=2, cores=2, other_cores=0.6)
+    assert busy["warning"].startswith("BUSY MACHINE: other processes kept 0.60 of 2 cores")
+
+
+def test_other_jobs_meter_subtracts_this_process():
+    readings = {"busy": [100.0, 112.0], "own": [5.0, 14.0], "clock": [0.0, 10.0]}
+    meter = OtherJobsMeter(*(lambda k=k: readings[k].pop(0) for k in ("busy", "own", "clock")))
+    assert meter.other_cores() == pytest.approx(0.3)  # 12 s busy, 9 of them ours, over 10 s
+    unknown = OtherJobsMeter(busy=lambda: None)
+    assert unknown.other_cores() is None
+
+
+def test_other_jobs_meter_reads_this_machine():
+    meter = OtherJobsMeter()
+    end = time.process_time() + 0.2
+    while time.process_time() < end:  # our own work is not another job's
+        pass
+    others = meter.other_cores()
+    if busy_cpu_seconds() is not None:  # Linux
+        assert others is not None and 0.0 <= others <= cpu_count()
 
 
 def test_default_questions_ship_with_the_package():

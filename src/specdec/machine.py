@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -101,3 +102,44 @@ def starvation_warning(wall: float, cpu: float, threads: int,
     return (f"warning: decoding got {share:.0%} of the CPU time its {threads} thread(s) asked "
             f"for: other jobs held the cores, so the speed above is not this machine's; "
             f"{advice}")
+
+
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds every process together kept the cores busy since boot (Linux: /proc/stat;
+    steal, the time other virtual machines took, counts as busy), None where unknown."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = [int(x) for x in stat.readline().split()[1:9]]
+        # user nice system idle iowait irq softirq steal
+        return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process (all its threads) and its waited-for children."""
+    times = os.times()
+    return time.process_time() + times.children_user + times.children_system
+
+
+@dataclass
+class OtherJobsMeter:
+    """How many cores other processes kept busy while this one ran, measured, not inferred.
+
+    The load average cannot say it: it counts this run's own threads and lags by a minute,
+    so the minute of model loading before a run reads as load "before" it.
+    """
+
+    busy: Callable[[], float | None] = busy_cpu_seconds
+    own: Callable[[], float] = own_cpu_seconds
+    clock: Callable[[], float] = time.perf_counter
+
+    def __post_init__(self) -> None:
+        self.wall0, self.busy0, self.own0 = self.clock(), self.busy(), self.own()
+
+    def other_cores(self) -> float | None:
+        """Mean cores held by other processes since creation; None where unknown."""
+        busy, wall = self.busy(), self.clock() - self.wall0
+        if busy is None or self.busy0 is None or wall <= 0:
+            return None
+        return max(0.0, (busy - self.busy0) - (self.own() - self.own0)) / wall

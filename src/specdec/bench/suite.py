@@ -19,7 +19,7 @@ from specdec.bench.runner import Prompt, RunConfig, run
 from specdec.bench.workloads import CATEGORIES, Question, load_questions
 from specdec.drafters.factory import build_drafter, build_gamma, parse_draft, split_gammas
 from specdec.errors import UsageError
-from specdec.machine import cpu_count, load_average
+from specdec.machine import OtherJobsMeter, cpu_count, load_average
 from specdec.models.base import LanguageModel
 from specdec.prompts import user_prompt_ids
 
@@ -120,11 +120,12 @@ def run_benchmark(config: BenchConfig, target: LanguageModel, loader: Loader,
                            progress=config.progress, journal=journal,
                            max_seconds=None if config.max_minutes is None
                            else 60 * config.max_minutes)
-    load_before = load_average()
+    load_before, others = load_average(), OtherJobsMeter()
     start = time.perf_counter()
     records = run(methods, prompts, run_config)
     seconds = time.perf_counter() - start
-    load = machine_load(load_before, load_average(), config.threads)
+    load = machine_load(load_before, load_average(), config.threads,
+                        other_cores=others.other_cores())
     if load["warning"]:
         notes.append(load["warning"])
     done = {(r.question_id, r.repeat) for r in records}
@@ -144,23 +145,38 @@ def run_benchmark(config: BenchConfig, target: LanguageModel, loader: Loader,
     return write_outputs(out, meta, methods, summarize(records, methods), records)
 
 
+# other processes may hold this many cores on average before a run counts as busy
+OTHER_CORES_LIMIT = 0.2
+
+
 def machine_load(before: tuple[float, ...] | None, after: tuple[float, ...] | None,
-                 threads: int, cores: int | None = None) -> dict[str, Any]:
+                 threads: int, cores: int | None = None,
+                 other_cores: float | None = None) -> dict[str, Any]:
     """Load averages around the run, and a warning when the machine was busy.
 
-    Busy: other jobs held more cores than this run's threads left free before it started, or
-    the 1-minute load average at the end (this run's own threads included) exceeded the cores.
+    Busy: other processes kept more than OTHER_CORES_LIMIT cores busy on average during the
+    run (measured: the machine's busy CPU time minus this process's). Where that cannot be
+    measured, the load averages decide: more load before the run than this run's threads
+    left room for, or more than the cores at its end (its own threads included).
     """
     cores = cpu_count() if cores is None else cores
     warning = None
-    if before is not None and after is not None and \
+    averages = ("" if before is None or after is None else
+                f"; load average {before[0]:.1f} before, {after[0]:.1f} after (1 min)")
+    if other_cores is not None:
+        if other_cores > OTHER_CORES_LIMIT:
+            warning = (f"BUSY MACHINE: other processes kept {other_cores:.2f} of {cores} cores "
+                       f"busy on average during the run{averages}: timings and speedups are "
+                       "noisy; re-run on an idle machine before trusting them")
+    elif before is not None and after is not None and \
             (before[0] > cores - threads + 0.5 or after[0] > cores + 0.5):
         warning = (f"BUSY MACHINE: load average {before[0]:.1f} before and {after[0]:.1f} "
                    f"after the run (1 min; 15 min after: {after[2]:.1f}) on {cores} cores "
                    f"with {threads} threads of ours: timings and speedups are noisy; re-run "
                    "on an idle machine before trusting them")
     return {"cpu_count": cores, "before": list(before) if before else None,
-            "after": list(after) if after else None, "warning": warning}
+            "after": list(after) if after else None, "other_cores": other_cores,
+            "warning": warning}
 
 
 def _eos_ids(target: LanguageModel) -> set[int]:
