@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from specdec.controller import StepRecord
-from specdec.controller_auto import ControllerConfig, GammaController
+from specdec.controller_auto import ControllerConfig, GammaController, auto_gamma
 from specdec.decoding import SpeculativeDecoder
 from specdec.drafters.factory import build_drafter, build_gamma
 from specdec.drafters.model import ModelDrafter
@@ -65,6 +65,41 @@ def test_fixed_drafter_cost_per_step_is_not_charged_per_token(alpha, fixed, per_
         cost = 1 + SLOPE * g + (per_token * g + fixed if g else 0.0)
         return sum(alpha ** i for i in range(g + 1)) / cost
     assert controller.choose() == max(range(17), key=s)
+
+
+def _step_shaped(k: int) -> float:
+    """Verify cost of a float32 target on this CPU: flat up to 3 tokens, then a jump."""
+    return 1.1 if k <= 2 else 2.05 + 0.05 * (k - 3)
+
+
+@pytest.mark.parametrize(("alpha", "c"), [(0.93, 0.36), (0.95, 0.2), (0.85, 0.36)])
+def test_observed_widths_use_their_own_cost_not_the_line(alpha, c):
+    """A line through step-shaped costs picks 3, 5 or 1 drafts here; the measured widths say 2."""
+    controller = GammaController(ControllerConfig(max_gamma=16))
+    for i in range(200):
+        k = 1 + i % 6
+        controller.observe(StepRecord(k, 0, [alpha] * k, c * TARGET_S * k, k,
+                                      TARGET_S * _step_shaped(k)))
+    costs = controller.verify_costs()
+    assert costs[3] / costs[2] == pytest.approx(_step_shaped(3) / _step_shaped(2), rel=1e-6)
+
+    def s(g: int) -> float:
+        return sum(alpha ** i for i in range(g + 1)) / (g * c + (_step_shaped(g) if g else 1))
+    assert max(range(7), key=s) == 2
+    assert controller.choose() == 2
+
+
+def test_controllers_of_one_auto_factory_share_timings_not_acceptance():
+    factory = auto_gamma(ControllerConfig(max_gamma=16))
+    first = factory()
+    _feed(first, alpha=0.9, c=0.1)
+    second = factory()  # the next request: the models' timings are known, its alpha is not
+    assert second.verify_costs() == first.verify_costs()
+    assert second.c == pytest.approx(first.c)
+    assert second.alpha == pytest.approx(second.config.prior_alpha)
+    assert first.alpha == pytest.approx(0.9, abs=1e-6)
+    assert factory().costs is first.costs and GammaController().costs is not first.costs
+    assert build_gamma("auto")().costs is not build_gamma("auto")().costs
 
 
 def test_falls_back_to_plain_decoding_and_probes_with_backoff():

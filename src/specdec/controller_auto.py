@@ -10,11 +10,19 @@ d0 (re-syncing a cache, re-tokenizing) is charged to every gamma > 0 through v, 
 mistaken for a per-token cost that would push gamma down.
 When that is 0 (no speedup possible) it decodes plainly and probes with a short draft now and
 then, backing off while probes keep failing.
+
+Where a block width has been observed, v takes that width's own measured time instead of the
+line: a forward's cost need not be linear in its width (float32 on this CPU: 2 and 3 tokens
+cost 1.1 one-token passes, 4 tokens 2.05). The timings describe the models, not the request,
+so `ModelCosts` may be shared by every generation of a decoder (`auto_gamma()` does): a new
+request then starts from what earlier ones measured instead of from the priors.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from specdec.controller import StepRecord
 from specdec.theory import optimal_gamma
@@ -31,6 +39,7 @@ class ControllerConfig:
     probe_gamma: int = 2
     probe_every: int = 8  # plain steps before the first probe; doubles after each failed one
     max_probe_every: int = 64
+    observed_weight: float = 1.0  # decayed observations of a width before its own time is used
 
 
 @dataclass
@@ -49,17 +58,32 @@ class _Smoothed:
 
 
 @dataclass
+class ModelCosts:
+    """Timings of the target and the drafter: one instance may serve many generations."""
+
+    draft_time: _Smoothed = field(default_factory=_Smoothed)  # drafter s per drafted token
+    draft_steps: dict[int, _Smoothed] = field(default_factory=dict)  # k -> drafter s per step
+    target_time: dict[int, _Smoothed] = field(default_factory=dict)  # k -> s per target pass
+
+
+def auto_gamma(config: ControllerConfig | None = None) -> Callable[[], GammaController]:
+    """A factory of GammaControllers (one per generation) that share one ModelCosts."""
+    return partial(GammaController, config or ControllerConfig(), ModelCosts())
+
+
+@dataclass
 class GammaController:
     """GammaPolicy: choose() before each step, observe(StepRecord) after it."""
 
     config: ControllerConfig = field(default_factory=ControllerConfig)
+    costs: ModelCosts = field(default_factory=ModelCosts)
 
     def __post_init__(self) -> None:
         cfg = self.config
         self.alpha_stat = _Smoothed(cfg.prior_alpha * cfg.prior_weight, cfg.prior_weight)
-        self.draft_time = _Smoothed()  # drafter seconds per drafted token
-        self.draft_steps: dict[int, _Smoothed] = {}  # k drafted -> drafter seconds per step
-        self.target_time: dict[int, _Smoothed] = {}  # k drafted -> seconds per target pass
+        self.draft_time = self.costs.draft_time
+        self.draft_steps = self.costs.draft_steps
+        self.target_time = self.costs.target_time
         self.plain_steps = 0
         self.probe_every = cfg.probe_every
         self.probing = False
@@ -101,9 +125,14 @@ class GammaController:
         return min(max(self.alpha_stat.mean(self.config.prior_alpha), 0.0), 0.999)
 
     def verify_costs(self) -> list[float]:
-        """v(k) for k = 0..max_gamma from the fitted target time a + b*k, v(0) = 1."""
+        """v(k) for k = 0..max_gamma, v(0) = 1: a width's own measured time where it has been
+        observed, else the fitted target time a + b*k."""
         a, b = self._target_line()
-        return [1.0 + b / a * k for k in range(self.config.max_gamma + 1)]
+        costs = [1.0 + b / a * k for k in range(self.config.max_gamma + 1)]
+        for k, seconds, weight in _points(self.target_time):
+            if 0 < k < len(costs) and weight >= self.config.observed_weight:
+                costs[k] = max(seconds / a, 1.0)
+        return costs
 
     @property
     def c(self) -> float:

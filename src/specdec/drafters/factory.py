@@ -115,12 +115,13 @@ def build_drafter(spec: str, target: LanguageModel,
 
 
 def build_gamma(value: str | int) -> int | Callable[[], GammaPolicy]:
-    """An integer gamma, or for 'auto' a factory of GammaController (one per generation)."""
+    """An integer gamma, or for 'auto' a factory of GammaController (one per generation;
+    the controllers of one factory share their measured model timings)."""
     text = str(value).strip().lower()
     if text == "auto":
-        from specdec.controller_auto import GammaController
+        from specdec.controller_auto import auto_gamma
 
-        return GammaController
+        return auto_gamma()
     try:
         gamma = int(text)
     except ValueError:
