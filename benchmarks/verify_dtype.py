@@ -8,8 +8,9 @@ the price of a slower one-token step. This run puts both in one interleaved tabl
     python benchmarks/verify_dtype.py [--per-category 2] [--max-new-tokens 128]
         [--temperatures 0,1] [--threads 2] [--max-minutes 30] [--out benchmarks/self_spec]
 
-Methods: plain decoding in bf16 (the reference every ratio uses) and float32, and the self
-drafters (int4 trunk from the target's own weights) over each target dtype, gamma auto.
+Methods: plain decoding in bf16 (the reference every ratio uses) and float32, and each drafter
+(default `self@int4`: an int4 trunk from the target's own weights) over each target dtype,
+at each gamma given as SPEC@G1/G2 (default auto).
 Records are journalled to <out>/verify_dtype.jsonl as they are made.
 """
 
@@ -29,7 +30,7 @@ import torch
 from specdec.bench.methods import Method, specdec_method
 from specdec.bench.runner import Prompt, Record, RunConfig, run
 from specdec.bench.workloads import DEFAULT_QUESTIONS, load_questions
-from specdec.drafters.factory import build_drafter, build_gamma
+from specdec.drafters.factory import build_drafter, build_gamma, split_gammas
 from specdec.machine import load_average
 from specdec.models.loading import load_model
 from specdec.prompts import user_prompt_ids
@@ -43,10 +44,12 @@ def build(args: argparse.Namespace) -> tuple[list[Method], object]:
         target = load_model(args.target, dtype=dtype, threads=args.threads)
         first = first or target
         methods.append(specdec_method(target, None, 0, f"{dtype} plain"))
-        for spec in args.drafts.split(","):
-            drafter = build_drafter(spec, target, lambda s, d=dtype: load_model(s, dtype=d))
-            methods.append(specdec_method(target, drafter, build_gamma("auto"),
-                                          f"{dtype} {spec}", spec, "auto"))
+        for entry in args.drafts.split(","):
+            spec, gammas = split_gammas(entry)
+            for gamma in gammas or ["auto"]:
+                drafter = build_drafter(spec, target, lambda s, d=dtype: load_model(s, dtype=d))
+                methods.append(specdec_method(target, drafter, build_gamma(gamma),
+                                              f"{dtype} {spec} g={gamma}", spec, gamma))
     return methods, first
 
 
@@ -86,7 +89,8 @@ def _rate(records: list[Record]) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="qwen2.5-coder-0.5b")
-    parser.add_argument("--drafts", default="self@int4,self@int4@vocab=32768")
+    parser.add_argument("--drafts", default="self@int4@2/auto",
+                        help="drafter specs, each optionally SPEC@G1/G2 (default gamma auto)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--per-category", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=128)
