@@ -86,6 +86,10 @@ def _rate(records: list[Record]) -> float:
     return sum(r.n_tokens for r in records) / seconds if seconds else 0.0
 
 
+def _loads(averages: tuple[float, float, float] | None) -> str:
+    return "unknown" if averages is None else ", ".join(f"{a:.2f}" for a in averages)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="qwen2.5-coder-0.5b")
@@ -121,9 +125,10 @@ def main(argv: list[str] | None = None) -> int:
              f"`{meta['command']}`", "",
              f"{len(meta['questions_run'])} questions x T {args.temperatures}, "
              f"{args.max_new_tokens} new tokens, {args.threads} threads, "
-             f"{meta['seconds'] / 60:.1f} min; load average before {load_before}, after "
-             f"{meta['load_average_after']} (the run's own threads included). tok/s includes "
-             "prefill.", "", *table(records, [m.name for m in methods], temperatures), ""]
+             f"{meta['seconds'] / 60:.1f} min; load average before {_loads(load_before)}, "
+             f"after {_loads(meta['load_average_after'])} (the run's own threads included). "
+             "tok/s includes prefill.", "",
+             *table(records, [m.name for m in methods], temperatures), ""]
     doc = {"meta": meta, "records": [dataclasses.asdict(r) for r in records]}
     (args.out / "verify_dtype.json").write_text(json.dumps(doc, indent=1, default=str))
     (args.out / "verify_dtype.md").write_text("\n".join(lines))
