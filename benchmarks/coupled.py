@@ -29,7 +29,7 @@ from specdec.bench.methods import PLAIN, Method, specdec_method
 from specdec.bench.runner import Prompt, Record, RunConfig, run
 from specdec.bench.workloads import DEFAULT_QUESTIONS, load_questions
 from specdec.drafters.factory import build_drafter, build_gamma
-from specdec.machine import load_average
+from specdec.machine import load_average, load_text
 from specdec.models.loading import load_model
 from specdec.prompts import user_prompt_ids
 from specdec.sampling import SamplingParams
@@ -101,10 +101,6 @@ def table(records: list[Record], drafters: list[str], plain: bool) -> list[str]:
     return lines
 
 
-def _loads(averages: tuple[float, float, float] | None) -> str:
-    return "unknown" if averages is None else ", ".join(f"{a:.2f}" for a in averages)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="qwen2.5-coder-0.5b")
@@ -150,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
              f"questions, {args.threads} threads)", "", f"`{meta['command']}`", "",
              f"{len(meta['questions_run'])} of {len(questions)} questions run in "
              f"{meta['seconds'] / 60:.1f} min; load average (1, 5, 15 min) before "
-             f"{_loads(load_before)}, after {_loads(load_after)} (the run's own threads "
+             f"{load_text(load_before)}, after {load_text(load_after)} (the run's own threads "
              "included).", "",
              *table(records, drafters, not args.no_plain), ""]
     doc = {"meta": meta, "records": [dataclasses.asdict(r) for r in records]}

@@ -31,7 +31,7 @@ from specdec.bench.methods import Method, specdec_method
 from specdec.bench.runner import Prompt, Record, RunConfig, run
 from specdec.bench.workloads import DEFAULT_QUESTIONS, load_questions
 from specdec.drafters.factory import build_drafter, build_gamma, split_gammas
-from specdec.machine import load_average
+from specdec.machine import load_average, load_text
 from specdec.models.loading import load_model
 from specdec.prompts import user_prompt_ids
 
@@ -86,10 +86,6 @@ def _rate(records: list[Record]) -> float:
     return sum(r.n_tokens for r in records) / seconds if seconds else 0.0
 
 
-def _loads(averages: tuple[float, float, float] | None) -> str:
-    return "unknown" if averages is None else ", ".join(f"{a:.2f}" for a in averages)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="qwen2.5-coder-0.5b")
@@ -125,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
              f"`{meta['command']}`", "",
              f"{len(meta['questions_run'])} questions x T {args.temperatures}, "
              f"{args.max_new_tokens} new tokens, {args.threads} threads, "
-             f"{meta['seconds'] / 60:.1f} min; load average before {_loads(load_before)}, "
-             f"after {_loads(meta['load_average_after'])} (the run's own threads included). "
+             f"{meta['seconds'] / 60:.1f} min; load average before {load_text(load_before)}, "
+             f"after {load_text(meta['load_average_after'])} (the run's own threads included). "
              "tok/s includes prefill.", "",
              *table(records, [m.name for m in methods], temperatures), ""]
     doc = {"meta": meta, "records": [dataclasses.asdict(r) for r in records]}

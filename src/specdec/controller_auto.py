@@ -81,9 +81,6 @@ class GammaController:
     def __post_init__(self) -> None:
         cfg = self.config
         self.alpha_stat = _Smoothed(cfg.prior_alpha * cfg.prior_weight, cfg.prior_weight)
-        self.draft_time = self.costs.draft_time
-        self.draft_steps = self.costs.draft_steps
-        self.target_time = self.costs.target_time
         self.plain_steps = 0
         self.probe_every = cfg.probe_every
         self.probing = False
@@ -109,12 +106,12 @@ class GammaController:
 
     def observe(self, step: StepRecord) -> None:
         decay = self.config.decay
-        self.target_time.setdefault(step.drafted, _Smoothed()).add(step.target_s, 1, decay)
+        self.costs.target_time.setdefault(step.drafted, _Smoothed()).add(step.target_s, 1, decay)
         if step.drafted == 0:
             return  # nothing drafted (plain step, or the drafter found nothing): no alpha info
         self.alpha_stat.add(sum(step.betas), len(step.betas), decay)
-        self.draft_time.add(step.drafter_s, step.drafted, decay)
-        self.draft_steps.setdefault(step.drafted, _Smoothed()).add(step.drafter_s, 1, decay)
+        self.costs.draft_time.add(step.drafter_s, step.drafted, decay)
+        self.costs.draft_steps.setdefault(step.drafted, _Smoothed()).add(step.drafter_s, 1, decay)
         if self.probing and step.betas and sum(step.betas) / len(step.betas) > self.c:
             self.probe_every = self.config.probe_every  # promising probe: stop backing off
 
@@ -129,7 +126,7 @@ class GammaController:
         observed, else the fitted target time a + b*k."""
         a, b = self._target_line()
         costs = [1.0 + b / a * k for k in range(self.config.max_gamma + 1)]
-        for k, seconds, weight in _points(self.target_time):
+        for k, seconds, weight in _points(self.costs.target_time):
             if 0 < k < len(costs) and weight >= self.config.observed_weight:
                 costs[k] = max(seconds / a, 1.0)
         return costs
@@ -137,19 +134,19 @@ class GammaController:
     @property
     def c(self) -> float:
         """Drafter cost per drafted token (the slope d1) over a 1-token target pass."""
-        if self.draft_time.weight <= 1e-9:
+        if self.costs.draft_time.weight <= 1e-9:
             return 0.0
         return self._drafter_line()[1] / self._target_line()[0]
 
     @property
     def fixed_draft_cost(self) -> float:
         """The drafter's per-step cost d0 over a 1-token target pass."""
-        if self.draft_time.weight <= 1e-9:
+        if self.costs.draft_time.weight <= 1e-9:
             return 0.0
         return self._drafter_line()[0] / self._target_line()[0]
 
     def best_gamma(self) -> int:
-        if self.draft_time.weight <= 1e-9 or not self.target_time:
+        if self.costs.draft_time.weight <= 1e-9 or not self.costs.target_time:
             return self.config.initial_gamma
         fixed = self.fixed_draft_cost
         costs = [v + (fixed if k else 0.0) for k, v in enumerate(self.verify_costs())]
@@ -157,7 +154,7 @@ class GammaController:
 
     def _target_line(self) -> tuple[float, float]:
         """(a, b) with target time ~ a + b*k, weighted least squares over the observed k."""
-        points = _points(self.target_time)
+        points = _points(self.costs.target_time)
         slope_prior = self.config.verify_slope
         fit = _fit_line(points)
         if fit is None or fit[0] <= 1e-9:  # one k, or a noisy fit: prior slope through the mean
@@ -170,10 +167,10 @@ class GammaController:
 
     def _drafter_line(self) -> tuple[float, float]:
         """(d0, d1) with drafter time per step ~ d0 + d1*k, both >= 0."""
-        points = _points(self.draft_steps)
+        points = _points(self.costs.draft_steps)
         fit = _fit_line(points)
         if fit is None or fit[0] < 0:  # no fixed part identifiable: all of it per token
-            return 0.0, self.draft_time.mean(0.0)
+            return 0.0, self.costs.draft_time.mean(0.0)
         if fit[1] < 0:
             return _means(points)[1], 0.0
         return fit

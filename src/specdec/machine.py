@@ -33,6 +33,11 @@ def load_average() -> tuple[float, float, float] | None:
         return None
 
 
+def load_text(averages: tuple[float, float, float] | None) -> str:
+    """The 1, 5 and 15-minute load averages as a report shows them ("unknown" without)."""
+    return "unknown" if averages is None else ", ".join(f"{a:.2f}" for a in averages)
+
+
 def idle_cores(cores: int | None = None, load: float | None = None) -> int:
     """Cores other jobs leave idle: cores minus the 1-minute load average, at least 1."""
     cores = cpu_count() if cores is None else cores
