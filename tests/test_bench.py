@@ -81,7 +81,7 @@ def bench_run(tmp_path_factory):
                          drafts=["ngram@2/auto", "tiny-draft"], gammas=[3, "auto"],
                          categories=["conversation", "qa"], per_category=1, max_new_tokens=24,
                          temperatures=[0.0, 1.0], threads=1, progress=False, command="test")
-    outputs = run_benchmark(config, target, lambda spec: drafter)
+    outputs = run_benchmark(config, target, lambda spec, pack=True: drafter)
     return outputs, json.loads(outputs["json"].read_text())
 
 
@@ -158,7 +158,7 @@ def test_time_limit_stops_between_questions_and_journal_keeps_records(tmp_path):
                          out=str(tmp_path / "out"), drafts=["ngram@2"], baselines=False,
                          categories=["qa", "conversation"], per_category=1, max_new_tokens=8,
                          temperatures=[0.0, 1.0], threads=1, progress=False, max_minutes=0)
-    outputs = run_benchmark(config, tiny_model(tokenizer, seed=0), lambda spec: None)
+    outputs = run_benchmark(config, tiny_model(tokenizer, seed=0), lambda spec, pack=True: None)
     document = json.loads(outputs["json"].read_text())
     validate(document)
     # one whole question (qa comes first: categories alternate in the order asked), 2 methods

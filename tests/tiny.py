@@ -5,7 +5,16 @@ from __future__ import annotations
 import copy
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+
+from specdec.models.packing import unpack_decoder
 
 
 def tiny_llama(vocab_size: int = 64, seed: int = 0, layers: int = 2) -> LlamaForCausalLM:
@@ -17,6 +26,25 @@ def tiny_llama(vocab_size: int = 64, seed: int = 0, layers: int = 2) -> LlamaFor
     model = LlamaForCausalLM(config).float().eval()
     _sharpen(model)
     return model
+
+
+def small_decoder(kind: str = "qwen2", dtype: torch.dtype = torch.bfloat16, vocab_size: int = 96,
+                  seed: int = 0, intermediate: int = 2048) -> torch.nn.Module:
+    """A two-layer llama or qwen2 (q/k/v biases) with a wide MLP: oneDNN's single-row product
+    rounds differently from its multi-row one from about 2,048 inputs, so numerics tests on it
+    can fail. Logits unsharpened: near-ties occur."""
+    torch.manual_seed(seed)
+    shape = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=intermediate,
+                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 max_position_embeddings=1024, bos_token_id=None, eos_token_id=None,
+                 pad_token_id=None, tie_word_embeddings=False)
+    if kind == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**shape, use_sliding_window=False))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**shape))
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(8.0)
+    return model.to(dtype).eval()
 
 
 def tiny_t5(vocab_size: int = 64, seed: int = 0, sharpen: bool = True,
@@ -37,8 +65,10 @@ def tiny_t5(vocab_size: int = 64, seed: int = 0, sharpen: bool = True,
 
 
 def perturbed(model: torch.nn.Module, noise: float, seed: int = 1) -> torch.nn.Module:
-    """A copy of model with Gaussian noise on every weight: a drafter that mostly agrees."""
+    """A copy of model with Gaussian noise on every weight: a drafter that mostly agrees.
+    (A model packed by a runner is copied with plain linear layers again.)"""
     clone = copy.deepcopy(model)
+    unpack_decoder(clone)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in clone.parameters():

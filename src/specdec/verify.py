@@ -123,4 +123,5 @@ def overlap(target_probs: torch.Tensor, draft_probs: torch.Tensor | None,
     k = draft_tokens.shape[1]
     if draft_probs is None:
         return target_probs[:, :k].gather(-1, draft_tokens.unsqueeze(-1))[..., 0]
-    return torch.minimum(target_probs[:, :k], draft_probs).sum(dim=-1)
+    # a float32 sum of probabilities can land a rounding step above 1
+    return torch.minimum(target_probs[:, :k], draft_probs).sum(dim=-1).clamp(max=1.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from specdec.bench.methods import Method, Outcome
@@ -20,13 +20,18 @@ def available() -> bool:
 
 
 def llamacpp_methods(gguf: str | Path, threads: int, context: int = 4096,
-                     lookup_tokens: int = 10) -> list[Method]:
-    """Plain and prompt-lookup methods on the same GGUF (in its native quantization)."""
+                     lookup_tokens: int = 10, plain_buffers: bool = False) -> list[Method]:
+    """Plain and prompt-lookup methods on the same GGUF (in its native quantization).
+
+    llama.cpp runs as its users run it: its default buffer types (repacked weights where the
+    CPU has kernels for them). plain_buffers=True switches them off, for a machine where they
+    fail (the report then says so).
+    """
     from llama_cpp import Llama
     from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
     def load(draft=None) -> Llama:
-        with _plain_cpu_buffers():
+        with _plain_cpu_buffers() if plain_buffers else nullcontext():
             # with a draft model, Llama keeps every position's logits (it verifies drafts from
             # them) but sizes its `scores` buffer from the logits_all argument: n_batch (512)
             # rows unless logits_all=True, so every prompt over 512 tokens failed with "could
@@ -44,11 +49,8 @@ def llamacpp_methods(gguf: str | Path, threads: int, context: int = 4096,
 
 @contextmanager
 def _plain_cpu_buffers() -> Iterator[None]:
-    """Load without ggml's extra buffer types (AMX / repacked weights).
-
-    Where the CPU reports AMX but the VM does not let it run, ggml's AMX matmul dies with
-    SIGILL (seen on this machine); the plain CPU kernels (AVX-512 here) always work.
-    """
+    """Load without ggml's extra buffer types (AMX / repacked weights): only for a machine
+    where they fail (one 2026 VM reported AMX that it would not run: SIGILL)."""
     import llama_cpp.llama_cpp as bindings  # what Llama.__init__ calls
 
     default = bindings.llama_model_default_params

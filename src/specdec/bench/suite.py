@@ -23,7 +23,7 @@ from specdec.machine import OtherJobsMeter, cpu_count, load_average
 from specdec.models.base import LanguageModel
 from specdec.prompts import user_prompt_ids
 
-Loader = Callable[[str], LanguageModel]
+Loader = Callable[..., LanguageModel]  # (spec, pack=True): one copy per (spec, pack)
 
 
 @dataclass
@@ -42,6 +42,7 @@ class BenchConfig:
     threads: int = 2
     baselines: bool = True  # transformers' generate methods
     llamacpp: bool = True  # when installed and the target is a GGUF
+    llamacpp_plain_buffers: bool = False  # only where llama.cpp's default buffers fail
     lookup_tokens: int = 10  # prompt lookup draft length of the transformers / llama.cpp methods
     progress: bool = True
     max_minutes: float | None = None  # start no new question after this long
@@ -75,9 +76,12 @@ def build_methods(config: BenchConfig, target: LanguageModel, loader: Loader,
     methods = [specdec_method(target, None, 0, PLAIN)]
     hf_model = getattr(target, "model", None)
     if config.baselines and hf_model is not None and not hf_model.config.is_encoder_decoder:
+        # transformers runs its own copies with plain nn.Linear layers, as its users run it
+        # (our packed layers would be used, and q/k/v computed three times, through slices)
+        hf_model = loader(config.target, pack=False).model
         assistants = {}
         for spec in drafter_models(config.drafts):
-            model = loader(spec)
+            model = loader(spec, pack=False)
             assistants[spec] = (model.model, model.tokenizer)
         methods += hf_methods(hf_model, _eos_ids(target), assistants, target.tokenizer,
                               config.lookup_tokens)
@@ -95,7 +99,12 @@ def build_methods(config: BenchConfig, target: LanguageModel, loader: Loader,
             notes.append("llama.cpp left out: the target is not a GGUF file")
         else:
             methods += llamacpp.llamacpp_methods(gguf, config.threads,
-                                                 lookup_tokens=config.lookup_tokens)
+                                                 lookup_tokens=config.lookup_tokens,
+                                                 plain_buffers=config.llamacpp_plain_buffers)
+            if config.llamacpp_plain_buffers:
+                notes.append("llama.cpp ran without its extra buffer types (repacked weights)"
+                             " at the user's request (--llamacpp-plain-buffers): slower than "
+                             "its default")
     return methods, notes
 
 
@@ -194,7 +203,8 @@ def _runner_note(target: LanguageModel) -> str:
 
 def _fixed_notes(config: BenchConfig, dtype: str, runner: str = "") -> list[str]:
     return [f"target {config.target} in {dtype} {runner}, {config.threads} threads; the "
-            "transformers methods run the same model object; llama.cpp runs the GGUF in its "
+            "transformers methods run the same weights loaded with plain nn.Linear layers "
+            "(as its users run it); llama.cpp runs the GGUF in its "
             "native quantization (a different numeric model: its greedy outputs may differ)",
             "methods interleaved per prompt (order rotating), one warm-up generation each; "
             "temperature > 0 uses a fixed seed per prompt, pure temperature sampling, "

@@ -18,6 +18,8 @@ COMMANDS = {
                "`models clear [NAME]`"),
     "bench": ("bench", "Spec-Bench: every method on the same prompts, interleaved; report"),
     "serve": ("serve", "OpenAI-compatible HTTP server with token streaming and metrics"),
+    "doctor": ("doctor", "this machine's kernels, numerics, bandwidth and the step's distance "
+               "from its limit"),
 }
 
 USAGE = "usage: specdec [--debug] COMMAND [options]   (specdec COMMAND --help for its options)" \

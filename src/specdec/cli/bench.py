@@ -13,8 +13,8 @@ from specdec.bench.workloads import CATEGORIES, DEFAULT_QUESTIONS
 from specdec.cli.options import add_runtime_arguments, runtime_options
 from specdec.errors import UsageError
 from specdec.machine import contention_warning
+from specdec.models.registry import DEFAULT_TARGET
 
-DEFAULT_TARGET = "qwen2.5-coder-0.5b"
 DEFAULT_DRAFTS = "ngram,smollm2-135m,ngram+smollm2-135m"
 # --quick: a smoke run that the code works end to end, not a measurement (too few questions
 # for the goals to be judged): 2 questions, greedy, 32 tokens, 4 methods, 12 generations with
@@ -50,6 +50,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--no-baselines", action="store_true", help="skip transformers' generate")
     p.add_argument("--no-llamacpp", action="store_true", default=None, help="skip llama.cpp")
+    p.add_argument("--llamacpp-plain-buffers", action="store_true",
+                   help="llama.cpp without its repacked weight buffers: only where its default "
+                        "fails on this machine (the report says so)")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="start no new question after this many minutes (categories alternate, "
                         "so all are cut alike)")
@@ -78,7 +81,8 @@ def main(argv: list[str]) -> int:
         temperatures=[_temperature(t) for t in _list(args.temperatures, "--temperatures")],
         repeats=_bounded(args.repeats, "--repeats", 1, 100), dtype=args.dtype,
         threads=_bounded(args.threads, "--threads", 1, 512), baselines=not args.no_baselines,
-        llamacpp=not args.no_llamacpp, command="specdec bench " + shlex.join(argv),
+        llamacpp=not args.no_llamacpp, llamacpp_plain_buffers=args.llamacpp_plain_buffers,
+        command="specdec bench " + shlex.join(argv),
         max_minutes=None if args.max_minutes is None else
         float(_bounded(args.max_minutes, "--max-minutes", 0, 10080)))
     _check_drafts(config)
@@ -88,16 +92,16 @@ def main(argv: list[str]) -> int:
     warning = contention_warning(config.threads) if runtime.device.type == "cpu" else None
     if warning:
         print(f"specdec: {warning}", file=sys.stderr)
-    models: dict[str, object] = {}
+    models: dict[tuple[str, bool], object] = {}
 
-    def loader(spec: str):
+    def loader(spec: str, pack: bool = True):
         from specdec.models.loading import load_model
 
-        if spec not in models:  # one copy per model, shared by every method using it
+        if (spec, pack) not in models:  # one copy per model, shared by every method using it
             dtype = None if config.dtype == "auto" else config.dtype
-            models[spec] = load_model(spec, dtype=dtype, threads=config.threads,
-                                      **runtime.load_kwargs())
-        return models[spec]
+            models[spec, pack] = load_model(spec, dtype=dtype, threads=config.threads,
+                                            pack=pack, **runtime.load_kwargs())
+        return models[spec, pack]
 
     outputs = run_benchmark(config, loader(config.target), loader,
                             _gguf(config.target) if config.llamacpp else None)

@@ -23,9 +23,9 @@ from specdec.decoding import SpeculativeDecoder
 from specdec.drafters.factory import build_drafter, build_gamma, validate_spec
 from specdec.errors import UsageError
 from specdec.machine import CpuMeter, starvation_warning
+from specdec.models.registry import DEFAULT_TARGET
 from specdec.sampling import SamplingParams
 
-DEFAULT_TARGET = "qwen2.5-coder-0.5b"
 # prompt lookup costs ~nothing per draft, so any acceptance is profit (see README)
 DEFAULT_DRAFTER = "ngram"
 DEFAULT_GAMMA = "auto"

@@ -8,10 +8,10 @@ import sys
 from typing import Any
 
 from specdec.cli.options import add_runtime_arguments, runtime_options
+from specdec.models.registry import DEFAULT_TARGET
 from specdec.server.app import DEFAULT_MAX_BODY
 from specdec.server.engine import DEFAULT_MAX_BATCH_SIZE
 
-DEFAULT_TARGET = "qwen2.5-coder-0.5b"
 DEFAULT_DRAFT = "ngram"
 MAX_QUEUE_LIMIT = 100_000
 MAX_BATCH_LIMIT = 256  # rows of KV cache held at once

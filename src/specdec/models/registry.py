@@ -45,6 +45,8 @@ def _parts(package: str, version: str, member: str, count: int) -> tuple[WheelPa
                  for i in range(1, count + 1))
 
 
+DEFAULT_TARGET = "qwen2.5-coder-0.5b"  # what generate, serve, bench and doctor load
+
 REGISTRY: dict[str, RegistryEntry] = {entry.name: entry for entry in (
     RegistryEntry(
         name="smollm2-135m",

@@ -19,10 +19,11 @@ import time
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from specdec.models.attention import blocked_attention, key_span
 from specdec.models.hf import HFModel
+from specdec.models.packing import PackReport, pack_decoder, single, stacked_parts
 
 STATIC_ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral")
 DEFAULT_WIDTHS = (1, 2, 4, 8, 16)
@@ -31,6 +32,9 @@ CAPACITY_STEP = 256  # capacities are multiples of this
 # positions reserved past the prompt when the caller gives no hint (a drafter's begin does
 # not know max_new_tokens); a slot costs 2 * layers * kv_heads * head_dim values
 DEFAULT_RESERVE = 1024
+# keys, values, rotary and attention in float32 whatever the weights' dtype: attention reads
+# the cache without converting it, and rounds no worse than transformers' bf16 attention
+CACHE_DTYPE = torch.float32
 
 
 def static_unsupported(model: PreTrainedModel) -> str | None:
@@ -100,16 +104,24 @@ class StaticCausalLM(HFModel):
     """A llama-family decoder (Llama, Qwen2, Qwen3, Mistral) on a static KV cache."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: Any = None, name: str | None = None,
-                 compile: bool = False, widths: tuple[int, ...] = DEFAULT_WIDTHS):
+                 compile: bool = False, widths: tuple[int, ...] = DEFAULT_WIDTHS,
+                 pack: bool = True):
         reason = static_unsupported(model)
         if reason is not None:
             raise ValueError(f"the static runner cannot run this model: {reason}")
+        # before HFModel reads the head: packing replaces it (and frees the dense weights);
+        # inductor cannot lower the packed products' opaque weights: compiled runners keep
+        # F.linear (inductor's freezing packs them its own way)
+        self.packing = pack_decoder(model) if pack and not compile else \
+            PackReport(skipped="compiled steps" if compile else "not requested")
         super().__init__(model, tokenizer, name)
         inner = model.model
         self.embed, self.layers, self.norm = inner.embed_tokens, list(inner.layers), inner.norm
         self.head = model.get_output_embeddings()
+        self._blocks = [_Projections.of(layer) for layer in self.layers]
         self.head_dim = int(self.layers[0].self_attn.head_dim)
         self.kv_heads = int(model.config.num_key_value_heads)
+        self.groups = int(model.config.num_attention_heads) // self.kv_heads
         self.cache: StaticKVCache | None = None
         self._length = 0
         self._cos = self._sin = torch.empty(0)
@@ -149,7 +161,8 @@ class StaticCausalLM(HFModel):
                 other.cached_length != length - 1 or theirs.rows != rows or \
                 (len(other.layers), other.kv_heads, other.head_dim) != \
                 (len(self.layers), self.kv_heads, self.head_dim) or \
-                theirs.keys[0].dtype != self.embed.weight.dtype or other.device != self.device:
+                other.embed.weight.dtype != self.embed.weight.dtype or \
+                other.device != self.device:
             return False
         self._reset(rows, length, reserve)
         assert self.cache is not None
@@ -178,7 +191,8 @@ class StaticCausalLM(HFModel):
         self._length -= n  # slots past the write position are masked, then overwritten
 
     def fork(self) -> StaticCausalLM:
-        """A runner over the same weights with its own (empty) cache, uncompiled."""
+        """A runner over the same weights (packed ones shared) with its own empty cache,
+        uncompiled."""
         return StaticCausalLM(self.model, self.tokenizer, self.name)
 
     def warmup(self, capacity: int, rows: int = 1) -> float:
@@ -240,29 +254,32 @@ class StaticCausalLM(HFModel):
         hidden = self.embed(ids)
         # [R, 1, w, D]: broadcast over heads
         cos, sin = self._cos[positions][:, None], self._sin[positions][:, None]
-        length = cache.capacity if end is None else end
-        # key j is visible to the query at position t iff j <= t: [R, 1, w, length]
-        mask = (torch.arange(length, device=ids.device) <= positions[..., None])[:, None]
-        for index, layer in enumerate(self.layers):
-            attended = self._attention(cache, index, layer.self_attn,
+        # the query heads sharing a key head are stacked as rows (see _attention)
+        query_positions = positions.repeat(1, self.groups)
+        for index, (layer, block) in enumerate(zip(self.layers, self._blocks, strict=True)):
+            attended = self._attention(cache, index, layer.self_attn, block,
                                        layer.input_layernorm(hidden), positions, cos, sin,
-                                       mask, end)
+                                       query_positions, end)
             hidden = hidden + attended
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+            hidden = hidden + block.mlp(layer.post_attention_layernorm(hidden))
         return hidden
 
-    def _attention(self, cache: StaticKVCache, index: int, attn: Any, x: torch.Tensor,
-                   positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                   mask: torch.Tensor, end: int | None) -> torch.Tensor:
+    def _attention(self, cache: StaticKVCache, index: int, attn: Any, block: _Projections,
+                   x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
+                   sin: torch.Tensor, query_positions: torch.Tensor,
+                   end: int | None) -> torch.Tensor:
         rows, width, _ = x.shape
         shape = (rows, width, -1, self.head_dim)
-        q = attn.q_proj(x).view(shape)
-        k = attn.k_proj(x).view(shape)
-        v = attn.v_proj(x).view(shape).transpose(1, 2)
+        q, k, v = block.qkv(x)
+        heads = q.shape[-1] // self.head_dim
         if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm per head before rotary
-            q, k = attn.q_norm(q), attn.k_norm(k)
-        q = _rotate(q.transpose(1, 2), cos, sin)
-        k = _rotate(k.transpose(1, 2), cos, sin)
+            q = attn.q_norm(q.reshape(shape)).flatten(2)
+            k = attn.k_norm(k.reshape(shape)).flatten(2)
+        # queries and keys rotated together, in float32 like the cache and attention
+        qk = torch.cat([q, k], dim=-1).view(shape).float()
+        qk = _rotate(qk.transpose(1, 2), cos, sin)
+        q, k = qk[:, :heads], qk[:, heads:]
+        v = v.reshape(shape).transpose(1, 2).float()
         keys, values = cache.keys[index], cache.values[index]
         if positions.shape[0] == 1:  # every row writes the same slots
             keys.index_copy_(2, positions[0], k)
@@ -271,17 +288,15 @@ class StaticCausalLM(HFModel):
             slots = positions[:, None, :, None].expand_as(k)
             keys.scatter_(2, slots, k)
             values.scatter_(2, slots, v)
-        if end is not None:
-            keys, values = keys[:, :, :end], values[:, :, :end]
+        span = keys.shape[2] if end is None else key_span(end, keys.shape[2])
+        keys, values = keys[:, :, :span], values[:, :, :span]
         # grouped-query attention without repeating keys: the query heads that share a key
         # head become extra query rows of that head, [B, H_kv, groups * width, D]
-        groups = q.shape[1] // self.kv_heads
+        groups = self.groups
         q = q.reshape(rows, self.kv_heads, groups * width, self.head_dim)
-        out = F.scaled_dot_product_attention(q, keys, values,
-                                             attn_mask=mask.repeat(1, 1, groups, 1),
-                                             scale=attn.scaling)
-        out = out.view(rows, self.kv_heads * groups, width, self.head_dim).transpose(1, 2)
-        return attn.o_proj(out.reshape(rows, width, -1))
+        out = blocked_attention(q, keys, values, query_positions, attn.scaling)
+        out = out.reshape(rows, self.kv_heads * groups, width, self.head_dim).transpose(1, 2)
+        return block.o(out.reshape(rows, width, -1))
 
     # --- buffers --------------------------------------------------------------------------
 
@@ -319,12 +334,12 @@ class StaticCausalLM(HFModel):
         capacity = -(-max(capacity, 1) // CAPACITY_STEP) * CAPACITY_STEP
         self.ensure_rotary(capacity)
         return StaticKVCache(len(self.layers), rows, self.kv_heads, self.head_dim, capacity,
-                             self.embed.weight.dtype, self.device)
+                             CACHE_DTYPE, self.device)
 
     def _rotary_tables(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin [length, head_dim] from the model's own rotary module (any rope type)."""
         rotary = self.model.model.rotary_emb
-        probe = torch.zeros(1, 1, self.head_dim, dtype=self.embed.weight.dtype,
+        probe = torch.zeros(1, 1, self.head_dim, dtype=CACHE_DTYPE,
                             device=self.device)
         positions = torch.arange(length, device=self.device)[None]
         with torch.inference_mode():
@@ -334,6 +349,32 @@ class StaticCausalLM(HFModel):
     def _compile(self) -> Any:
         mode = "reduce-overhead" if self.device.type == "cuda" else None  # CUDA graphs
         return torch.compile(self._full, mode=mode, dynamic=False)
+
+
+class _Projections:
+    """A decoder layer's products as the runner calls them: q/k/v (and gate/up) in one call
+    each when they are packed together, the MLP written out where it is gated."""
+
+    def __init__(self, qkv: Any, o: Any, mlp: Any):
+        self.qkv, self.o, self.mlp = qkv, o, mlp
+
+    @classmethod
+    def of(cls, layer: Any) -> _Projections:
+        attn, mlp = layer.self_attn, layer.mlp
+        qkv = stacked_parts(attn, ("q_proj", "k_proj", "v_proj"))
+        gated = all(isinstance(getattr(mlp, name, None), torch.nn.Module)
+                    for name in ("gate_proj", "up_proj", "down_proj")) and \
+            isinstance(getattr(mlp, "act_fn", None), torch.nn.Module)
+        if gated:
+            gate_up, down, act = stacked_parts(mlp, ("gate_proj", "up_proj")), \
+                single(mlp, "down_proj"), mlp.act_fn
+
+            def run_mlp(x: torch.Tensor) -> torch.Tensor:
+                gate, up = gate_up(x)
+                return down(act(gate) * up)
+        else:
+            run_mlp = mlp
+        return cls(qkv, single(attn, "o_proj"), run_mlp)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -17,12 +17,14 @@ RUNTIMES = ("auto", "static", "dynamic")
 
 def wrap(model: PreTrainedModel, tokenizer: Any = None, name: str | None = None, *,
          runtime: str = "auto", compile: bool = False, device: str | torch.device | None = None,
-         widths: tuple[int, ...] = DEFAULT_WIDTHS) -> Any:
+         widths: tuple[int, ...] = DEFAULT_WIDTHS, pack: bool = True) -> Any:
     """A LanguageModel for `model`, moved to `device` when given.
 
     runtime 'auto' takes the static runner (preallocated KV cache, optional compiled steps)
     for llama-family decoders and transformers' dynamic cache for everything else; 'static'
     refuses a model it cannot run; 'dynamic' always takes transformers' own forward.
+    pack: the static runner packs the linear layers for oneDNN where the CPU has it
+    (models/packing.py; in place: the dense weights are freed), False keeps `F.linear`.
     """
     if runtime not in RUNTIMES:
         raise UsageError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
@@ -33,7 +35,8 @@ def wrap(model: PreTrainedModel, tokenizer: Any = None, name: str | None = None,
     elif runtime == "dynamic" or (runtime == "auto" and static_unsupported(model)):
         runner = HFCausalLM(model, tokenizer, name)
     else:
-        return StaticCausalLM(model, tokenizer, name, compile=compile, widths=widths)
+        return StaticCausalLM(model, tokenizer, name, compile=compile, widths=widths,
+                              pack=pack)
     if runtime == "static":
         raise UsageError(f"the static runner cannot run {runner.name}: "
                          f"{static_unsupported(model)}")

@@ -1,0 +1,212 @@
+"""One numerics for every block width: packed linear layers, blocked attention, batch rows.
+
+Row r of a forward over k tokens (or of a batch of rows) must be the same bits as that token's
+one-token forward, in bfloat16 and float32, so speculative greedy output equals plain greedy
+output token for token and a seed gives one text whatever the drafter, gamma or batch slot.
+"""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F  # noqa: N812
+
+from specdec import SamplingParams, SpeculativeDecoder
+from specdec.drafters.factory import build_drafter
+from specdec.drafters.model import ModelDrafter
+from specdec.models import linear as linear_module
+from specdec.models import wrap
+from specdec.models.attention import blocked_attention
+from specdec.models.linear import PackedLinear, PackedSlice
+from specdec.models.packing import pack_decoder, unpack_decoder
+from specdec.models.rows import StaticRows
+from tiny import perturbed, small_decoder
+
+DTYPES = [torch.bfloat16, torch.float32]
+KINDS = ["llama", "qwen2"]
+WIDTHS = range(1, 17)
+
+
+def _one_token_logits(runner, prompt: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    runner.prefill(prompt)
+    return torch.cat([runner.extend(tokens[:, i:i + 1]) for i in range(tokens.shape[1])], 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_k_token_rows_equal_one_token_forwards_bit_for_bit(kind, dtype):
+    runner = wrap(small_decoder(kind, dtype))
+    assert runner.packing.packed > 0 and runner.packing.row_invariant
+    generator = torch.Generator().manual_seed(1)
+    prompt = torch.randint(0, 96, (1, 70), generator=generator)  # past one key block
+    tokens = torch.randint(0, 96, (1, 16), generator=generator)
+    reference = _one_token_logits(runner, prompt, tokens)
+    base = prompt.shape[1] - 1
+    for k in WIDTHS:
+        runner.rollback(runner.cached_length - base)
+        assert torch.equal(runner.extend(tokens[:, :k]), reference[:, :k]), k
+    # blocks of mixed widths after rollbacks reach the same bits
+    runner.rollback(runner.cached_length - base)
+    runner.extend(tokens[:, :5])
+    runner.rollback(3)
+    got = torch.cat([runner.extend(tokens[:, 2:9]), runner.extend(tokens[:, 9:16])], 1)
+    assert torch.equal(got, reference[:, 2:16])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batch_rows_equal_their_one_token_forwards(dtype):
+    model = small_decoder("qwen2", dtype)
+    single, rows = wrap(model), StaticRows(wrap(model), max_rows=4)
+    generator = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(0, 96, (1, n), generator=generator) for n in (5, 80, 33)]
+    blocks = torch.randint(0, 96, (3, 6), generator=generator)
+    expected = [_one_token_logits(single, p, blocks[i:i + 1]) for i, p in enumerate(prompts)]
+    rows.add_many(prompts)
+    got = torch.cat([rows.extend(blocks[:, :4]), rows.extend(blocks[:, 4:])], 1)
+    for i in range(3):
+        assert torch.equal(got[i], expected[i][0]), i
+
+
+def test_single_rows_are_padded_where_the_probe_sees_them_differ():
+    """The probe's verdict is the machine's; where one row rounds apart, padding must fix it
+    (and the unpadded product must show the difference the probe saw)."""
+    generator = torch.Generator().manual_seed(3)
+    weight = (torch.randn(64, 4864, generator=generator) * 0.02).to(torch.bfloat16)
+    layer = PackedLinear(weight, None)
+    probe = layer.probe_rows()
+    x = torch.randn(64, 4864, generator=generator).to(torch.bfloat16)
+    batch = layer(x)
+    assert all(torch.equal(layer(x[i:i + 1]), batch[i:i + 1]) for i in range(64))
+    if probe.single_row_differs:
+        layer.pad_single_row = False
+        assert not all(torch.equal(layer(x[i:i + 1]), batch[i:i + 1]) for i in range(64))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_packed_products_match_f_linear_and_unpack_exactly(dtype):
+    generator = torch.Generator().manual_seed(4)
+    layers = [nn.Linear(96, n, bias=True).to(dtype) for n in (96, 32, 32)]
+    x = torch.randn(5, 96, generator=generator).to(dtype)
+    stacked = PackedLinear.stack(layers)
+    tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-5
+    for part, layer in zip(stacked.parts(x), layers, strict=True):
+        torch.testing.assert_close(part, F.linear(x, layer.weight, layer.bias),
+                                   atol=tolerance, rtol=tolerance)
+    dense = torch.cat([layer.weight for layer in layers])
+    assert torch.equal(stacked.dense_weight(), dense)
+    assert torch.equal(PackedSlice(stacked, 1).weight, layers[1].weight)
+    assert torch.equal(copy.deepcopy(stacked)(x), stacked(x))
+
+
+def test_packing_frees_dense_weights_and_unpacking_restores_the_tree():
+    model = small_decoder("qwen2", torch.float32)
+    original = copy.deepcopy(model)
+    report = pack_decoder(model)
+    attn = model.model.layers[0].self_attn
+    assert isinstance(attn.q_proj, PackedSlice) and attn.q_proj.stacked is attn.v_proj.stacked
+    assert not any(isinstance(m, nn.Linear) for m in model.modules())
+    assert report.packed == 2 * 7 + 1
+    assert pack_decoder(model).packed == 0  # packing a packed tree does nothing
+    ids = torch.tensor([[1, 5, 9, 2]])
+    with torch.inference_mode():  # the tree still runs as transformers' model
+        torch.testing.assert_close(model(input_ids=ids).logits, original(input_ids=ids).logits,
+                                   atol=1e-4, rtol=1e-4)
+    unpack_decoder(model)
+    for (name, mine), theirs in zip(model.named_parameters(), original.parameters(),
+                                    strict=True):
+        assert torch.equal(mine, theirs), name
+
+
+def test_without_onednn_the_runner_keeps_f_linear(monkeypatch):
+    """Where packing is unavailable (no oneDNN, another device, another dtype) the layers stay
+    nn.Linear, the runner says why, and its output is the model's own."""
+    monkeypatch.setattr("specdec.models.packing.onednn_packing_available",
+                        lambda dtype, device: "this torch build has no oneDNN (mkldnn)")
+    model = small_decoder("llama", torch.float32)
+    runner = wrap(model)
+    assert runner.packing.packed == 0 and "oneDNN" in runner.packing.skipped
+    assert isinstance(model.model.layers[0].mlp.down_proj, nn.Linear)
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9]])
+    runner.prefill(ids[:, :3])
+    logits = runner.extend(ids[:, 2:])
+    with torch.inference_mode():
+        expected = model(input_ids=ids).logits[:, 2:].float()
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_onednn_availability_names_the_reason():
+    cpu = torch.device("cpu")
+    assert "device" in linear_module.onednn_packing_available(torch.float32,
+                                                              torch.device("meta"))
+    assert "dtype" in linear_module.onednn_packing_available(torch.float16, cpu)
+
+
+def test_blocked_attention_matches_sdpa():
+    generator = torch.Generator().manual_seed(5)
+    q = torch.randn(2, 2, 6, 16, generator=generator)
+    keys = torch.randn(2, 2, 128, 16, generator=generator)
+    values = torch.randn(2, 2, 128, 16, generator=generator)
+    positions = torch.tensor([[70, 71, 72, 70, 71, 72], [90, 91, 92, 90, 91, 92]])
+    got = blocked_attention(q, keys, values, positions, 0.25)
+    mask = torch.arange(128) <= positions[:, None, :, None]
+    expected = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=0.25)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+# --- what the numerics buy: identity of outputs in bfloat16 ------------------------------
+
+PROMPTS = [[1, 2, 3, 4, 1, 2, 3], [7] * 5, [5, 9, 11, 5, 9, 40, 41], [30, 31, 32, 33, 34, 35]]
+
+
+@pytest.fixture(scope="module")
+def bf16_pair():
+    model = small_decoder("qwen2", torch.bfloat16, seed=11)
+    draft = perturbed(model, 0.2, seed=12)
+    return wrap(model, name="target"), wrap(draft, name="draft")
+
+
+@pytest.mark.parametrize("spec", ["ngram", "model", "self@int4", "self@int8",
+                                  "ngram+self@int4@vocab=40"])
+def test_bf16_speculative_greedy_equals_plain_greedy(bf16_pair, spec):
+    target, draft = bf16_pair
+    params = SamplingParams(temperature=0, max_new_tokens=24, ignore_eos=True)
+    accepted = 0
+    for prompt in PROMPTS:
+        expected = SpeculativeDecoder(target, None).generate(prompt, params).tokens
+        for gamma in (1, 3, 6):
+            drafter = ModelDrafter(draft) if spec == "model" else \
+                build_drafter(spec, target, None)
+            got = SpeculativeDecoder(target, drafter, gamma=gamma).generate(prompt, params)
+            assert got.tokens == expected, (spec, prompt, gamma)
+            accepted += got.stats.accepted
+    assert accepted > 0
+
+
+def test_bf16_seeded_coupled_text_is_the_same_for_every_drafter_gamma_and_slot(bf16_pair):
+    target, draft = bf16_pair
+    params = [SamplingParams(temperature=1.0, seed=100 + i, max_new_tokens=20, ignore_eos=True)
+              for i in range(len(PROMPTS))]
+    plain = SpeculativeDecoder(target, None)
+    expected = [plain.generate(p, s).tokens for p, s in zip(PROMPTS, params, strict=True)]
+    for drafter, gamma in [(ModelDrafter(draft), 2), (ModelDrafter(draft), 5),
+                           (build_drafter("ngram", target, None), 4)]:
+        decoder = SpeculativeDecoder(target, drafter, gamma=gamma)
+        for prompt, param, tokens in zip(PROMPTS, params, expected, strict=True):
+            assert decoder.generate(prompt, param).tokens == tokens
+        # the same requests in one batch, in reversed slots
+        batched = decoder.generate_batch(PROMPTS[::-1], params[::-1], max_batch_size=4)
+        assert [r.tokens for r in batched] == expected[::-1]
+
+
+def test_self_drafter_of_a_packed_target_quantizes_and_shares_its_packed_layers(bf16_pair):
+    from specdec.models.quantize import Int4Linear
+
+    target, _ = bf16_pair
+    drafter = build_drafter("self@int4", target, None)
+    view = drafter.model.model
+    down = view.model.layers[0].mlp.down_proj
+    assert isinstance(down, Int4Linear)
+    # many-row passes run the target's own packed layer (no dense copy kept)
+    assert down.full is target.model.model.layers[0].mlp.down_proj
+    assert isinstance(down.full, PackedSlice)
