@@ -16,7 +16,7 @@ import torch
 
 KEY_BLOCK = 64
 MIN_QUERY_ROWS = 4
-SCORES_PER_CALL = 1 << 21  # bounds a call's score tensors (8 MB each in float32)
+SCORES_PER_CALL = 1 << 21  # bounds a call's score tensor (8 MB in float32)
 
 
 def key_span(end: int, capacity: int) -> int:
@@ -56,8 +56,8 @@ def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     scores = (q.float()[:, :, None] @ kb.transpose(-1, -2)) * scale  # [R, H, n, M, B]
     key_index = torch.arange(length, device=q.device).view(blocks, 1, KEY_BLOCK)
     hidden = key_index > query_positions[:, None, None, :, None]  # [R|1, 1, n, M, B]
-    scores = scores.masked_fill(hidden, float("-inf"))
-    weights = torch.exp(scores - scores.amax(dim=(2, 4), keepdim=True))
+    scores.masked_fill_(hidden, float("-inf"))  # in place: one score tensor at a time
+    weights = scores.sub_(scores.amax(dim=(2, 4), keepdim=True)).exp_()
     total = weights.sum(dim=-1).sum(dim=2)  # [R, H, M]
     out = (weights @ vb).sum(dim=2) / total[..., None]
     return out[:, :, :m].to(q.dtype)
