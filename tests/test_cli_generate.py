@@ -388,3 +388,13 @@ def test_penalties_and_logprobs_options(models, capsys):
                                                                      "100000=1"))
     assert "repetition_penalty" in bad(capsys, "hi", *plain_args(models, "--repetition-penalty",
                                                                  "0"))
+
+
+def test_doctor_reports_packing_numerics_bandwidth_and_widths(models, capsys):
+    code = cli(["doctor", "--target", str(models["target"]), "--dtype", "float32",
+                 "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "prepacked for oneDNN" in out and "block widths round alike" in out
+    assert "GB/s" in out and "% of the bandwidth limit" in out
+    assert "16: " in out  # v(k) up to 16 tokens

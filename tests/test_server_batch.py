@@ -89,10 +89,12 @@ def test_sixteen_streams_in_one_batch_each_get_their_own_text(pair) -> None:
         assert metric(url, "specdec_generated_tokens_total") < sum(n for _, n in jobs) + 400
 
 
-def test_cpu_server_picks_float32_when_it_batches() -> None:
+def test_cpu_server_picks_float32_when_it_batches_without_packed_bf16() -> None:
     from specdec.cli.serve import serve_dtype
 
-    assert serve_dtype("auto", "cpu", 8) == "float32"  # bf16 products do not batch on a CPU
-    assert serve_dtype("auto", "cpu", 1) is None  # load_model's choice (bf16 where native)
+    no_packing = "this torch build has no oneDNN (mkldnn)"
+    assert serve_dtype("auto", "cpu", 8, no_packing) == "float32"  # F.linear bf16: per row
+    assert serve_dtype("auto", "cpu", 8, None) is None  # prepacked bf16 batches
+    assert serve_dtype("auto", "cpu", 1, no_packing) is None  # load_model's choice
     assert serve_dtype("auto", "cuda", 8) is None
-    assert serve_dtype("bfloat16", "cpu", 8) == "bfloat16"  # what the user asked for
+    assert serve_dtype("bfloat16", "cpu", 8, no_packing) == "bfloat16"  # the user's choice

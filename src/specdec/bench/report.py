@@ -62,6 +62,11 @@ def markdown(document: dict[str, Any], summaries: list[Summary], plots: list[str
     lines += [f"- {note}" for note in document["notes"]] + [""]
     temperatures = sorted({s.temperature for s in summaries})
     busy = document["environment"].get("load", {}).get("warning")
+    roofline = document["environment"].get("roofline")
+    if roofline:
+        lines += ["## The target's step against this machine's limit", ""]
+        lines += [f"- {line}" for line in document["environment"].get("packing", [])]
+        lines += [f"- {line}" for line in roofline["lines"]] + [""]
     lines += ["## Goals", ""] + ([f"**{busy}**", ""] if busy else [])
     lines += goal_lines(summaries, document["records"]) + [""]
     for t in temperatures:

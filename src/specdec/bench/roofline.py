@@ -45,7 +45,7 @@ class Roofline:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "limit_ms": self.limit_ms, "fraction_of_limit": self.fraction,
-                "v": {k: self.v(k) for k in self.step_ms}}
+                "v": {k: self.v(k) for k in self.step_ms}, "lines": self.lines()}
 
     def lines(self) -> list[str]:
         vs = ", ".join(f"{k}: {self.v(k):.2f}" for k in sorted(self.step_ms) if k > 1)
@@ -116,3 +116,20 @@ def measure_roofline(model: Any, widths: Iterable[int] = WIDTHS, repeats: int = 
                     weight_bytes=weight_bytes(model.model.modules()),
                     step_ms=step_times(model, widths, repeats=repeats),
                     threads=torch.get_num_threads())
+
+
+def packing_lines(report: Any) -> list[str]:
+    """The runner's packing report in words."""
+    if report is None:
+        return ["linear layers: transformers' own (this runner does not pack)"]
+    if report.skipped:
+        return [f"linear layers: F.linear ({report.skipped})"]
+    lines = [f"linear layers: {report.packed} prepacked for oneDNN (q/k/v and gate/up stacked)"]
+    padded = ", ".join(f"{i}->{o}" for i, o in report.padded_shapes)
+    if padded:
+        lines.append(f"single rows padded to two (one row rounds apart here): {padded}")
+    lines.append("block widths round alike (rows bit-identical for 1..16 rows): "
+                 + ("yes" if report.row_invariant else
+                    "NO - products of some row counts round differently on this machine; "
+                    "greedy speculative output may differ from plain at near-ties"))
+    return lines

@@ -15,6 +15,7 @@ from specdec.bench import llamacpp
 from specdec.bench.methods import PLAIN, Method, hf_methods, specdec_method
 from specdec.bench.metrics import summarize
 from specdec.bench.report import write_outputs
+from specdec.bench.roofline import measure_roofline, packing_lines
 from specdec.bench.runner import Prompt, RunConfig, run
 from specdec.bench.workloads import CATEGORIES, Question, load_questions
 from specdec.drafters.factory import build_drafter, build_gamma, parse_draft, split_gammas
@@ -45,6 +46,7 @@ class BenchConfig:
     llamacpp_plain_buffers: bool = False  # only where llama.cpp's default buffers fail
     lookup_tokens: int = 10  # prompt lookup draft length of the transformers / llama.cpp methods
     progress: bool = True
+    roofline: bool = True  # measure bandwidth and the target's step per width before the run
     max_minutes: float | None = None  # start no new question after this long
     command: str = ""
 
@@ -129,6 +131,12 @@ def run_benchmark(config: BenchConfig, target: LanguageModel, loader: Loader,
                            progress=config.progress, journal=journal,
                            max_seconds=None if config.max_minutes is None
                            else 60 * config.max_minutes)
+    environment = _environment()
+    if config.roofline and isinstance(getattr(target, "model", None), torch.nn.Module):
+        # before the run, on the same idle machine: how far the step is from its limit
+        roofline = measure_roofline(target, repeats=3)
+        environment["roofline"] = roofline.as_dict()
+        environment["packing"] = packing_lines(getattr(target, "packing", None))
     load_before, others = load_average(), OtherJobsMeter()
     start = time.perf_counter()
     records = run(methods, prompts, run_config)
@@ -145,7 +153,7 @@ def run_benchmark(config: BenchConfig, target: LanguageModel, loader: Loader,
     dtype = getattr(getattr(target, "model", None), "dtype", config.dtype)
     notes += _fixed_notes(config, str(dtype).removeprefix("torch."), _runner_note(target))
     meta = {"command": config.command, "config": _config_dict(config),
-            "environment": {**_environment(), "load": load}, "seconds": seconds,
+            "environment": {**environment, "load": load}, "seconds": seconds,
             "notes": notes,
             "sample": f"{len(done)} question runs ({', '.join(categories)}; up to "
                       f"{config.per_category} per category) x "

@@ -29,7 +29,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    from specdec.bench.roofline import measure_roofline
+    from specdec.bench.roofline import measure_roofline, packing_lines
     from specdec.machine import cpu_count
     from specdec.models.loading import cpu_supports_bfloat16, load_model
 
@@ -48,20 +48,3 @@ def main(argv: list[str]) -> int:
     for line in measure_roofline(model, repeats=args.repeats).lines():
         print(line)
     return 0
-
-
-def packing_lines(report) -> list[str]:
-    """The runner's packing report in words."""
-    if report is None:
-        return ["linear layers: transformers' own (this runner does not pack)"]
-    if report.skipped:
-        return [f"linear layers: F.linear ({report.skipped})"]
-    lines = [f"linear layers: {report.packed} prepacked for oneDNN (q/k/v and gate/up stacked)"]
-    padded = ", ".join(f"{i}->{o}" for i, o in report.padded_shapes)
-    if padded:
-        lines.append(f"single rows padded to two (one row rounds apart here): {padded}")
-    lines.append("block widths round alike (rows bit-identical for 1..16 rows): "
-                 + ("yes" if report.row_invariant else
-                    "NO - products of some row counts round differently on this machine; "
-                    "greedy speculative output may differ from plain at near-ties"))
-    return lines

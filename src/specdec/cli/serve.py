@@ -36,8 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="draft length: integer or 'auto' (default auto, as specdec generate)")
     parser.add_argument("--dtype", default="auto",
                         choices=("auto", "bfloat16", "float32", "float16"),
-                        help="weights dtype (default auto: on a CPU float32 when batching, "
-                        "bfloat16 at --max-batch-size 1 where the CPU has it; see README)")
+                        help="weights dtype (default auto: bfloat16 where the CPU has it and "
+                        "can prepack it; float32 when batching without prepacked bf16; see "
+                        "README)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_runtime_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1",
@@ -119,17 +120,27 @@ def main(argv: list[str]) -> int:
     os._exit(0)
 
 
-def serve_dtype(dtype: str, device: str, max_batch_size: int) -> str | None:
-    """The weights' dtype; None lets load_model choose.
+def serve_dtype(dtype: str, device: str, max_batch_size: int,
+                bf16_packing: str | None = "unknown") -> str | None:
+    """The weights' dtype; None lets load_model choose (bfloat16 where the CPU has it).
 
-    Measured on this project's CPU (2 cores, AVX512-BF16, no AMX; Qwen2.5-0.5B, one decoding
-    step): bfloat16 88 / 209 / 426 ms at 1 / 4 / 16 rows, float32 112 / 202 / 257 ms. bf16
-    matrix products without AMX cost nearly per row, float32 ones batch: a batching CPU
-    server runs float32 unless told otherwise.
+    bf16 through F.linear re-lays its weights out on every call and cost nearly per row when
+    batched (Qwen2.5-0.5B, 2 threads, no AMX: 88 / 209 / 426 ms at 1 / 4 / 16 rows, float32
+    112 / 202 / 257 ms); prepacked bf16 batches (82 / 84 / 123 ms here, float32 125 / 115 /
+    174 ms). So a batching CPU server keeps bf16 where it can prepack it, float32 elsewhere.
+    bf16_packing: why bf16 cannot be prepacked here (None: it can); computed when not given.
     """
     if dtype != "auto":
         return dtype
-    return "float32" if device == "cpu" and max_batch_size > 1 else None
+    if device != "cpu" or max_batch_size == 1:
+        return None
+    if bf16_packing == "unknown":
+        import torch
+
+        from specdec.models.linear import onednn_packing_available
+
+        bf16_packing = onednn_packing_available(torch.bfloat16, torch.device("cpu"))
+    return None if bf16_packing is None else "float32"
 
 
 def warm_up(target: Any, drafter: Any, max_tokens: int) -> float:
