@@ -18,7 +18,7 @@ from specdec.drafters.model import ModelDrafter
 from specdec.models import linear as linear_module
 from specdec.models import wrap
 from specdec.models.attention import blocked_attention
-from specdec.models.linear import PackedLinear, PackedSlice
+from specdec.models.linear import PackedLinear, StackedSlice
 from specdec.models.packing import pack_decoder, unpack_decoder
 from specdec.models.rows import StaticRows
 from tiny import perturbed, small_decoder
@@ -95,7 +95,7 @@ def test_packed_products_match_f_linear_and_unpack_exactly(dtype):
                                    atol=tolerance, rtol=tolerance)
     dense = torch.cat([layer.weight for layer in layers])
     assert torch.equal(stacked.dense_weight(), dense)
-    assert torch.equal(PackedSlice(stacked, 1).weight, layers[1].weight)
+    assert torch.equal(StackedSlice(stacked, 1).weight, layers[1].weight)
     assert torch.equal(copy.deepcopy(stacked)(x), stacked(x))
 
 
@@ -104,7 +104,7 @@ def test_packing_frees_dense_weights_and_unpacking_restores_the_tree():
     original = copy.deepcopy(model)
     report = pack_decoder(model)
     attn = model.model.layers[0].self_attn
-    assert isinstance(attn.q_proj, PackedSlice) and attn.q_proj.stacked is attn.v_proj.stacked
+    assert isinstance(attn.q_proj, StackedSlice) and attn.q_proj.stacked is attn.v_proj.stacked
     assert not any(isinstance(m, nn.Linear) for m in model.modules())
     assert report.packed == 2 * 7 + 1
     assert pack_decoder(model).packed == 0  # packing a packed tree does nothing
@@ -205,8 +205,10 @@ def test_self_drafter_of_a_packed_target_quantizes_and_shares_its_packed_layers(
     target, _ = bf16_pair
     drafter = build_drafter("self@int4", target, None)
     view = drafter.model.model
-    down = view.model.layers[0].mlp.down_proj
-    assert isinstance(down, Int4Linear)
-    # many-row passes run the target's own packed layer (no dense copy kept)
-    assert down.full is target.model.model.layers[0].mlp.down_proj
-    assert isinstance(down.full, PackedSlice)
+    attn, target_attn = view.model.layers[0].self_attn, target.model.model.layers[0].self_attn
+    low = attn.q_proj.stacked
+    assert isinstance(low, Int4Linear) and attn.v_proj.stacked is low  # q/k/v: one product
+    assert low.splits == target_attn.q_proj.stacked.splits
+    # many-row passes run the target's own packed product (no dense copy kept)
+    assert low.full is target_attn.q_proj.stacked
+    assert isinstance(view.model.layers[0].mlp.down_proj.stacked, Int4Linear)

@@ -4,7 +4,7 @@ from torch import nn
 
 from specdec.bench.roofline import Roofline, step_times, weight_bytes
 from specdec.models import wrap
-from specdec.models.linear import PackedLinear, PackedSlice
+from specdec.models.linear import PackedLinear, StackedSlice
 from specdec.models.quantize import Int8Linear
 from tiny import tiny_llama
 
@@ -12,7 +12,7 @@ from tiny import tiny_llama
 def test_weight_bytes_counts_each_stacked_product_once():
     layers = [nn.Linear(32, 16), nn.Linear(32, 8)]
     stacked = PackedLinear.stack(layers)
-    slices = [PackedSlice(stacked, 0), PackedSlice(stacked, 1)]
+    slices = [StackedSlice(stacked, 0), StackedSlice(stacked, 1)]
     assert weight_bytes(slices) == 32 * 24 * 4
     plain = nn.Linear(64, 10)
     int8 = Int8Linear(nn.Linear(64, 10))

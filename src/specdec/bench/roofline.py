@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from specdec.models.linear import PackedLinear, PackedSlice
+from specdec.models.linear import PackedLinear, StackedSlice
 from specdec.models.quantize import Int4Linear, Int8Linear
 
 STREAM_BYTES = 1 << 30  # larger than any CPU cache here
@@ -74,7 +74,7 @@ def weight_bytes(modules: Iterable[nn.Module]) -> int:
     product counted once), what a one-token step streams."""
     total, seen = 0, set()
     for module in modules:
-        if isinstance(module, PackedSlice):
+        if isinstance(module, StackedSlice):
             module = module.stacked
         if id(module) in seen:
             continue

@@ -151,14 +151,15 @@ class PackedLinear(nn.Module):
                 f"splits={self.splits}, dtype={self.dtype}, pad_single_row={self.pad_single_row}")
 
 
-class PackedSlice(nn.Module):
-    """One layer's columns of a stacked PackedLinear, where the model tree had that layer.
+class StackedSlice(nn.Module):
+    """One layer's columns of a stacked layer (a PackedLinear, or a low-bit layer quantized
+    from one), where the model tree had that layer.
 
     The static runner calls the stacked product once; this stand-in keeps the tree usable by
     code that calls or reads the original layer (transformers' forward, quantizing a view).
     """
 
-    def __init__(self, stacked: PackedLinear, index: int):
+    def __init__(self, stacked: nn.Module, index: int):
         super().__init__()
         object.__setattr__(self, "stacked", stacked)  # shared, not a registered child
         self.index = index
@@ -173,8 +174,9 @@ class PackedSlice(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """This layer's dense weight (reordered from the packed one on each read)."""
-        return self.stacked.dense_weight()[self.start:self.start + self.out_features]
+        """This layer's rows of the stacked weight (a packed one reordered to dense on each
+        read; a low-bit one's stand-in)."""
+        return self.stacked.weight[self.start:self.start + self.out_features]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.stacked.parts(x)[self.index]
@@ -185,7 +187,8 @@ def dense_linear(module: nn.Module) -> nn.Linear | None:
     when it is no plain linear layer (a quantized one, a subset head)."""
     if type(module) is nn.Linear:
         return module
-    if isinstance(module, PackedSlice | PackedLinear):
+    if isinstance(module, PackedLinear) or \
+            (isinstance(module, StackedSlice) and isinstance(module.stacked, PackedLinear)):
         weight, bias = module.weight, module.bias
         linear = nn.Linear(module.in_features, module.out_features, bias=bias is not None,
                            device="meta")

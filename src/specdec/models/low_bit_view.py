@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from specdec.models.linear import dense_linear
+from specdec.models.linear import PackedLinear, StackedSlice, dense_linear
 from specdec.models.quantize import quantized_linear
 
 MAX_EXTRA_TOKENS = 8192  # bound on the head's growing part (distinct context tokens)
@@ -65,7 +65,13 @@ def low_bit_view(model: nn.Module, bits: int | None, group_size: int = 32, full_
     def replace(path: str, child: nn.Module) -> nn.Module | None:
         if child is output and head is not None:
             return head
-        if bits is not None and dense_linear(child) is not None:
+        if bits is None:
+            return None
+        if isinstance(child, StackedSlice) and isinstance(child.stacked, PackedLinear):
+            # q/k/v (gate/up) stay one product in low bits too: fewer, larger kernel calls
+            low = _shared_low_bit(child.stacked, bits, group_size, full_rows)
+            return StackedSlice(low, child.index)
+        if dense_linear(child) is not None:
             return _shared_low_bit(child, bits, group_size, full_rows)
         return None
 

@@ -1,7 +1,7 @@
 """Pack a llama-family decoder's linear layers in place: q/k/v and gate/up stacked, the rest
 one packed product each, the output head too; single rows padded where they round apart.
 
-The tree keeps working for any caller (each stacked layer is replaced by a `PackedSlice`), and
+The tree keeps working for any caller (each stacked layer is replaced by a `StackedSlice`), and
 packing a packed tree does nothing, so a fork or a second runner over the same model shares
 the packed weights. Only plain `nn.Linear` layers are packed: quantized layers (a self
 drafter's view) stay as they are.
@@ -17,8 +17,8 @@ from torch import nn
 
 from specdec.models.linear import (
     PackedLinear,
-    PackedSlice,
     RowProbe,
+    StackedSlice,
     dense_linear,
     onednn_packing_available,
 )
@@ -82,7 +82,7 @@ def unpack_decoder(model: nn.Module) -> None:
     layer back at its place in the tree, so parameter order is as before packing)."""
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, PackedSlice | PackedLinear):
+            if isinstance(child, StackedSlice | PackedLinear):
                 setattr(parent, name, dense_linear(child))
 
 
@@ -98,7 +98,7 @@ def _stack(parent: nn.Module, names: tuple[str, ...],
     linears = [getattr(parent, name) for name in names]
     stacked = probed(PackedLinear.stack(linears))
     for index, name in enumerate(names):
-        setattr(parent, name, PackedSlice(stacked, index))
+        setattr(parent, name, StackedSlice(stacked, index))
 
 
 def stacked_parts(parent: nn.Module, names: tuple[str, ...]) -> Parts:
@@ -106,8 +106,8 @@ def stacked_parts(parent: nn.Module, names: tuple[str, ...]) -> Parts:
     they are slices of one, else each layer in turn (quantized or unpacked layers)."""
     layers = [getattr(parent, name) for name in names]
     first = layers[0]
-    if isinstance(first, PackedSlice) and len(first.stacked.splits) == len(layers) and \
-            all(isinstance(m, PackedSlice) and m.stacked is first.stacked and m.index == i
+    if isinstance(first, StackedSlice) and len(first.stacked.splits) == len(layers) and \
+            all(isinstance(m, StackedSlice) and m.stacked is first.stacked and m.index == i
                 for i, m in enumerate(layers)):
         return first.stacked.parts
     return lambda x: tuple(layer(x) for layer in layers)
@@ -117,6 +117,6 @@ def single(parent: nn.Module, name: str) -> Callable[[torch.Tensor], torch.Tenso
     """parent's layer `name` as a callable (a packed slice's own product when it stands
     alone)."""
     layer = getattr(parent, name)
-    if isinstance(layer, PackedSlice) and len(layer.stacked.splits) == 1:
+    if isinstance(layer, StackedSlice) and len(layer.stacked.splits) == 1:
         return layer.stacked
     return layer

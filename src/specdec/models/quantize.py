@@ -34,6 +34,11 @@ class _LowBitLinear(nn.Module):
         # came from, not registered: a view's tree holds only the low-bit layer
         object.__setattr__(self, "full", None if full_rows is None else (full or linear))
         self.full_rows = full_rows
+        # output widths of the layers stacked in this one (q, k, v or gate, up): see parts()
+        self.splits = tuple(getattr(full, "splits", None) or (self.out_features,))
+
+    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return torch.split(self(x), self.splits, dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
