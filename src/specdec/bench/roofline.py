@@ -96,18 +96,17 @@ def step_times(model: Any, widths: Iterable[int] = WIDTHS, context: int = 128,
     prompt = torch.randint(0, vocab, (1, context + 1), generator=generator)
     tokens = torch.randint(0, vocab, (1, max(widths)), generator=generator)
     model.prefill(prompt, reserve=64)
-    model.extend(tokens[:, :1])  # warm-up
-    model.rollback(1)
-    result = {}
-    for k in widths:
-        times = []
-        for _ in range(repeats):
+    for k in (1, max(widths)):  # warm-up
+        model.extend(tokens[:, :k])
+        model.rollback(k)
+    times: dict[int, list[float]] = {k: [] for k in widths}
+    for _ in range(repeats):  # widths interleaved: a drift of the machine hits every width
+        for k in times:
             start = time.perf_counter()
             model.extend(tokens[:, :k])
-            times.append(time.perf_counter() - start)
+            times[k].append(time.perf_counter() - start)
             model.rollback(k)
-        result[k] = 1e3 * statistics.median(times)
-    return result
+    return {k: 1e3 * statistics.median(t) for k, t in times.items()}
 
 
 def measure_roofline(model: Any, widths: Iterable[int] = WIDTHS, repeats: int = 7) -> Roofline:

@@ -134,7 +134,7 @@ def run_benchmark(config: BenchConfig, target: LanguageModel, loader: Loader,
     environment = _environment()
     if config.roofline and isinstance(getattr(target, "model", None), torch.nn.Module):
         # before the run, on the same idle machine: how far the step is from its limit
-        roofline = measure_roofline(target, repeats=3)
+        roofline = measure_roofline(target, repeats=5)
         environment["roofline"] = roofline.as_dict()
         environment["packing"] = packing_lines(getattr(target, "packing", None))
     load_before, others = load_average(), OtherJobsMeter()
