@@ -5,7 +5,8 @@ many queries share the call and how many keys it spans (its GEMMs pick kernels a
 by shape), so a token's attention output in a k-token verification differed from its
 one-token decode. Here the keys are split into fixed blocks of `KEY_BLOCK` from position 0:
 every product has a fixed inner length (the head dimension, or one block of keys), blocks past
-a query's position are masked to exact zeros, and the blocks are summed in order. Query rows
+a query's position are masked to exact zeros, and the blocks are summed by a sequential scan
+(so trailing zero blocks change nothing). Query rows
 are padded to at least `MIN_QUERY_ROWS` (the products' kernels differ below it). Float32
 throughout, so a bfloat16 model's attention is at least as accurate as before.
 """
@@ -58,6 +59,8 @@ def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     hidden = key_index > query_positions[:, None, None, :, None]  # [R|1, 1, n, M, B]
     scores.masked_fill_(hidden, float("-inf"))  # in place: one score tensor at a time
     weights = scores.sub_(scores.amax(dim=(2, 4), keepdim=True)).exp_()
-    total = weights.sum(dim=-1).sum(dim=2)  # [R, H, M]
-    out = (weights @ vb).sum(dim=2) / total[..., None]
+    # blocks summed by a scan (sequential, accumulated in double on the CPU): torch's sum
+    # over the block axis rounds differently with the number of query rows beside it
+    total = weights.sum(dim=-1).cumsum(dim=2)[:, :, -1]  # [R, H, M]
+    out = (weights @ vb).cumsum(dim=2)[:, :, -1] / total[..., None]
     return out[:, :, :m].to(q.dtype)

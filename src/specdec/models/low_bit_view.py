@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,7 +54,8 @@ def shared_tree(module: nn.Module, replace: Callable[[str, nn.Module], nn.Module
     return view
 
 
-def low_bit_view(model: nn.Module, bits: int | None, group_size: int = 32, full_rows: int = 4,
+def low_bit_view(model: nn.Module, bits: int | None, group_size: int = 32,
+                 full_rows: int | None = 4,
                  head: nn.Module | None = None) -> nn.Module:
     """model's tree with its linears in `bits` bits; the output head replaced by `head` if given.
 
@@ -84,7 +86,8 @@ _LOW_BIT: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, int, int], nn.Mod
     weakref.WeakKeyDictionary()
 
 
-def _shared_low_bit(layer: nn.Module, bits: int, group_size: int, full_rows: int) -> nn.Module:
+def _shared_low_bit(layer: nn.Module, bits: int, group_size: int,
+                    full_rows: int | None) -> nn.Module:
     """The low-bit layer for `layer` (plain or packed: quantized from its dense weight, which
     is dropped after; `layer` itself runs the full-precision passes)."""
     made = _LOW_BIT.setdefault(layer, {})
@@ -205,3 +208,14 @@ def frequent_token_ids(vocab_size: int, count: int, always: Iterable[int] = ()) 
     ids = set(range(min(count, vocab_size)))
     ids.update(int(t) for t in always if 0 <= int(t) < vocab_size)
     return torch.tensor(sorted(ids), dtype=torch.long)
+
+
+def low_bit_target(target: Any, bits: int, group_size: int = 32) -> Any:
+    """`target` (a runner over a transformers model) with every linear layer in `bits` bits
+    for every pass, the output head too: a smaller, different model (its output is not the
+    full-precision model's), for measuring what a low-bit target buys. Shares the target's
+    embedding and norms; the target's own layers stay as they are."""
+    from specdec.models.wrap import wrap
+
+    view = low_bit_view(target.model, bits, group_size, full_rows=None)
+    return wrap(view, target.tokenizer, f"{target.name}@int{bits}")
