@@ -296,7 +296,8 @@ class StaticCausalLM(HFModel):
         q = q.reshape(rows, self.kv_heads, groups * width, self.head_dim)
         out = blocked_attention(q, keys, values, query_positions, attn.scaling)
         out = out.reshape(rows, self.kv_heads * groups, width, self.head_dim).transpose(1, 2)
-        return block.o(out.reshape(rows, width, -1))
+        return block.o(out.reshape(rows, width, -1).to(x.dtype))  # from float32 attention
+
 
     # --- buffers --------------------------------------------------------------------------
 
