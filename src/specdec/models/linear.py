@@ -25,8 +25,11 @@ from torch import nn
 PACKED_DTYPES = (torch.bfloat16, torch.float32)
 PROBE_ROWS = 16  # row counts 1..PROBE_ROWS are checked against a PROBE_ROWS-row product
 # bf16 outputs hide most accumulation-order differences (8 mantissa bits), so one row alone
-# is compared with its row of a batch for this many different inputs
+# is compared with its row of a batch for up to this many different inputs, fewer for large
+# layers (an output head), within a budget of multiply-adds that keeps loading quick
 PROBE_SINGLE_ROWS = 64
+PROBE_MIN_SINGLE_ROWS = 8
+PROBE_BUDGET = 1 << 30
 
 
 def onednn_packing_available(dtype: torch.dtype, device: torch.device) -> str | None:
@@ -135,11 +138,13 @@ class PackedLinear(nn.Module):
         generator = torch.Generator().manual_seed(seed)
         x = torch.randn(PROBE_SINGLE_ROWS, self.in_features, generator=generator)
         x = x.to(self.dtype)
+        singles = PROBE_BUDGET // (self.in_features * self.out_features)
+        singles = max(PROBE_MIN_SINGLE_ROWS, min(PROBE_SINGLE_ROWS, singles))
         self.pad_single_row = False
         with torch.inference_mode():
             full = self(x)
             single = any(not torch.equal(self(x[i:i + 1]), full[i:i + 1])
-                         for i in range(PROBE_SINGLE_ROWS))
+                         for i in range(singles))
             varying = [m for m in range(2, PROBE_ROWS + 1)
                        if not torch.equal(self(x[:m]), full[:m])]
         self.probe = RowProbe(single_row_differs=single, varying_rows=varying)
