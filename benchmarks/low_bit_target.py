@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import json
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,8 @@ import torch
 
 from specdec.bench import llamacpp
 from specdec.bench.methods import specdec_method
-from specdec.bench.runner import Prompt, Record, RunConfig, run
+from specdec.bench.ratios import ratio_table
+from specdec.bench.runner import Prompt, RunConfig, run
 from specdec.bench.workloads import DEFAULT_QUESTIONS, load_questions
 from specdec.drafters.factory import build_drafter, build_gamma
 from specdec.machine import OtherJobsMeter, load_average, load_text
@@ -89,36 +89,6 @@ def _perplexity(model, texts: list[str]) -> float:
     return math.exp(nll / count)
 
 
-def table(records: list[Record], names: list[str], temperatures: tuple[float, ...]) -> list[str]:
-    lines = ["| T | method | tok/s | vs bf16 plain (pooled) | vs llama.cpp plain (pooled) | "
-             "median per question vs bf16 | tokens/call |", "|---|---|---|---|---|---|---|"]
-    for temperature in temperatures:
-        def pick(name: str, t: float = temperature) -> list[Record]:
-            return [r for r in records if r.method == name and r.temperature == t
-                    and not r.error and r.seconds > 0]
-
-        reference = {r.question_id: r.n_tokens / r.seconds for r in pick(REFERENCE)}
-        base, anchor = _rate(pick(REFERENCE)), _rate(pick("llama.cpp plain"))
-        for name in names:
-            rs = pick(name)
-            ratios = [r.n_tokens / r.seconds / reference[r.question_id] for r in rs
-                      if r.question_id in reference]
-            calls = sum((r.stats or {}).get("target_calls", 0) for r in rs)
-            generated = sum((r.stats or {}).get("generated", 0) for r in rs)
-            lines.append(
-                f"| {temperature:g} | {name} | {_rate(rs):.2f} | "
-                f"{_rate(rs) / base if base else 0:.2f}x | "
-                f"{_rate(rs) / anchor if anchor else float('nan'):.2f}x | "
-                f"{statistics.median(ratios) if ratios else 0:.2f}x | "
-                f"{generated / calls if calls else float('nan'):.2f} |")
-    return lines
-
-
-def _rate(records: list[Record]) -> float:
-    seconds = sum(r.seconds for r in records)
-    return sum(r.n_tokens for r in records) / seconds if seconds else 0.0
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="qwen2.5-coder-0.5b")
@@ -175,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
              f"positions; perplexity on the questions' text {measured['perplexity_full']:.2f} "
              f"(bf16) vs {measured['perplexity_low']:.2f} (int{args.bits}).", "",
              f"Widths 2..16 whose logits differ from one-token forwards: {invariance}.", "",
-             *table(records, [m.name for m in methods], temperatures), ""]
+             *ratio_table(records, [m.name for m in methods], temperatures, REFERENCE,
+                         "llama.cpp plain" if llamacpp.available() else None), ""]
     doc = {"meta": meta, "records": [dataclasses.asdict(r) for r in records]}
     (args.out / "low_bit_target.json").write_text(json.dumps(doc, indent=1, default=str))
     (args.out / "low_bit_target.md").write_text("\n".join(lines))

@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,8 @@ from pathlib import Path
 import torch
 
 from specdec.bench.methods import Method, specdec_method
-from specdec.bench.runner import Prompt, Record, RunConfig, run
+from specdec.bench.ratios import ratio_table
+from specdec.bench.runner import Prompt, RunConfig, run
 from specdec.bench.workloads import DEFAULT_QUESTIONS, load_questions
 from specdec.drafters.factory import build_drafter, build_gamma, split_gammas
 from specdec.machine import load_average, load_text
@@ -51,39 +51,6 @@ def build(args: argparse.Namespace) -> tuple[list[Method], object]:
                 methods.append(specdec_method(target, drafter, build_gamma(gamma),
                                               f"{dtype} {spec} g={gamma}", spec, gamma))
     return methods, first
-
-
-def table(records: list[Record], names: list[str], temperatures: tuple[float, ...]) -> list[str]:
-    """tok/s (total tokens / total seconds) and the median per-question ratio to bf16 plain."""
-    lines = ["| T | method | tok/s | vs bf16 plain (pooled) | median per question | "
-             "tokens/call | acceptance |", "|---|---|---|---|---|---|---|"]
-    for temperature in temperatures:
-        def pick(name: str, t: float = temperature) -> list[Record]:
-            return [r for r in records if r.method == name and r.temperature == t
-                    and not r.error and r.seconds > 0]
-
-        reference = {r.question_id: r.n_tokens / r.seconds for r in pick(REFERENCE)}
-        base = _rate(pick(REFERENCE))
-        for name in names:
-            rs = pick(name)
-            ratios = [r.n_tokens / r.seconds / reference[r.question_id] for r in rs
-                      if r.question_id in reference]
-            calls = sum((r.stats or {}).get("target_calls", 0) for r in rs)
-            drafted = sum((r.stats or {}).get("drafted", 0) for r in rs)
-            accepted = sum((r.stats or {}).get("accepted", 0) for r in rs)
-            generated = sum((r.stats or {}).get("generated", 0) for r in rs)
-            lines.append(
-                f"| {temperature:g} | {name} | {_rate(rs):.2f} | "
-                f"{_rate(rs) / base if base else 0:.2f}x | "
-                f"{statistics.median(ratios) if ratios else 0:.2f}x | "
-                f"{generated / calls if calls else 0:.2f} | "
-                f"{accepted / drafted if drafted else float('nan'):.3f} |")
-    return lines
-
-
-def _rate(records: list[Record]) -> float:
-    seconds = sum(r.seconds for r in records)
-    return sum(r.n_tokens for r in records) / seconds if seconds else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{meta['seconds'] / 60:.1f} min; load average before {load_text(load_before)}, "
              f"after {load_text(meta['load_average_after'])} (the run's own threads included). "
              "tok/s includes prefill.", "",
-             *table(records, [m.name for m in methods], temperatures), ""]
+             *ratio_table(records, [m.name for m in methods], temperatures, REFERENCE), ""]
     doc = {"meta": meta, "records": [dataclasses.asdict(r) for r in records]}
     (args.out / "verify_dtype.json").write_text(json.dumps(doc, indent=1, default=str))
     (args.out / "verify_dtype.md").write_text("\n".join(lines))
