@@ -96,5 +96,5 @@ def test_cpu_server_picks_float32_when_it_batches_without_packed_bf16() -> None:
     assert serve_dtype("auto", "cpu", 8, no_packing) == "float32"  # F.linear bf16: per row
     assert serve_dtype("auto", "cpu", 8, None) is None  # prepacked bf16 batches
     assert serve_dtype("auto", "cpu", 1, no_packing) is None  # load_model's choice
-    assert serve_dtype("auto", "cuda", 8) is None
+    assert serve_dtype("auto", "cuda", 8, no_packing) is None
     assert serve_dtype("bfloat16", "cpu", 8, no_packing) == "bfloat16"  # the user's choice

@@ -82,6 +82,7 @@ def main(argv: list[str]) -> int:
     from specdec.decoding import SpeculativeDecoder
     from specdec.drafters.factory import build_drafter, build_gamma, validate_spec
     from specdec.machine import contention_warning
+    from specdec.models.linear import onednn_packing_available
     from specdec.models.loading import load_model
     from specdec.server import Engine, EngineConfig, create_app
     from specdec.server.lifecycle import serve
@@ -94,7 +95,8 @@ def main(argv: list[str]) -> int:
     if warning:
         print(f"specdec: {warning}", file=sys.stderr)
 
-    dtype = serve_dtype(args.dtype, runtime.device.type, args.max_batch_size)
+    dtype = serve_dtype(args.dtype, runtime.device.type, args.max_batch_size,
+                        onednn_packing_available(torch.bfloat16, torch.device("cpu")))
 
     def load(spec: str):
         return load_model(spec, dtype, args.threads, **runtime.load_kwargs())
@@ -121,25 +123,19 @@ def main(argv: list[str]) -> int:
 
 
 def serve_dtype(dtype: str, device: str, max_batch_size: int,
-                bf16_packing: str | None = "unknown") -> str | None:
+                bf16_packing: str | None) -> str | None:
     """The weights' dtype; None lets load_model choose (bfloat16 where the CPU has it).
 
     bf16 through F.linear re-lays its weights out on every call and cost nearly per row when
     batched (Qwen2.5-0.5B, 2 threads, no AMX: 88 / 209 / 426 ms at 1 / 4 / 16 rows, float32
     112 / 202 / 257 ms); prepacked bf16 batches (82 / 84 / 123 ms here, float32 125 / 115 /
     174 ms). So a batching CPU server keeps bf16 where it can prepack it, float32 elsewhere.
-    bf16_packing: why bf16 cannot be prepacked here (None: it can); computed when not given.
+    bf16_packing: why bf16 cannot be prepacked on this CPU (None: it can).
     """
     if dtype != "auto":
         return dtype
     if device != "cpu" or max_batch_size == 1:
         return None
-    if bf16_packing == "unknown":
-        import torch
-
-        from specdec.models.linear import onednn_packing_available
-
-        bf16_packing = onednn_packing_available(torch.bfloat16, torch.device("cpu"))
     return None if bf16_packing is None else "float32"
 
 

@@ -32,6 +32,14 @@ PROBE_MIN_SINGLE_ROWS = 8
 PROBE_BUDGET = 1 << 30
 
 
+def cpu_supports_bfloat16() -> bool:
+    """True where oneDNN has native bf16 kernels (AVX512-BF16 / AMX); emulated bf16 is slow."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def onednn_packing_available(dtype: torch.dtype, device: torch.device) -> str | None:
     """None when weights of `dtype` on `device` can be prepacked here, else why not."""
     if device.type != "cpu":
@@ -40,7 +48,7 @@ def onednn_packing_available(dtype: torch.dtype, device: torch.device) -> str | 
         return f"dtype {dtype}: oneDNN packing here covers bfloat16 and float32"
     if not torch.backends.mkldnn.is_available():
         return "this torch build has no oneDNN (mkldnn)"
-    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if dtype == torch.bfloat16 and not cpu_supports_bfloat16():
         return "this CPU has no native bfloat16 (AVX512-BF16 or AMX)"
     return None
 
@@ -187,13 +195,19 @@ class StackedSlice(nn.Module):
         return self.stacked.parts(x)[self.index]
 
 
+def has_dense_weight(module: nn.Module) -> bool:
+    """A plain linear layer, or a packed one (whose dense weight can be reordered back); not a
+    quantized layer or a subset head."""
+    return type(module) is nn.Linear or isinstance(module, PackedLinear) or \
+        (isinstance(module, StackedSlice) and isinstance(module.stacked, PackedLinear))
+
+
 def dense_linear(module: nn.Module) -> nn.Linear | None:
     """`module` as an nn.Linear with a dense weight (a packed one reordered back), or None
     when it is no plain linear layer (a quantized one, a subset head)."""
     if type(module) is nn.Linear:
         return module
-    if isinstance(module, PackedLinear) or \
-            (isinstance(module, StackedSlice) and isinstance(module.stacked, PackedLinear)):
+    if has_dense_weight(module):
         weight, bias = module.weight, module.bias
         linear = nn.Linear(module.in_features, module.out_features, bias=bias is not None,
                            device="meta")

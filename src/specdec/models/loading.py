@@ -20,6 +20,7 @@ from specdec.models.base import LanguageModel
 from specdec.models.convert import CopyKey, dtype_name, load_copy, save_copy, sha256_file
 from specdec.models.device import resolve_device
 from specdec.models.fetch import Downloader, ensure_model, pip_download
+from specdec.models.linear import cpu_supports_bfloat16
 from specdec.models.registry import REGISTRY, get_entry
 from specdec.models.wrap import wrap
 
@@ -82,14 +83,6 @@ def resolve_dtype(dtype: str | torch.dtype | None,
     except KeyError:
         raise UsageError(f"dtype must be one of bfloat16, float32, float16; got {dtype!r}") \
             from None
-
-
-def cpu_supports_bfloat16() -> bool:
-    """True where oneDNN has native bf16 kernels (AVX512-BF16 / AMX); emulated bf16 is slow."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def set_threads(threads: int) -> None:

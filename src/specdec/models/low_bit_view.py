@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from specdec.models.linear import PackedLinear, StackedSlice, dense_linear
+from specdec.models.linear import PackedLinear, StackedSlice, dense_linear, has_dense_weight
 from specdec.models.quantize import quantized_linear
 
 MAX_EXTRA_TOKENS = 8192  # bound on the head's growing part (distinct context tokens)
@@ -73,7 +73,7 @@ def low_bit_view(model: nn.Module, bits: int | None, group_size: int = 32,
             # q/k/v (gate/up) stay one product in low bits too: fewer, larger kernel calls
             low = _shared_low_bit(child.stacked, bits, group_size, full_rows)
             return StackedSlice(low, child.index)
-        if dense_linear(child) is not None:
+        if has_dense_weight(child):  # reordered to dense once, when first quantized
             return _shared_low_bit(child, bits, group_size, full_rows)
         return None
 

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from specdec.models.linear import PackedLinear
+
 INT4_GROUPS = (32, 64, 128, 256)  # group sizes torch's int4 CPU kernel accepts
 INT4_N_MULTIPLE = 16  # the packed layout needs out_features divisible by 16: pad rows
 
@@ -35,7 +37,7 @@ class _LowBitLinear(nn.Module):
         object.__setattr__(self, "full", None if full_rows is None else (full or linear))
         self.full_rows = full_rows
         # output widths of the layers stacked in this one (q, k, v or gate, up): see parts()
-        self.splits = tuple(getattr(full, "splits", None) or (self.out_features,))
+        self.splits = full.splits if isinstance(full, PackedLinear) else (self.out_features,)
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return torch.split(self(x), self.splits, dim=-1)

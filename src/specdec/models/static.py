@@ -298,7 +298,6 @@ class StaticCausalLM(HFModel):
         out = out.reshape(rows, self.kv_heads * groups, width, self.head_dim).transpose(1, 2)
         return block.o(out.reshape(rows, width, -1).to(x.dtype))  # from float32 attention
 
-
     # --- buffers --------------------------------------------------------------------------
 
     def _width(self, k: int) -> int | None:
