@@ -172,6 +172,6 @@ def test_generate_batch_checks_its_arguments(pair):
         decoder.generate_batch([[1]], [SamplingParams(), SamplingParams()])
     with pytest.raises(ValueError, match="max_batch_size"):
         decoder.generate_batch([[1]], max_batch_size=0)
-    with pytest.raises(ValueError, match="token ids"):
+    with pytest.raises(ValueError, match="outside the vocabulary"):
         decoder.generate_batch([[1], [999]])
     assert decoder.generate_batch([]) == []

@@ -126,7 +126,7 @@ def test_empty_prompt(llama_pair, prompt):
 
 
 def test_prompt_out_of_vocabulary(llama_pair):
-    with pytest.raises(ValueError, match="token ids"):
+    with pytest.raises(ValueError, match="outside the vocabulary"):
         SpeculativeDecoder(llama_pair[0], None).generate([1, 64])
 
 

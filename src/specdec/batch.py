@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ from specdec.controller import FixedGamma, GammaPolicy
 from specdec.controller_batch import BatchGammaController
 from specdec.drafters.base import Drafter
 from specdec.models.device import StepClock
-from specdec.models.rows import Rows
+from specdec.models.rows import Joining, Rows
 from specdec.noise import resolve_seed
 from specdec.sampling import SamplingParams
 from specdec.sequence import Sequence, StepEvent
@@ -59,39 +60,91 @@ class BatchDecoder:
         if not requests:
             return []
         start = time.perf_counter()
-        clock = self.clock
+        t0 = self.clock.mark()
         reserve = max(p.max_new_tokens for _, p in requests) + DRAFT_RESERVE
-        t0 = clock.mark()
         contexts = self.rows.add_many([ids for ids, _ in requests], reserve=reserve)
-        t1 = clock.mark()
         first = self.rows.count - len(requests)
+        return self._attach(requests, contexts, first, start, t0)
+
+    def begin(self, prompt_ids: torch.Tensor, params: SamplingParams) -> Joining:
+        """Start a sequence whose prompt is prefilled in pieces (`prefill`) between steps,
+        so the running sequences keep streaming; `join` it once prefilled."""
+        return self.rows.start(prompt_ids, reserve=params.max_new_tokens + DRAFT_RESERVE)
+
+    def prefill(self, joining: Joining, tokens: int | None) -> int:
+        """Prefill up to `tokens` more prompt positions (None: the rest); returns how many."""
+        return self.rows.prefill(joining, tokens)
+
+    def join(self, joining: Joining, params: SamplingParams) -> Sequence:
+        """The prefilled sequence joins at the next step (all or nothing on a failure)."""
+        start = time.perf_counter()
+        t0 = self.clock.mark()
+        try:
+            context = self.rows.join(joining)
+        except BaseException:
+            self.rows.abandon(joining)
+            raise
+        return self._attach([(joining.prompt_ids, params)], [context], self.rows.count - 1,
+                            start, t0)[0]
+
+    def abandon(self, joining: Joining) -> None:
+        """Drop a sequence that began but will not join."""
+        self.rows.abandon(joining)
+
+    def fits(self, prompt_length: int, params: SamplingParams) -> bool:
+        """Whether a request fits beside the running ones now (rows and cache budget)."""
+        return self.rows.fits(prompt_length, self.reach(prompt_length, params))
+
+    def alone_bytes(self, prompt_length: int, params: SamplingParams) -> int:
+        """KV cache bytes the request takes alone at its worst case (its row and its
+        prefill's own cache): past the budget it can never run."""
+        return (self.rows.cache_bytes(1, self.reach(prompt_length, params))
+                + self.rows.cache_bytes(1, prompt_length))
+
+    @staticmethod
+    def reach(prompt_length: int, params: SamplingParams) -> int:
+        """Cached positions a request may reach: prompt, output and drafts."""
+        return prompt_length + params.max_new_tokens + DRAFT_RESERVE
+
+    def _attach(self, requests: list[tuple[torch.Tensor, SamplingParams]],
+                contexts: list[torch.Tensor], first: int, start: float,
+                t0: Any) -> list[Sequence]:
+        """Drafters and sequences of rows first.. just prefilled; all or nothing: a failure
+        leaves no row, drafter or sequence taken."""
+        clock = self.clock
+        t1 = clock.mark()
         drafters: list[Drafter | None] = []
+        added = []
         try:
             for ids, _ in requests:
                 drafters.append(self._take_drafter())
                 if drafters[-1] is not None:
                     drafters[-1].begin(ids)
+            t2 = clock.mark()
+            for (ids, params), context, drafter in zip(requests, contexts, drafters,
+                                                       strict=True):
+                added.append(self._sequence(ids, context, params, drafter, start))
         except BaseException:
             for index in reversed(range(first, self.rows.count)):
                 self.rows.remove(index)
             self._drafters.extend(d for d in drafters if d is not None)
             raise
-        t2 = clock.mark()
-        added = []
-        for (ids, params), context, drafter in zip(requests, contexts, drafters, strict=True):
-            params = resolve_seed(params)  # the coupled rule without a seed needs one noise
-            policy = FixedGamma(self.gamma) if isinstance(self.gamma, int) else self.gamma()
-            stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else
-                                                     set(self.eos_ids))
-            sequence = Sequence(ids, context, params, drafter, policy, stop_ids,
-                                self.rows.device, self.vocab_size, start)
+        for sequence in added:
             stats = sequence.stats
             stats.target_s += clock.seconds(t0, t1)
             stats.drafter_s += clock.seconds(t1, t2)
             stats.prefill_s = clock.seconds(t0, t2)  # device time: a GPU prefill is queued
-            added.append(sequence)
         self.sequences.extend(added)
         return added
+
+    def _sequence(self, ids: torch.Tensor, context: torch.Tensor, params: SamplingParams,
+                  drafter: Drafter | None, start: float) -> Sequence:
+        params = resolve_seed(params)  # the coupled rule without a seed needs one noise
+        policy = FixedGamma(self.gamma) if isinstance(self.gamma, int) else self.gamma()
+        stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else
+                                                 set(self.eos_ids))
+        return Sequence(ids, context, params, drafter, policy, stop_ids, self.rows.device,
+                        self.vocab_size, start)
 
     def remove(self, sequence: Sequence) -> None:
         """Drop a sequence (finished or cancelled); the last row takes its place."""
@@ -103,15 +156,23 @@ class BatchDecoder:
         if sequence.drafter is not None:
             self._drafters.append(sequence.drafter)
 
-    def step(self) -> list[tuple[Sequence, StepEvent]]:
-        """One step for every active sequence; finished ones leave the batch afterwards."""
+    def step(self) -> list[tuple[Sequence, StepEvent | RowFailure]]:
+        """One step for every active sequence; finished ones leave the batch afterwards.
+
+        A row whose own work (drafting, verification, output) raises leaves alone with a
+        RowFailure; the others go on exactly as without it. An error of the target's forward
+        is the whole batch's and propagates (its caches are suspect).
+        """
         sequences = list(self.sequences)
         if not sequences:
             return []
         clock = self.clock
         started = time.perf_counter()
         gammas = self._gammas(sequences)
-        drafts = [seq.propose(k, clock) for seq, k in zip(sequences, gammas, strict=True)]
+        failures: dict[int, Exception] = {}
+        drafts = [_guarded(failures, i, seq.propose, k, clock) for i, (seq, k) in
+                  enumerate(zip(sequences, gammas, strict=True))]
+        drafts = [_NO_DRAFTS if d is None else d for d in drafts]
         width = 1 + max(d.shape[1] for d in drafts)
         block = torch.zeros(len(sequences), width, dtype=torch.long, device=self.rows.device)
         for i, (seq, d) in enumerate(zip(sequences, drafts, strict=True)):
@@ -120,23 +181,32 @@ class BatchDecoder:
         t0 = clock.mark()
         logits = self.rows.extend(block)  # p_1..p_{k+1} of every row, one forward
         marks = (t0, clock.mark())
-        events = []
-        for i, (seq, d) in enumerate(zip(sequences, drafts, strict=True)):
-            events.append(seq.judge(logits[i:i + 1, : d.shape[1] + 1], marks, clock))
-        # drop each row's rejected drafts and padding: x_1..x_n stay cached
-        self.rows.rollback([width - 1 - len(e.accepted) for e in events])
+        events = [None if i in failures else
+                  _guarded(failures, i, seq.judge, logits[i:i + 1, : d.shape[1] + 1], marks,
+                           clock)
+                  for i, (seq, d) in enumerate(zip(sequences, drafts, strict=True))]
+        # drop each row's rejected drafts and padding: x_1..x_n stay cached (a failed row
+        # keeps its block: it leaves below)
+        self.rows.rollback([0 if e is None else width - 1 - len(e.accepted) for e in events])
         self.batch_policy.observe(len(sequences) * width, clock.seconds(*marks),
                                   sum(d.shape[1] for d in drafts),
                                   sum(s.last_drafter_s for s in sequences),
                                   sum(s.last_betas for s in sequences),
                                   sum(s.last_beta_count for s in sequences))
-        out = []
-        for seq, event in zip(sequences, events, strict=True):
-            out.append((seq, seq.advance(event)))
+        out: list[tuple[Sequence, StepEvent | RowFailure]] = []
+        for i, (seq, event) in enumerate(zip(sequences, events, strict=True)):
+            if event is not None:
+                event = _guarded(failures, i, seq.advance, event)
+            if i in failures:
+                out.append((seq, RowFailure(failures[i])))
+                self.remove(seq)
+                continue
+            out.append((seq, event))
             if seq.finished:
                 self.remove(seq)
         self.batch_policy.observe_step(len(sequences), width > 1,
-                                       sum(len(e.tokens) for _, e in out),
+                                       sum(len(e.tokens) for _, e in out
+                                           if isinstance(e, StepEvent)),
                                        time.perf_counter() - started)
         return out
 
@@ -162,6 +232,26 @@ class BatchDecoder:
             raise ValueError(f"drafter {self._prototype.name!r} cannot draft for several "
                              "sequences at once (it has no fork()); use a batch size of 1")
         return fork()
+
+
+@dataclass
+class RowFailure:
+    """A row that left the batch alone because its own work raised `error`."""
+
+    error: Exception
+
+
+_NO_DRAFTS = torch.zeros(1, 0, dtype=torch.long)
+
+
+def _guarded(failures: dict[int, Exception], row: int, work: Callable[..., Any],
+             *args: Any) -> Any:
+    """work(*args), or None with the error recorded as row's failure."""
+    try:
+        return work(*args)
+    except Exception as error:
+        failures[row] = error
+        return None
 
 
 def forks(drafter: Any) -> bool:

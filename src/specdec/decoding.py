@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
-from specdec.batch import DRAFT_RESERVE, BatchDecoder, forks
+from specdec.batch import DRAFT_RESERVE, BatchDecoder, RowFailure, forks
 from specdec.controller import GammaPolicy
 from specdec.drafters.base import Drafter
 from specdec.drafters.model import ModelDrafter
-from specdec.errors import UsageError
+from specdec.errors import InvalidParameter, UsageError
 from specdec.models.base import LanguageModel, check_same_vocabulary
 from specdec.models.rows import Rows, SingleRow, make_rows
 from specdec.models.static import StaticCausalLM
@@ -81,7 +81,7 @@ class SpeculativeDecoder:
             loop.add(prompt_ids, params)
             while loop.sequences:
                 for _, event in loop.step():
-                    yield event
+                    yield _row_event(event)
 
     def generate_batch(self, prompts: list[str | list[int] | torch.Tensor],
                        params: SamplingParams | list[SamplingParams] | None = None,
@@ -117,7 +117,8 @@ class SpeculativeDecoder:
                            for _ in range(min(len(waiting), rows.max_rows - rows.count))]
                 added = loop.add_many([(encoded[i], per_row[i]) for i in joining])
                 index_of.update((id(s), i) for s, i in zip(added, joining, strict=True))
-                for sequence, event in loop.step():
+                for sequence, outcome in loop.step():
+                    event = _row_event(outcome)
                     i = index_of[id(sequence)]
                     tokens[i].extend(event.tokens)
                     if event.finished:
@@ -151,6 +152,10 @@ class SpeculativeDecoder:
             if self.tokenizer is None:
                 raise ValueError("prompt is text but the target has no tokenizer; pass token ids")
             prompt = self.tokenizer(prompt).input_ids
+        elif isinstance(prompt, list):  # checked before int64 can overflow
+            flat = prompt if not prompt or not isinstance(prompt[0], list) else \
+                [token for row in prompt for token in row]
+            _check_ids(flat, self.target.vocab_size)
         ids = torch.as_tensor(prompt, dtype=torch.long)
         if ids.ndim == 1:
             ids = ids[None]
@@ -159,7 +164,7 @@ class SpeculativeDecoder:
         if ids.shape[0] != 1:
             raise NotImplementedError("batched prompts are not supported yet (batch 1 only)")
         if ids.min() < 0 or ids.max() >= self.target.vocab_size:
-            raise UsageError(f"prompt token ids must be in [0, {self.target.vocab_size})")
+            _check_ids(ids.flatten().tolist(), self.target.vocab_size)
         return ids
 
     def decode(self, tokens: list[int]) -> str:
@@ -173,3 +178,19 @@ class SpeculativeDecoder:
             raise UsageError(
                 f"max_new_tokens={params.max_new_tokens} plus the prompt's "
                 f"{prompt_ids.shape[1]} tokens exceeds the model's context of {window} tokens")
+
+
+def _row_event(outcome: StepEvent | RowFailure) -> StepEvent:
+    """A row's step event; its own error raised here, for a library caller."""
+    if isinstance(outcome, RowFailure):
+        raise outcome.error
+    return outcome
+
+
+def _check_ids(ids: list, vocab_size: int) -> None:
+    """UsageError naming the first prompt id that is not a token of the vocabulary."""
+    for token in ids:
+        if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < vocab_size:
+            shown = repr(token) if len(repr(token)) <= 40 else repr(token)[:40] + "..."
+            raise InvalidParameter("prompt", f"prompt token id {shown} is outside the "
+                                   f"vocabulary [0, {vocab_size})")

@@ -13,6 +13,14 @@ class UsageError(SpecdecError, ValueError):
     """
 
 
+class InvalidParameter(UsageError):
+    """A request field out of its documented range; `param` names the field."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
+
+
 class VocabularyMismatchError(SpecdecError, ValueError):
     """Drafter and target do not share a vocabulary."""
 

@@ -14,14 +14,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from specdec.errors import UsageError
+from specdec.errors import InvalidParameter
 
 
 @dataclass(frozen=True)
 class SamplingParams:
     """How to turn logits into a distribution, and when to stop.
 
-    temperature 0 means greedy (argmax, a one-hot distribution). top_k 0 and top_p 1 and
+    temperature 0 means greedy (argmax, a one-hot distribution); so does any temperature below
+    GREEDY_BELOW (1e-5, as vLLM), which is stored as 0. top_k 0 and top_p 1 and
     min_p 0 disable those filters. Penalties as in transformers and vLLM: repetition_penalty
     divides the positive logits (multiplies the negative ones) of tokens seen in the prompt or
     the output (1 = off); frequency_penalty subtracts f * count and presence_penalty p * [count
@@ -32,6 +33,12 @@ class SamplingParams:
     (seed, position, token), so the text depends on the seed and the target only (see
     specdec.noise); False = Algorithm 1's rejection rule (the highest acceptance); None =
     coupled exactly when a seed is given.
+
+    Limits (a UsageError naming the field otherwise; NaN and infinities are refused
+    everywhere): seed an integer in [-2**63, 2**64), stored modulo 2**64 (torch's and the
+    noise's own reading of a negative seed, so the text does not change);
+    repetition_penalty in [0.01, 100]; frequency and presence penalties in [-2, 2];
+    logit_bias values in [-100, 100] — bounds that keep every adjusted logit finite.
     """
 
     temperature: float = 1.0
@@ -52,53 +59,75 @@ class SamplingParams:
     def __post_init__(self) -> None:
         _check_number("temperature", self.temperature)
         if self.temperature < 0:
-            raise UsageError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+            raise InvalidParameter("temperature",
+                                   f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.temperature < GREEDY_BELOW:  # dividing by it would overflow the logits
+            object.__setattr__(self, "temperature", 0.0)
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise UsageError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+            raise InvalidParameter("top_k",
+                                   f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
         _check_number("top_p", self.top_p)
         if not 0 < self.top_p <= 1:
-            raise UsageError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise InvalidParameter("top_p", f"top_p must be in (0, 1], got {self.top_p}")
         _check_number("min_p", self.min_p)
         if not 0 <= self.min_p < 1:
-            raise UsageError(f"min_p must be in [0, 1), got {self.min_p}")
-        seed = self.seed
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise UsageError(f"seed must be an integer or None, got {self.seed!r}")
+            raise InvalidParameter("min_p", f"min_p must be in [0, 1), got {self.min_p}")
+        self._check_seed()
         mnt = self.max_new_tokens
         if isinstance(mnt, bool) or not isinstance(mnt, int) or mnt < 1:
-            raise UsageError(f"max_new_tokens must be an integer >= 1, got {mnt!r}")
+            raise InvalidParameter("max_new_tokens",
+                                   f"max_new_tokens must be an integer >= 1, got {mnt!r}")
         stops = tuple(self.stop_token_ids)
         if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in stops):
-            raise UsageError(f"stop_token_ids must be non-negative integers, got {stops!r}")
+            raise InvalidParameter("stop_token_ids",
+                                   f"stop_token_ids must be non-negative integers, got {stops!r}")
         object.__setattr__(self, "stop_token_ids", stops)
         if self.coupled is not None and not isinstance(self.coupled, bool):
-            raise UsageError(f"coupled must be true, false or None, got {self.coupled!r}")
+            raise InvalidParameter("coupled",
+                                   f"coupled must be true, false or None, got {self.coupled!r}")
         self._check_penalties()
         lp = self.logprobs
         if lp is not None and (isinstance(lp, bool) or not isinstance(lp, int)
                                or not 0 <= lp <= MAX_LOGPROBS):
-            raise UsageError(f"logprobs must be None or an integer in [0, {MAX_LOGPROBS}], "
-                             f"got {lp!r}")
+            raise InvalidParameter("logprobs",
+                                   f"logprobs must be None or an integer in [0, {MAX_LOGPROBS}], "
+                                   f"got {lp!r}")
+
+    def _check_seed(self) -> None:
+        seed = self.seed
+        if seed is None:
+            return
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise InvalidParameter("seed", f"seed must be an integer or None, got {seed!r}")
+        if not -(1 << 63) <= seed < 1 << 64:
+            raise InvalidParameter("seed",
+                                   f"seed must be an integer in [-2**63, 2**64), got {seed}")
+        object.__setattr__(self, "seed", seed % (1 << 64))
 
     def _check_penalties(self) -> None:
         _check_number("repetition_penalty", self.repetition_penalty)
-        if self.repetition_penalty <= 0:
-            raise UsageError(f"repetition_penalty must be > 0 (1 = off), got "
-                             f"{self.repetition_penalty}")
+        low, high = REPETITION_PENALTY_RANGE
+        if not low <= self.repetition_penalty <= high:
+            raise InvalidParameter("repetition_penalty",
+                                   f"repetition_penalty must be in [{low}, {high}] (1 = off), got "
+                                   f"{self.repetition_penalty}")
         for name in ("frequency_penalty", "presence_penalty"):
             _check_number(name, getattr(self, name))
             if not -2 <= getattr(self, name) <= 2:
-                raise UsageError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
+                raise InvalidParameter(name,
+                                       f"{name} must be in [-2, 2], got {getattr(self, name)}")
         bias = self.logit_bias
         pairs = list(bias.items() if isinstance(bias, Mapping) else _pairs(bias))
         if len(pairs) > MAX_LOGIT_BIAS:
-            raise UsageError(f"logit_bias has at most {MAX_LOGIT_BIAS} entries")
+            raise InvalidParameter("logit_bias", f"logit_bias has at most {MAX_LOGIT_BIAS} entries")
         for token, value in pairs:
             if isinstance(token, bool) or not isinstance(token, int) or token < 0:
-                raise UsageError(f"logit_bias keys must be token ids >= 0, got {token!r}")
-            _check_number("logit_bias value", value)
+                raise InvalidParameter("logit_bias",
+                                       f"logit_bias keys must be token ids >= 0, got {token!r}")
+            _check_number("logit_bias", value)
             if not -100 <= value <= 100:
-                raise UsageError(f"logit_bias values must be in [-100, 100], got {value}")
+                raise InvalidParameter("logit_bias",
+                                       f"logit_bias values must be in [-100, 100], got {value}")
         object.__setattr__(self, "logit_bias", tuple(sorted((t, float(v)) for t, v in pairs)))
 
     @property
@@ -111,8 +140,9 @@ class SamplingParams:
         """ValueError if a token id of logit_bias is outside the model's vocabulary."""
         bad = [t for t, _ in self.logit_bias if t >= vocab_size]
         if bad:
-            raise UsageError(f"logit_bias token id {bad[0]} is outside the vocabulary "
-                             f"[0, {vocab_size})")
+            raise InvalidParameter("logit_bias",
+                                   f"logit_bias token id {bad[0]} is outside the vocabulary "
+                                   f"[0, {vocab_size})")
 
     @property
     def greedy(self) -> bool:
@@ -127,19 +157,28 @@ class SamplingParams:
 
 
 MAX_LOGPROBS = 20  # as the OpenAI API
+GREEDY_BELOW = 1e-5  # temperatures below this are greedy (vLLM's threshold)
+REPETITION_PENALTY_RANGE = (0.01, 100.0)  # logits scaled at most 100x: finite in float32
 MAX_LOGIT_BIAS = 1024
 
 
 def _pairs(items: Iterable) -> Iterable[tuple]:
     for item in items:
         if not isinstance(item, tuple | list) or len(item) != 2:
-            raise UsageError(f"logit_bias must map token ids to biases, got {item!r}")
+            raise InvalidParameter("logit_bias",
+                                   f"logit_bias must map token ids to biases, got {item!r}")
         yield tuple(item)
 
 
 def _check_number(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise UsageError(f"{name} must be a finite number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidParameter(name, f"{name} must be a number, got {value!r}")
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int past float's range
+        finite = False
+    if not finite:
+        raise InvalidParameter(name, f"{name} must be a finite number, got {value!r}")
 
 
 def adjusted_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:

@@ -10,13 +10,15 @@ from typing import Any
 from specdec.cli.options import add_runtime_arguments, runtime_options
 from specdec.models.registry import DEFAULT_TARGET
 from specdec.server.app import DEFAULT_MAX_BODY
-from specdec.server.engine import DEFAULT_MAX_BATCH_SIZE
+from specdec.server.engine import DEFAULT_MAX_BATCH_SIZE, DEFAULT_PREFILL_CHUNK
+from specdec.server.kv_budget import DEFAULT_KV_CACHE_MEMORY, parse_budget
 
 DEFAULT_DRAFT = "ngram"
 MAX_QUEUE_LIMIT = 100_000
 MAX_BATCH_LIMIT = 256  # rows of KV cache held at once
 MAX_TOKENS_CEILING = 1 << 20
 MAX_BODY_CEILING = 64 << 20
+MAX_PREFILL_CHUNK = 1 << 16
 DEFAULT_GRACE = 3.0
 MAX_GRACE = 3600.0
 API_KEY_ENV = "SPECDEC_API_KEY"
@@ -54,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="requests that may wait; more get HTTP 429 (default 64)")
     parser.add_argument("--max-tokens-limit", type=int, default=4096,
                         help="largest max_tokens a request may ask for (default 4096)")
+    parser.add_argument("--kv-cache-memory", default=DEFAULT_KV_CACHE_MEMORY,
+                        help="memory for the KV cache of all requests together: a size "
+                        "(8GiB, 512MB) or a fraction of the memory available after loading "
+                        "the models (default 0.5). A request is admitted when its worst case "
+                        "(prompt + max_tokens + drafts) fits; one that never can gets HTTP 400")
+    parser.add_argument("--prefill-chunk", type=int, default=DEFAULT_PREFILL_CHUNK,
+                        help="prompt tokens prefilled between two decoding steps while other "
+                        "requests stream: a long prompt joins over several steps instead of "
+                        f"stalling them (default {DEFAULT_PREFILL_CHUNK})")
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY,
                         help="largest request body in bytes; more get HTTP 413 "
                         f"(default {DEFAULT_MAX_BODY})")
@@ -106,9 +117,11 @@ def main(argv: list[str]) -> int:
     if runtime.compile:  # compile before the first request, not during it
         seconds = warm_up(target, drafter, args.max_tokens_limit)
         print(f"specdec serve: compiled steps in {seconds:.1f}s", file=sys.stderr)
+    budget = parse_budget(args.kv_cache_memory)  # after loading: what the models left
     engine = Engine(SpeculativeDecoder(target, drafter, gamma),
                     EngineConfig(max_queue=args.max_queue, max_batch_size=args.max_batch_size,
-                                 max_tokens_limit=args.max_tokens_limit))
+                                 max_tokens_limit=args.max_tokens_limit,
+                                 kv_cache_bytes=budget, prefill_chunk=args.prefill_chunk))
     app = create_app(engine, args.served_model_name or args.target, args.max_body_bytes,
                      api_key=args.api_key, public_metrics=args.public_metrics)
     if args.api_key is None and args.host not in LOOPBACK:
@@ -165,6 +178,13 @@ def _check_bounds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
                      f"got {args.max_batch_size}")
     if not 1 <= args.max_tokens_limit <= MAX_TOKENS_CEILING:
         parser.error(f"--max-tokens-limit must be in [1, {MAX_TOKENS_CEILING}]")
+    try:
+        parse_budget(args.kv_cache_memory)
+    except ValueError as error:
+        parser.error(f"--kv-cache-memory: {error}")
+    if not 1 <= args.prefill_chunk <= MAX_PREFILL_CHUNK:
+        parser.error(f"--prefill-chunk must be in [1, {MAX_PREFILL_CHUNK}], "
+                     f"got {args.prefill_chunk}")
     if not 1 <= args.max_body_bytes <= MAX_BODY_CEILING:
         parser.error(f"--max-body-bytes must be in [1, {MAX_BODY_CEILING}]")
     if not 0 <= args.shutdown_grace <= MAX_GRACE:  # also refuses nan

@@ -36,6 +36,24 @@ class HFModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def kv_bytes_per_position(self) -> int:
+        """Bytes one cached position takes (keys and values of every layer), from the config;
+        0 where the config does not say."""
+        config = self.model.config
+        config = getattr(config, "text_config", None) or config
+        heads = getattr(config, "num_attention_heads", 0) or 0
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or \
+            (config.hidden_size // heads if heads else 0)
+        layers = getattr(config, "num_hidden_layers", 0) or 0
+        return 2 * layers * kv_heads * head_dim * self.cache_dtype.itemsize
+
+    @property
+    def cache_dtype(self) -> torch.dtype:
+        """The dtype of the cached keys and values: the weights'."""
+        return next(self.model.parameters()).dtype
+
     def to_device(self, tokens: torch.Tensor) -> torch.Tensor:
         return tokens.to(self.device, non_blocking=True)
 

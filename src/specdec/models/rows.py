@@ -15,12 +15,19 @@ benchmarks/batch.py against per-row forwards).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
 
 from specdec.models.base import LanguageModel
-from specdec.models.static import PREFILL_CHUNK, StaticCausalLM, StaticKVCache
+from specdec.models.hf import HFModel
+from specdec.models.static import (
+    CAPACITY_STEP,
+    PREFILL_CHUNK,
+    StaticCausalLM,
+    StaticKVCache,
+)
 
 
 @runtime_checkable
@@ -55,15 +62,70 @@ class Rows(Protocol):
         """Drop row `index`; the last row takes its index."""
         ...
 
+    def start(self, prompt_ids: torch.Tensor, reserve: int = 0) -> Joining:
+        """Begin a row's prefill, to be run in pieces (`prefill`) between steps."""
+        ...
+
+    def prefill(self, joining: Joining, tokens: int | None) -> int:
+        """Prefill up to `tokens` more positions of `joining` (None: all); returns how many."""
+        ...
+
+    def join(self, joining: Joining) -> torch.Tensor:
+        """Make a finished prefill row `count`; return its decoder context [1, T']."""
+        ...
+
+    def abandon(self, joining: Joining) -> None:
+        """Forget a prefill that will not join (its memory is returned)."""
+        ...
+
+    def fits(self, prompt_length: int, positions: int) -> bool:
+        """Whether one more row (a prompt of prompt_length tokens, reaching `positions`
+        cached positions) fits the cache budget beside the rows and prefills here now."""
+        ...
+
+    def cache_bytes(self, rows: int, positions: int) -> int:
+        """Bytes of a cache of `rows` rows of `positions` positions (0 when unknown)."""
+        ...
+
+
+@dataclass(eq=False)
+class Joining:
+    """A row being prefilled: the prompt, the positions it reserves and how far it got."""
+
+    prompt_ids: torch.Tensor  # [1, T]; the last token stays pending, never cached
+    reserve: int
+    done: int = 0  # positions prefilled
+    cache: StaticKVCache | None = None  # its own one-row cache until it joins
+    context: torch.Tensor | None = None  # a runner that prefills at once: its context
+
+    @property
+    def length(self) -> int:
+        """Positions to prefill."""
+        return self.prompt_ids.shape[1] - 1
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= self.length
+
+    @property
+    def positions(self) -> int:
+        """Cached positions the row may reach: the prompt, the pending token and reserve."""
+        return self.length + 1 + max(self.reserve, 0)
+
+
+class CacheBudgetError(RuntimeError):
+    """A row would take the KV cache past its memory budget."""
+
 
 class SingleRow:
     """One row over any LanguageModel's own cache (the batch-1 path, every architecture)."""
 
     max_rows = 1
 
-    def __init__(self, model: LanguageModel):
+    def __init__(self, model: LanguageModel, max_bytes: int | None = None):
         self.model = model
         self.device = model.device
+        self.max_bytes = max_bytes  # the one row's cache (None: unbounded)
         self._active = False
 
     @property
@@ -89,22 +151,78 @@ class SingleRow:
     def remove(self, index: int) -> None:
         self._active = False
 
+    def start(self, prompt_ids: torch.Tensor, reserve: int = 0) -> Joining:
+        if self._active:
+            raise RuntimeError(f"{self.model.name} runs one row at a time")
+        return Joining(prompt_ids, reserve)
+
+    def prefill(self, joining: Joining, tokens: int | None) -> int:
+        """The runner's own prefill, all at once (one row: nobody else waits)."""
+        if joining.context is None:
+            joining.context = self.add(joining.prompt_ids, joining.reserve)
+            joining.done = joining.length
+            return joining.length
+        return 0
+
+    def join(self, joining: Joining) -> torch.Tensor:
+        if joining.context is None:
+            self.prefill(joining, None)
+        assert joining.context is not None
+        return joining.context
+
+    def abandon(self, joining: Joining) -> None:
+        if joining.context is not None:
+            self._active = False
+
+    def fits(self, prompt_length: int, positions: int) -> bool:
+        return not self._active and (self.max_bytes is None or
+                                     self.cache_bytes(1, positions) <= self.max_bytes)
+
+    def cache_bytes(self, rows: int, positions: int) -> int:
+        per = self.model.kv_bytes_per_position if isinstance(self.model, HFModel) else 0
+        return rows * positions * per
+
 
 class StaticRows:
-    """Up to max_rows sequences on one static cache of a StaticCausalLM's weights."""
+    """Up to max_rows sequences on one static cache of a StaticCausalLM's weights.
 
-    def __init__(self, model: StaticCausalLM, max_rows: int):
+    max_bytes bounds the cache: its rows are allocated as they are needed (doubling up to
+    max_rows while that fits) and each row reserves the positions its request may reach, so
+    a row that would pass the budget is refused (CacheBudgetError) before anything is
+    allocated; `fits` tells a scheduler beforehand. When the last row leaves, the cache is
+    freed. A prefill run in pieces (`start`/`prefill`/`join`) writes its own one-row cache and
+    is copied in when it joins: the rows decoding meanwhile are not touched.
+    """
+
+    def __init__(self, model: StaticCausalLM, max_rows: int, max_bytes: int | None = None):
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
         self.model = model
         self.max_rows = max_rows
+        self.max_bytes = max_bytes
         self.device = model.device
         self.lengths: list[int] = []  # cached positions per row
+        self.reserved: list[int] = []  # positions each row may reach
+        self.filling: list[Joining] = []  # prefills in pieces, not yet rows
         self.cache: StaticKVCache | None = None
+        self.bytes_per_position = model.kv_bytes_per_position
 
     @property
     def count(self) -> int:
         return len(self.lengths)
+
+    def cache_bytes(self, rows: int, positions: int) -> int:
+        return rows * _rounded(positions) * self.bytes_per_position
+
+    def fits(self, prompt_length: int, positions: int) -> bool:
+        if self.count + len(self.filling) >= self.max_rows:
+            return False
+        if self.max_bytes is None:
+            return True
+        reach = [*self.reserved, *(j.positions for j in self.filling), positions]
+        prefills = sum(self.cache_bytes(1, j.length) for j in [*self.filling])
+        return (self.cache_bytes(len(reach), max(reach)) + prefills
+                + self.cache_bytes(1, prompt_length) <= self.max_bytes)
 
     def add(self, prompt_ids: torch.Tensor, reserve: int = 0) -> torch.Tensor:
         return self.add_many([prompt_ids], reserve)[0]
@@ -116,11 +234,12 @@ class StaticRows:
         if any(p.ndim != 2 or p.shape[0] != 1 for p in prompts):
             raise ValueError("each prompt must be [1, T]")
         first, count = self.count, len(prompts)
-        if first + count > self.max_rows:
+        if first + count + len(self.filling) > self.max_rows:
             raise RuntimeError(f"all {self.max_rows} rows are in use")
         lengths = [p.shape[1] - 1 for p in prompts]  # the last token stays pending
         longest = max(lengths, default=0)
-        self._ensure_capacity(longest + 1 + max(reserve, 0))
+        reach = [n + 1 + max(reserve, 0) for n in lengths]
+        self._ensure_shape(first + count, max([*self.reserved, *reach]))
         assert self.cache is not None
         rows = self.cache.view(first, first + count)
         ids = torch.zeros(count, longest, dtype=torch.long)
@@ -134,7 +253,54 @@ class StaticRows:
             positions = torch.arange(start, stop, device=self.device)[None]
             self.model.forward_rows(ids[:, start:stop], positions, stop, rows, keep=0)
         self.lengths.extend(lengths)
+        self.reserved.extend(reach)
         return prompts
+
+    def start(self, prompt_ids: torch.Tensor, reserve: int = 0) -> Joining:
+        if prompt_ids.ndim != 2 or prompt_ids.shape[0] != 1:
+            raise ValueError("the prompt must be [1, T]")
+        if self.count + len(self.filling) >= self.max_rows:
+            raise RuntimeError(f"all {self.max_rows} rows are in use")
+        joining = Joining(prompt_ids, reserve)
+        self._check_budget(self.count + len(self.filling) + 1, [joining.positions])
+        joining.cache = self.model.new_cache(1, max(joining.length, 1))
+        self.filling.append(joining)
+        return joining
+
+    @torch.inference_mode()
+    def prefill(self, joining: Joining, tokens: int | None) -> int:
+        assert joining.cache is not None, "prefill() of a row that was not started here"
+        begin = joining.done
+        stop = joining.length if tokens is None else min(joining.length, begin + max(tokens, 0))
+        ids = joining.prompt_ids[:, :stop].to(self.device)
+        for start in range(begin, stop, PREFILL_CHUNK):
+            end = min(start + PREFILL_CHUNK, stop)
+            positions = torch.arange(start, end, device=self.device)[None]
+            self.model.forward_rows(ids[:, start:end], positions, end, joining.cache, keep=0)
+        joining.done = stop
+        return stop - begin
+
+    @torch.inference_mode()
+    def join(self, joining: Joining) -> torch.Tensor:
+        if not joining.finished:
+            self.prefill(joining, None)
+        index = self.count
+        self._ensure_shape(index + 1, max([*self.reserved, joining.positions]))
+        assert self.cache is not None and joining.cache is not None
+        length = joining.length
+        for mine, theirs in zip(self.cache.keys + self.cache.values,
+                                joining.cache.keys + joining.cache.values, strict=True):
+            mine[index, :, :length] = theirs[0, :, :length]
+        self.abandon(joining)
+        self.lengths.append(length)
+        self.reserved.append(joining.positions)
+        return joining.prompt_ids
+
+    def abandon(self, joining: Joining) -> None:
+        joining.cache = None
+        if joining in self.filling:
+            self.filling.remove(joining)
+        self._free_if_idle()
 
     @torch.inference_mode()
     def extend(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -142,7 +308,7 @@ class StaticRows:
         if rows != self.count:
             raise ValueError(f"extend needs one block per row: {rows} blocks, {self.count} rows")
         end = max(self.lengths) + width
-        self._ensure_capacity(end)
+        self._ensure_shape(rows, end)
         assert self.cache is not None
         starts = torch.tensor(self.lengths, device=self.device)
         positions = starts[:, None] + torch.arange(width, device=self.device)
@@ -169,25 +335,65 @@ class StaticRows:
             assert self.cache is not None
             self.cache.move_row(last, index, self.lengths[last])
             self.lengths[index] = self.lengths[last]
+            self.reserved[index] = self.reserved[last]
         self.lengths.pop()
+        self.reserved.pop()
+        self._free_if_idle()
 
-    def _ensure_capacity(self, needed: int) -> None:
+    def _check_budget(self, rows: int, reach: list[int]) -> None:
+        """CacheBudgetError when `rows` rows reaching max(reach) pass max_bytes."""
+        positions = max([*self.reserved, *(j.positions for j in self.filling), *reach])
+        if not self._within(rows, positions):
+            assert self.max_bytes is not None
+            raise CacheBudgetError(
+                f"{rows} rows of {positions} positions need "
+                f"{self.cache_bytes(rows, positions) / 2**20:.1f} MiB of KV cache; the budget "
+                f"is {self.max_bytes / 2**20:.1f} MiB")
+
+    def _within(self, rows: int, positions: int) -> bool:
+        return self.max_bytes is None or self.cache_bytes(rows, positions) <= self.max_bytes
+
+    def _ensure_shape(self, rows: int, positions: int) -> None:
+        """A cache of at least `rows` rows and `positions` positions, the rows cached so far
+        kept. Positions grown past the reserves double; rows double (up to max_rows); both
+        only while the budget allows."""
         cache = self.cache
-        if cache is not None and cache.capacity >= needed:
+        if cache is not None and cache.rows >= rows and cache.capacity >= positions:
             return
-        if cache is not None:
-            needed = max(needed, 2 * cache.capacity)  # doubling: few regrows
-        grown = self.model.new_cache(self.max_rows, needed)
-        if cache is not None:
-            grown.copy_from(cache, max(self.lengths, default=0))
+        if cache is not None and cache.rows >= rows:  # a row outgrew its reserve
+            rows = cache.rows
+            doubled = max(positions, 2 * cache.capacity)
+            if self._within(rows, doubled):
+                positions = doubled
+        elif cache is not None:
+            doubled = min(self.max_rows, max(rows, 2 * cache.rows))
+            if self._within(doubled, positions):
+                rows = doubled
+        self._check_budget(rows, [positions])
+        grown = self.model.new_cache(rows, positions)
+        if cache is not None and self.lengths:
+            kept, length = self.count, max(self.lengths)
+            for mine, theirs in zip(grown.keys + grown.values, cache.keys + cache.values,
+                                    strict=True):
+                mine[:kept, :, :length] = theirs[:kept, :, :length]
         self.cache = grown
 
+    def _free_if_idle(self) -> None:
+        if not self.lengths and not self.filling:
+            self.cache = None
 
-def make_rows(model: LanguageModel, max_rows: int) -> Rows:
-    """Rows for `model`: the static runner batches; any other runner runs one row."""
+
+def _rounded(positions: int) -> int:
+    """Positions as the cache allocates them (multiples of CAPACITY_STEP)."""
+    return -(-max(positions, 1) // CAPACITY_STEP) * CAPACITY_STEP
+
+
+def make_rows(model: LanguageModel, max_rows: int, max_bytes: int | None = None) -> Rows:
+    """Rows for `model`: the static runner batches; any other runner runs one row.
+    max_bytes: the KV cache's memory budget (None: unbounded)."""
     if isinstance(model, StaticCausalLM):
-        return StaticRows(model, max_rows)
+        return StaticRows(model, max_rows, max_bytes)
     if max_rows == 1:
-        return SingleRow(model)
+        return SingleRow(model, max_bytes)
     raise ValueError(f"batching needs the static runner (llama-family decoders); {model.name} "
                      "runs on another runner: use a batch size of 1")

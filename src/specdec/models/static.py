@@ -329,6 +329,10 @@ class StaticCausalLM(HFModel):
         if self._cos.shape[0] < length:
             self._cos, self._sin = self._rotary_tables(length)
 
+    @property
+    def cache_dtype(self) -> torch.dtype:
+        return CACHE_DTYPE
+
     def new_cache(self, rows: int, capacity: int) -> StaticKVCache:
         """An empty cache for this model's layers (capacity rounded up), rotary covered."""
         capacity = -(-max(capacity, 1) // CAPACITY_STEP) * CAPACITY_STEP

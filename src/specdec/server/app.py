@@ -12,8 +12,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from specdec.errors import InvalidParameter
+from specdec.models.rows import CacheBudgetError
 from specdec.server.auth import APIKeyMiddleware
-from specdec.server.engine import Engine, QueueFullError, ShuttingDownError
+from specdec.server.engine import Engine, EngineStoppedError, QueueFullError, ShuttingDownError
 from specdec.server.jobs import Cancelled, Failed, Finished, Job, TextChunk
 from specdec.server.responses import Shape
 from specdec.server.schemas import APIError, ChatCompletionRequest, CompletionRequest, parse
@@ -90,9 +92,13 @@ async def _generate(request: Request, engine: Engine, req, ids: list[int],
     try:
         params = req.sampling_params(max_new)
         params.check_vocabulary(engine.decoder.target.vocab_size)
+        engine.check_fits(len(ids), params)
+    except InvalidParameter as error:
+        raise APIError(400, str(error), error.param) from None
+    except CacheBudgetError as error:
+        raise APIError(400, str(error), "max_tokens", code="kv_cache_budget") from None
     except ValueError as error:
-        param = "logit_bias" if "logit_bias" in str(error) else None
-        raise APIError(400, str(error), param) from None
+        raise APIError(400, str(error)) from None
     job = Job(ids, params, req.stop_strings(), asyncio.get_running_loop())
     try:
         engine.submit(job)
@@ -101,6 +107,8 @@ async def _generate(request: Request, engine: Engine, req, ids: list[int],
                        kind="rate_limit_error") from None
     except ShuttingDownError as error:
         raise APIError(503, str(error), code="shutting_down", kind="server_error") from None
+    except EngineStoppedError as error:
+        raise APIError(503, str(error), code="engine_stopped", kind="server_error") from None
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(_sse(request, engine, job, shape, include_usage),
