@@ -291,9 +291,9 @@ class StaticRows:
         for mine, theirs in zip(self.cache.keys + self.cache.values,
                                 joining.cache.keys + joining.cache.values, strict=True):
             mine[index, :, :length] = theirs[0, :, :length]
-        self.abandon(joining)
         self.lengths.append(length)
         self.reserved.append(joining.positions)
+        self.abandon(joining)
         return joining.prompt_ids
 
     def abandon(self, joining: Joining) -> None:

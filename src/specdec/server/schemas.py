@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from specdec.errors import InvalidParameter
 from specdec.sampling import MAX_LOGIT_BIAS, MAX_LOGPROBS, SamplingParams
 
 MAX_STOP_STRINGS = 4  # as the OpenAI API
@@ -190,7 +191,8 @@ def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
     out = {}
     for key, value in (bias or {}).items():
         if not key.isdigit():
-            raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
+            raise InvalidParameter("logit_bias", f"logit_bias keys must be token ids, got "
+                                   f"{key!r}")
         out[int(key)] = value
     return out
 
