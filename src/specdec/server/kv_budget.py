@@ -8,7 +8,7 @@ import re
 DEFAULT_KV_CACHE_MEMORY = "0.5"  # half the memory available once the models are loaded
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6,
           "mib": 2**20, "g": 1e9, "gb": 1e9, "gib": 2**30, "t": 1e12, "tb": 1e12, "tib": 2**40}
-MIN_BUDGET = 1 << 20  # a budget under 1 MiB is a typo
+MIN_BUDGET = 4096  # bytes: below one page is a typo
 
 
 def parse_budget(text: str, available: int | None = None) -> int:
@@ -28,7 +28,8 @@ def parse_budget(text: str, available: int | None = None) -> int:
     else:
         size = int(number * _UNITS[unit])
     if size < MIN_BUDGET:
-        raise ValueError(f"{text!r} is {size} bytes: the KV cache needs at least 1 MiB")
+        raise ValueError(f"{text!r} is {size} bytes: the KV cache needs at least "
+                         f"{MIN_BUDGET} bytes")
     return size
 
 
