@@ -18,7 +18,13 @@ from specdec.server.auth import APIKeyMiddleware
 from specdec.server.engine import Engine, EngineStoppedError, QueueFullError, ShuttingDownError
 from specdec.server.jobs import Cancelled, Failed, Finished, Job, TextChunk
 from specdec.server.responses import Shape
-from specdec.server.schemas import APIError, ChatCompletionRequest, CompletionRequest, parse
+from specdec.server.schemas import (
+    APIError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    openapi_body,
+    parse,
+)
 
 log = logging.getLogger("specdec.server")
 
@@ -66,7 +72,7 @@ def create_app(engine: Engine, model_name: str, max_body_bytes: int = DEFAULT_MA
     async def metrics() -> Response:
         return Response(engine.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=openapi_body(CompletionRequest))
     async def completions(request: Request) -> Response:
         req = parse(CompletionRequest, await _read_body(request, max_body_bytes))
         _check_model(req.model, model_name)
@@ -76,7 +82,7 @@ def create_app(engine: Engine, model_name: str, max_body_bytes: int = DEFAULT_MA
         return await _generate(request, engine, req, ids,
                                Shape(model_name, chat=False, echo=echo))
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=openapi_body(ChatCompletionRequest))
     async def chat_completions(request: Request) -> Response:
         req = parse(ChatCompletionRequest, await _read_body(request, max_body_bytes))
         _check_model(req.model, model_name)

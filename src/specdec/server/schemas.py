@@ -211,3 +211,23 @@ def parse(model: type[_Sampling], body: bytes) -> _Sampling:
                        param) from None
     request.check_supported()
     return request
+
+
+def openapi_body(model: type[BaseModel]) -> dict:
+    """The OpenAPI requestBody of a route that reads `model` from the raw body itself, so the
+    published schema says what the route accepts (clients and schema fuzzers read it)."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline(definitions[ref.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": inline(schema)}}}}
