@@ -19,7 +19,8 @@ GREEDY = SamplingParams(temperature=0, max_new_tokens=24, ignore_eos=True)
 
 @pytest.fixture(scope="module")
 def decoder() -> SpeculativeDecoder:
-    return SpeculativeDecoder(wrap(tiny_llama(vocab_size=64, seed=0)), NgramDrafter(), GammaController)
+    return SpeculativeDecoder(wrap(tiny_llama(vocab_size=64, seed=0)), NgramDrafter(),
+                              GammaController)
 
 
 def run(loop: BatchDecoder, added: list) -> tuple[dict[int, list[int]], dict[int, Exception]]:

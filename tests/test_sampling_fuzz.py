@@ -45,8 +45,8 @@ def test_params_are_refused_by_field_or_give_a_finite_distribution(fields, seed)
     # and the verification rule runs on it (q: a valid distribution of the drafts)
     q = torch.softmax(torch.randn(2, 2, VOCAB), dim=-1)
     verdict = verify(drafts, q, probs, torch.Generator().manual_seed(seed))
-    assert ((0 <= verdict.accepted) & (verdict.accepted <= 2)).all()
-    assert ((0 <= verdict.next_token) & (verdict.next_token < VOCAB)).all()
+    assert ((verdict.accepted >= 0) & (verdict.accepted <= 2)).all()
+    assert ((verdict.next_token >= 0) & (verdict.next_token < VOCAB)).all()
     if params.seed is not None:
         assert 0 <= params.seed < 2**64
     assert params.temperature == 0 or params.temperature >= 1e-5
