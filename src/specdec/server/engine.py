@@ -189,7 +189,7 @@ class Engine:
         """The worker thread: the loop, and a fatal error never passes silently."""
         try:
             self._loop()
-        except BaseException as error:  # noqa: BLE001 - reported to every client below
+        except BaseException as error:  # reported to every client below
             log.critical("the engine's worker stopped", exc_info=error)
             self._die(f"the engine stopped: {error!r}")
 
