@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from specdec import SamplingParams, SpeculativeDecoder
-from specdec.controller_auto import GammaController
+from specdec.control.auto import GammaController
 from specdec.drafters.ngram import NgramDrafter
 from specdec.models import wrap
 from specdec.models.rows import SingleRow, StaticRows, make_rows

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from specdec.controller import FixedGamma, GammaPolicy
-from specdec.controller_batch import BatchGammaController
+from specdec.control.batch import BatchGammaController
+from specdec.control.policy import FixedGamma, GammaPolicy
 from specdec.drafters.base import Drafter
 from specdec.models.device import StepClock
 from specdec.models.rows import Rows
