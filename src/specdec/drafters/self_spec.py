@@ -22,8 +22,7 @@ from specdec.models.low_bit_view import (
     frequent_token_ids,
     low_bit_view,
 )
-from specdec.noise import draw
-from specdec.sampling import SamplingParams, TokenHistory, adjusted_probs, penalize
+from specdec.sampling import SamplingParams, TokenHistory
 
 
 @dataclass(frozen=True)
@@ -108,21 +107,13 @@ class SelfDrafter(ModelDrafter):
         self.head.add(context[0, self.seen:].tolist())
         self.seen = context.shape[1]
 
-    def _choose(self, logits: torch.Tensor, params: SamplingParams, generator: torch.Generator,
-                history: TokenHistory | None = None, position: int = 0,
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _columns(self) -> torch.Tensor | None:
+        return None if self.head is None else self.head.ids.to(self.model.device)
+
+    def _restrict(self, logits: torch.Tensor) -> torch.Tensor:
         if self.head is None:
-            return super()._choose(logits, params, generator, history, position)
-        ids = self.head.ids.to(logits.device)
-        logits = logits[:, : len(ids)]  # columns past the subset's are unused capacity
-        if history is not None:  # the penalties by token id, through the subset's columns
-            logits = penalize(logits, params, history, columns=ids)
-        if params.greedy:
-            return ids[logits.argmax(dim=-1)], None
-        q_subset = adjusted_probs(logits, params)  # renormalised over the subset
-        q = q_subset.new_zeros(q_subset.shape[0], self.vocab_size)
-        q[:, ids] = q_subset
-        return ids[draw(q_subset, params, generator, position, ids)], q
+            return super()._restrict(logits)
+        return logits[:, : len(self.head.ids)]  # columns past the subset's are unused capacity
 
 
 def special_token_ids(target: LanguageModel) -> list[int]:
