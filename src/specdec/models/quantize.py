@@ -12,8 +12,6 @@ exactness: verification against the target's p corrects whatever q it proposes.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
@@ -169,19 +167,3 @@ def quantized_linear(linear: nn.Linear, bits: int, group_size: int = 32,
     elif bits != 8:
         raise ValueError(f"bits must be 4 or 8, got {bits!r}")
     return Int8Linear(linear, full_rows, full)
-
-
-def quantize_int8(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """model (or a copy) with every nn.Linear replaced by Int8Linear, the output head too."""
-    return quantize(model, 8, inplace=inplace)
-
-
-def quantize(model: nn.Module, bits: int, inplace: bool = False, group_size: int = 32,
-             ) -> nn.Module:
-    """model (or a copy) with every nn.Linear in `bits` bits, the output head too."""
-    model = model if inplace else copy.deepcopy(model)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(parent, name, quantized_linear(child, bits, group_size))
-    return model
