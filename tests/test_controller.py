@@ -9,6 +9,7 @@ import pytest
 from specdec.control.auto import ControllerConfig, GammaController, auto_gamma
 from specdec.control.policy import StepRecord
 from specdec.decoding import SpeculativeDecoder
+from specdec.drafters.base import Drafter
 from specdec.drafters.factory import build_drafter, build_gamma
 from specdec.drafters.model import ModelDrafter
 from specdec.drafters.ngram import NgramDrafter
@@ -148,7 +149,7 @@ def test_auto_gamma_keeps_greedy_output(kind):
     assert result.stats.drafted > 0
 
 
-class _Broken:
+class _Broken(Drafter):
     name = "broken"
 
     def __init__(self, crash: bool):

@@ -21,6 +21,7 @@ from drafter_fixtures import (
     target_model,
 )
 from specdec.decoding import SpeculativeDecoder
+from specdec.drafters.base import Drafter
 from specdec.drafters.combined import CombinedDrafter, PolicyConfig
 from specdec.drafters.factory import build_drafter
 from specdec.drafters.ngram import NgramDrafter
@@ -295,7 +296,7 @@ class _Clock:
         return self.now
 
 
-class _Stub:
+class _Stub(Drafter):
     """A drafter that proposes what `script(position)` says, costing `cost` fake seconds."""
 
     def __init__(self, name: str, script, match: int = 0, clock=None, cost: float = 0.0):

@@ -157,22 +157,15 @@ class BatchDecoder:
             return self._drafters.pop()
         if self._prototype is None:
             return None
-        fork = getattr(self._prototype, "fork", None)
-        if not callable(fork):
-            raise ValueError(f"drafter {self._prototype.name!r} cannot draft for several "
-                             "sequences at once (it has no fork()); use a batch size of 1")
-        return fork()
+        return self._prototype.fork()  # ValueError when it cannot
 
 
 def forks(drafter: Any) -> bool:
     """Whether `drafter` can serve several concurrent sequences (tries a fork)."""
     if drafter is None:
         return True
-    fork = getattr(drafter, "fork", None)
-    if not callable(fork):
-        return False
     try:
-        fork()
-    except (AttributeError, ValueError):
+        drafter.fork()
+    except ValueError:
         return False
     return True

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=("auto", "bfloat16", "float32", "float16"),
                         help="weights dtype (default auto: bfloat16 where the CPU has it and "
                         "can prepack it; float32 when batching without prepacked bf16; see "
-                        "README)")
+                        "docs/server.md)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_runtime_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1",
@@ -147,12 +147,7 @@ def warm_up(target: Any, drafter: Any, max_tokens: int) -> float:
     """
     window = target.max_length or max_tokens + 2048
     capacity = min(window, max_tokens + 2048)
-    seconds = 0.0
-    for model in (target, getattr(drafter, "model", None),
-                  getattr(getattr(drafter, "fallback", None), "model", None)):
-        if hasattr(model, "warmup"):
-            seconds += model.warmup(capacity)
-    return seconds
+    return target.warmup(capacity) + (drafter.warmup(capacity) if drafter is not None else 0.0)
 
 
 def _check_bounds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -83,7 +83,7 @@ class _Pending:
     draft_s: float
 
 
-class CombinedDrafter:
+class CombinedDrafter(Drafter):
     def __init__(self, lookup: Drafter, fallback: Drafter, config: PolicyConfig | None = None,
                  clock: Callable[[], float] = time.perf_counter):
         self.lookup = lookup
@@ -98,13 +98,10 @@ class CombinedDrafter:
 
     def fork(self) -> CombinedDrafter:
         """A drafter for another concurrent sequence: both parts forked, its own policy."""
-        parts = []
-        for part in (self.lookup, self.fallback):
-            fork = getattr(part, "fork", None)
-            if fork is None:
-                raise ValueError(f"drafter {part.name!r} cannot serve concurrent sequences")
-            parts.append(fork())
-        return CombinedDrafter(parts[0], parts[1], self.config, self.clock)
+        return CombinedDrafter(self.lookup.fork(), self.fallback.fork(), self.config, self.clock)
+
+    def warmup(self, capacity: int) -> float:
+        return self.lookup.warmup(capacity) + self.fallback.warmup(capacity)
 
     def begin(self, prompt_ids: torch.Tensor) -> None:
         # what was learned carries over between requests; only the step in flight is dropped

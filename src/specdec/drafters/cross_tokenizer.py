@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from specdec.drafters.base import Proposal
-from specdec.drafters.model import fork_model, sync_cache
+from specdec.drafters.base import Drafter, Proposal
+from specdec.drafters.model import sync_cache
 from specdec.drafters.sample import sample_drafts
 from specdec.errors import UsageError, VocabularyMismatchError
 from specdec.models.base import LanguageModel
@@ -44,7 +44,7 @@ def vocabulary_intersection(drafter_tokenizer: Any, drafter_vocab_size: int,
     return torch.tensor(drafter_ids), torch.tensor(target_ids)
 
 
-class CrossTokenizerDrafter:
+class CrossTokenizerDrafter(Drafter):
     """Drafts with `model` (its own tokenizer) and proposes target ids with q over the target."""
 
     def __init__(self, model: LanguageModel, target: LanguageModel):
@@ -63,9 +63,12 @@ class CrossTokenizerDrafter:
     def fork(self) -> CrossTokenizerDrafter:
         """A drafter for another concurrent sequence: same weights and id maps, own cache."""
         other = copy.copy(self)
-        other.model = fork_model(self.model)
+        other.model = self.model.fork()
         other.cached_ids = torch.zeros(1, 0, dtype=torch.long)
         return other
+
+    def warmup(self, capacity: int) -> float:
+        return self.model.warmup(capacity)
 
     def begin(self, prompt_ids: torch.Tensor) -> None:
         ids = self._drafter_tokens(prompt_ids)

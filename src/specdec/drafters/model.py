@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from specdec.drafters.base import Proposal
+from specdec.drafters.base import Drafter, Proposal
 from specdec.drafters.sample import sample_drafts
 from specdec.models.base import LanguageModel, logits_at_width
 from specdec.sampling import SamplingParams, TokenHistory
 
 
-class ModelDrafter:
+class ModelDrafter(Drafter):
     """Samples gamma tokens autoregressively from a model, one forward per token.
 
     Its cache is kept in step with the target's context by comparing token ids: whatever the
@@ -33,7 +33,10 @@ class ModelDrafter:
 
     def fork(self) -> ModelDrafter:
         """A drafter for another concurrent sequence: same weights, its own cache."""
-        return ModelDrafter(fork_model(self.model), self.vocab_size)
+        return ModelDrafter(self.model.fork(), self.vocab_size)
+
+    def warmup(self, capacity: int) -> float:
+        return self.model.warmup(capacity)
 
     def begin(self, prompt_ids: torch.Tensor) -> None:
         context = self.model.prefill(self._fit(prompt_ids))
@@ -82,14 +85,6 @@ class ModelDrafter:
         a tokenizer id, but a sampled target may emit one) is fed as the drafter's last id.
         That only changes what the drafter conditions on, so only acceptance can suffer."""
         return ids if self._embeddable is None else ids.clamp_max(self._embeddable - 1)
-
-
-def fork_model(model: LanguageModel) -> LanguageModel:
-    """A runner over model's weights with its own cache (ValueError if it cannot)."""
-    fork = getattr(model, "fork", None)
-    if fork is None:
-        raise ValueError(f"model {model.name!r} cannot run a second cache (no fork())")
-    return fork()
 
 
 def sync_cache(model: LanguageModel, cached_ids: torch.Tensor,

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from specdec.drafters.base import Proposal
+from specdec.drafters.base import Drafter, Proposal
 from specdec.drafters.sample import sample_drafts
 from specdec.errors import UsageError
 from specdec.sampling import SamplingParams, TokenHistory
@@ -24,7 +24,7 @@ MAX_CORPUS_BYTES = 64 * 1024 * 1024  # bound what a user-given file may make us 
 ROW_CACHE_BYTES = 64 * 1024 * 1024
 
 
-class NgramLMDrafter:
+class NgramLMDrafter(Drafter):
     """order 1: q(x) from unigram counts; order 2: q(x | previous token), backed off to q(x).
 
     Both are add-`smoothing` estimates so q > 0 everywhere before the sampling filters; the

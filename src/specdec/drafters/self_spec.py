@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from specdec.drafters.model import ModelDrafter, fork_model
+from specdec.drafters.model import ModelDrafter
 from specdec.errors import UsageError
 from specdec.models.base import LanguageModel
 from specdec.models.low_bit_view import (
@@ -72,7 +72,7 @@ class SelfDrafter(ModelDrafter):
             raise ValueError(f"drafter {self.name!r} has a vocabulary-subset head that follows "
                              "one sequence: use a batch size of 1")
         # target None: the batch's target cache is not the runner's own, nothing to copy
-        return SelfDrafter(fork_model(self.model), None, self.vocab_size, self.name)
+        return SelfDrafter(self.model.fork(), None, self.vocab_size, self.name)
 
     def begin(self, prompt_ids: torch.Tensor) -> None:
         if self.head is not None:
@@ -82,9 +82,8 @@ class SelfDrafter(ModelDrafter):
         # the loop prefills the target first: its cache holds the prompt's keys and values in
         # full precision, which is what the drafter's own prefill would compute (prefill runs
         # the full-precision weights); copying them skips a second prefill
-        copy = getattr(self.model, "prefill_from", None)
-        self.copied_prefill = copy is not None and self.target is not None and \
-            copy(self.target, prompt_ids)
+        self.copied_prefill = self.target is not None and \
+            self.model.prefill_from(self.target, prompt_ids)
         if self.copied_prefill:
             self.cached_ids = prompt_ids[:, : self.model.cached_length]
             self._drafts_on_device = None
@@ -147,8 +146,8 @@ def build_self_drafter(target: LanguageModel, config: SelfDraftConfig) -> SelfDr
         head = VocabularySubsetHead(output, ids, config.bits, config.group_size)
     view = low_bit_view(hf_model, config.bits, config.group_size, config.full_rows, head)
     # the target's runner and compile setting (the view's tensors are already on its device)
-    runtime = "static" if hasattr(target, "prefill_from") else "dynamic"
     widths = tuple(getattr(target, "widths", ()))
-    model = wrap(view, target.tokenizer, config.label, runtime=runtime, compile=bool(widths),
+    model = wrap(view, target.tokenizer, config.label, runtime=target.runtime,
+                 compile=bool(widths),
                  **({"widths": widths} if widths else {}))
     return SelfDrafter(model, head, target.vocab_size, config.label, config.context, target)
