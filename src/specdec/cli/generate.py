@@ -51,8 +51,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="weights dtype (default auto: bfloat16 where the device computes it "
                         "natively, else float32 on a CPU, float16 on a GPU)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default: torch's, at most the cores other jobs leave "
-                        "idle at start)")
+                   help="torch threads (default: torch's, the physical cores, at most the "
+                        "cores this process may use; a busy machine gets a warning)")
     add_runtime_arguments(p)
 
 
@@ -256,7 +256,7 @@ def load_decoder(args: argparse.Namespace) -> SpeculativeDecoder:
     from specdec.models.loading import load_model, resolve_dtype, set_threads
 
     dtype = resolve_dtype(None if args.dtype == "auto" else args.dtype, runtime.device)
-    # default: torch's threads, but none that would wait for a core other jobs hold
+    # default: torch's threads within the CPU affinity; never the load (see machine.py)
     set_threads(args.threads if args.threads is not None
                 else default_threads(torch.get_num_threads()))
     warning = contention_warning(torch.get_num_threads()) if runtime.device.type == "cpu" \
