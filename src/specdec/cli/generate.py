@@ -12,19 +12,21 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from specdec import prompts
 from specdec.cli.options import add_runtime_arguments, runtime_options
 from specdec.cli.render import compile_seconds, finish_line, renderer, summary
-from specdec.decoding import SpeculativeDecoder
 from specdec.drafters.factory import build_drafter, build_gamma, validate_spec
 from specdec.errors import UsageError
 from specdec.machine import CpuMeter, starvation_warning
 from specdec.models.registry import DEFAULT_TARGET
 from specdec.sampling import SamplingParams
+
+if TYPE_CHECKING:  # the decoder pulls transformers in: imported when a model loads
+    from specdec.decoding import SpeculativeDecoder
 
 # prompt lookup costs ~nothing per draft, so any acceptance is profit (see README)
 DEFAULT_DRAFTER = "ngram"
@@ -252,6 +254,7 @@ def load_decoder(args: argparse.Namespace) -> SpeculativeDecoder:
         raise UsageError(f"--threads must be in [1, {MAX_THREADS}], got {args.threads}")
     runtime = runtime_options(args)
 
+    from specdec.decoding import SpeculativeDecoder
     from specdec.machine import contention_warning, default_threads
     from specdec.models.loading import load_model, resolve_dtype, set_threads
 

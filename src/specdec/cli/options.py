@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from specdec.errors import UsageError
+from specdec.models.base import RUNTIMES
 from specdec.models.device import DEVICE_CHOICES, resolve_device
-from specdec.models.wrap import RUNTIMES
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ import torch
 
 from specdec.errors import VocabularyMismatchError
 
+RUNTIMES = ("auto", "static", "dynamic")  # wrap(runtime=...): "auto" picks one of the others
+
 
 @runtime_checkable
 class LanguageModel(Protocol):
