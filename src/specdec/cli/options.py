@@ -1,4 +1,5 @@
-"""Runtime options shared by `generate`, `serve` and `bench`: --device, --compile, --runtime."""
+"""Options shared by the commands: the model spec (--target, --draft, --gamma) and the runtime
+(--device, --compile, --runtime)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ import torch
 from specdec.errors import UsageError
 from specdec.models.base import RUNTIMES
 from specdec.models.device import DEVICE_CHOICES, resolve_device
+from specdec.models.registry import DEFAULT_TARGET
+
+DEFAULT_DRAFTER = "ngram"
+DEFAULT_GAMMA = "auto"
 
 
 @dataclass(frozen=True)
@@ -22,6 +27,19 @@ class RuntimeOptions:
 
     def load_kwargs(self) -> dict:
         return {"device": self.device, "compile": self.compile, "runtime": self.runtime}
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """--target, --draft and --gamma (generate, chat and serve)."""
+    p.add_argument("--target", default=DEFAULT_TARGET,
+                   help="registry name, transformers directory or .gguf "
+                        f"(default {DEFAULT_TARGET})")
+    p.add_argument("--draft", default=DEFAULT_DRAFTER,
+                   help="drafter: none | ngram | ngram:MIN:MAX | unigram:FILE | bigram:FILE | "
+                        "MODEL[@int8|@int4] | self[@int8|@int4][@vocab=N] | ngram+MODEL | "
+                        f"ngram+self[@...] (default {DEFAULT_DRAFTER}; docs/drafters.md)")
+    p.add_argument("--gamma", default=DEFAULT_GAMMA,
+                   help=f"draft length per step: an integer or 'auto' (default {DEFAULT_GAMMA})")
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:

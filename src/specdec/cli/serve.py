@@ -7,12 +7,10 @@ import os
 import sys
 from typing import Any
 
-from specdec.cli.options import add_runtime_arguments, runtime_options
-from specdec.models.registry import DEFAULT_TARGET
+from specdec.cli.options import add_model_arguments, add_runtime_arguments, runtime_options
 from specdec.server.app import DEFAULT_MAX_BODY
 from specdec.server.engine import DEFAULT_MAX_BATCH_SIZE
 
-DEFAULT_DRAFT = "ngram"
 MAX_QUEUE_LIMIT = 100_000
 MAX_BATCH_LIMIT = 256  # rows of KV cache held at once
 MAX_TOKENS_CEILING = 1 << 20
@@ -25,15 +23,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specdec serve", description=__doc__)
-    parser.add_argument("--target", default=DEFAULT_TARGET,
-                        help="target model: registry name or local path "
-                        f"(default {DEFAULT_TARGET})")
-    parser.add_argument("--draft", default=DEFAULT_DRAFT,
-                        help="drafter spec: none | ngram | MODEL[@int8|@int4] | self[@int4] | "
-                        "ngram+MODEL | ... "
-                        f"(default {DEFAULT_DRAFT})")
-    parser.add_argument("--gamma", default="auto",
-                        help="draft length: integer or 'auto' (default auto, as specdec generate)")
+    add_model_arguments(parser)
     parser.add_argument("--dtype", default="auto",
                         choices=("auto", "bfloat16", "float32", "float16"),
                         help="weights dtype (default auto: bfloat16 where the CPU has it and "
