@@ -27,7 +27,6 @@ from specdec.sampling import SamplingParams
 if TYPE_CHECKING:  # the decoder pulls transformers in: imported when a model loads
     from specdec.decoding import SpeculativeDecoder
 
-# prompt lookup costs ~nothing per draft, so any acceptance is profit (see README)
 MAX_NEW_TOKENS = 1 << 16  # a bound even for models without a context limit
 MAX_THREADS = 1024
 MAX_PROMPT_BYTES = 16 << 20  # a prompt file or stdin

@@ -13,6 +13,7 @@ from specdec.models.base import RUNTIMES
 from specdec.models.device import DEVICE_CHOICES, resolve_device
 from specdec.models.registry import DEFAULT_TARGET
 
+# prompt lookup costs ~nothing per draft, so any acceptance is profit (docs/drafters.md)
 DEFAULT_DRAFTER = "ngram"
 DEFAULT_GAMMA = "auto"
 
@@ -49,7 +50,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--compile", dest="compile", action="store_true", default=None,
                        help="compile the target's and model drafters' k-token steps "
                             "(torch.compile; CUDA graphs on a GPU). Default: on for CUDA, "
-                            "off on the CPU (README: measured)")
+                            "off on the CPU (docs/runtime.md)")
     group.add_argument("--no-compile", dest="compile", action="store_false",
                        help="run every step eagerly")
     parser.add_argument("--runtime", default="auto", choices=RUNTIMES,
