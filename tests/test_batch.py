@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from specdec import SamplingParams, SpeculativeDecoder
-from specdec.controller_auto import GammaController
+from specdec.control.auto import GammaController
+from specdec.drafters.base import Drafter
 from specdec.drafters.ngram import NgramDrafter
 from specdec.models import wrap
 from specdec.models.rows import SingleRow, StaticRows, make_rows
@@ -156,7 +157,7 @@ def test_drafters_that_cannot_fork_run_one_prompt_at_a_time(pair):
     model, _ = pair
 
     class Lonely(NgramDrafter):
-        fork = None  # type: ignore[assignment]
+        fork = Drafter.fork  # the protocol's default: ValueError, cannot fork
 
     decoder = SpeculativeDecoder(wrap(model), Lonely(1, 2), gamma=2)
     assert not decoder.batches()

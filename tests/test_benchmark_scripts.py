@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPTS = sorted((Path(__file__).parent.parent / "benchmarks").glob("*.py"))
+SCRIPTS = sorted((Path(__file__).parent.parent / "benchmarks").rglob("*.py"))  # every folder
 
 
 def test_there_are_benchmark_scripts():

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from specdec.controller import StepRecord
-from specdec.controller_auto import ControllerConfig, GammaController, auto_gamma
+from specdec.control.auto import ControllerConfig, GammaController, auto_gamma
+from specdec.control.policy import StepRecord
 from specdec.decoding import SpeculativeDecoder
+from specdec.drafters.base import Drafter
 from specdec.drafters.factory import build_drafter, build_gamma
 from specdec.drafters.model import ModelDrafter
 from specdec.drafters.ngram import NgramDrafter
@@ -148,7 +149,7 @@ def test_auto_gamma_keeps_greedy_output(kind):
     assert result.stats.drafted > 0
 
 
-class _Broken:
+class _Broken(Drafter):
     name = "broken"
 
     def __init__(self, crash: bool):
@@ -199,7 +200,7 @@ def test_build_gamma_and_drafter_specs():
 
 def _batch_controller(a: float, b: float):
     """A batch controller that has seen forwards cost a + b * tokens."""
-    from specdec.controller_batch import BatchGammaController
+    from specdec.control.batch import BatchGammaController
 
     controller = BatchGammaController()
     for tokens in (1, 5, 16, 80):
@@ -226,7 +227,7 @@ def test_batch_controller_follows_acceptance_and_cost():
 
 
 def test_batch_controller_measures_before_it_drafts():
-    from specdec.controller_batch import BatchGammaController
+    from specdec.control.batch import BatchGammaController
     from specdec.theory import expected_tokens
 
     controller = BatchGammaController()
@@ -241,7 +242,7 @@ def test_batch_controller_measures_before_it_drafts():
 def test_batch_controller_starts_new_rows_from_the_batch_alpha_and_probes():
     """A joining row borrows the batch's measured acceptance (not the optimistic prior); with
     speculation off, a short probe comes after probe_every plain steps, then less often."""
-    from specdec.controller_batch import BatchGammaConfig
+    from specdec.control.batch import BatchGammaConfig
 
     controller = _batch_controller(a=1.0, b=0.1)
     for _ in range(40):  # the batch's drafts are mostly rejected

@@ -18,7 +18,7 @@ import torch
 
 from drafter_fixtures import SIZES, cross_pair
 from specdec import SamplingParams, SpeculativeDecoder
-from specdec.controller_auto import GammaController
+from specdec.control.auto import GammaController
 from specdec.drafters.cross_tokenizer import CrossTokenizerDrafter
 from specdec.drafters.model import ModelDrafter
 from specdec.drafters.ngram import NgramDrafter

@@ -47,7 +47,7 @@ def test_greedy_on_cuda_equals_plain_greedy_on_cpu(drafter, gamma, compile):
 def test_seeded_sampling_on_cuda_equals_plain_seeded_sampling_on_cpu(drafter, gamma):
     """The coupled rule: same seed, same text, across devices and drafters (float32 logits
     differ across devices only by round-off, far from flipping a Gumbel-max)."""
-    from specdec.controller_auto import GammaController
+    from specdec.control.auto import GammaController
 
     model = tiny_llama(seed=5)
     with torch.no_grad():

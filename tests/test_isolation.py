@@ -7,7 +7,7 @@ import torch
 
 from specdec import SamplingParams, SpeculativeDecoder
 from specdec.batch import BatchDecoder, RowFailure
-from specdec.controller_auto import GammaController
+from specdec.control.auto import GammaController
 from specdec.drafters.ngram import NgramDrafter
 from specdec.models import wrap
 from specdec.models.rows import CacheBudgetError, SingleRow, StaticRows, make_rows

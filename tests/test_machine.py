@@ -10,9 +10,9 @@ def test_idle_cores_and_default_threads():
     assert machine.idle_cores(cores=2, load=1.6) == 1  # rounds: 0.4 idle -> 0 -> at least 1
     assert machine.idle_cores(cores=2, load=7.0) == 1
     assert machine.idle_cores(cores=16, load=4.4) == 12
-    assert machine.default_threads(2, cores=2, load=0.1) == 2  # idle: torch's default
-    assert machine.default_threads(2, cores=2, load=1.4) == 1  # busy: no waiting threads
-    assert machine.default_threads(4, cores=16, load=0.0) == 4  # never above torch's
+    assert machine.default_threads(2, cores=2) == 2  # torch's default
+    assert machine.default_threads(8, cores=2) == 2  # never above the cores it may use
+    assert machine.default_threads(4, cores=16) == 4  # never above torch's
 
 
 def test_starvation_warning_when_threads_got_too_little_cpu():
@@ -37,3 +37,20 @@ def test_cpu_meter_tells_working_from_waiting():
     time.sleep(0.3)
     wall, cpu = meter.elapsed()
     assert wall >= 0.3 and cpu < 0.05  # sleeping takes no CPU
+
+
+def test_int4_compute_dtype_default_and_override(monkeypatch):
+    import pytest
+    import torch
+
+    from specdec.errors import UsageError
+    from specdec.models.quantize import INT4_COMPUTE_ENV, int4_compute_dtype
+
+    monkeypatch.delenv(INT4_COMPUTE_ENV, raising=False)
+    assert int4_compute_dtype(torch.float32) == torch.bfloat16  # the documented default
+    assert int4_compute_dtype(torch.bfloat16) == torch.bfloat16
+    monkeypatch.setenv(INT4_COMPUTE_ENV, "float32")
+    assert int4_compute_dtype(torch.float32) == torch.float32
+    monkeypatch.setenv(INT4_COMPUTE_ENV, "int3")
+    with pytest.raises(UsageError, match=INT4_COMPUTE_ENV):
+        int4_compute_dtype(torch.float32)

@@ -13,13 +13,14 @@ from scipy.stats import chisquare, kstest
 from specdec.noise import (
     MAX_POSITION,
     draw,
-    gumbel,
     gumbel_argmax,
+    hashed,
     mix32,
     mix32_,
-    noise_bits,
+    position_keys,
     position_range,
     resolve_seed,
+    token_keys,
     uniforms,
 )
 from specdec.sampling import SamplingParams
@@ -34,6 +35,16 @@ def reference_bits(seed: int, position: int, token: int) -> int:
     high = mix32((seed >> 32) ^ 0x85EBCA6B ^ low)
     key = mix32(mix32(position ^ low) ^ high)
     return mix32(mix32(token ^ 0xC2B2AE35) ^ key)
+
+
+def noise_bits(seed: int, positions: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """h(seed, t, x) as int32 bit patterns, [*positions.shape, len(ids)]."""
+    return hashed(position_keys(seed, positions.to(ids.device)), token_keys(ids))
+
+
+def gumbel(seed: int, positions: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """G_t(x) = -log(-log U_t(x)), float64, [*positions.shape, len(ids)]."""
+    return uniforms(noise_bits(seed, positions, ids)).log_().neg_().log_().neg_()
 
 
 def unsigned(t: torch.Tensor) -> list[int]:

@@ -21,6 +21,7 @@ from drafter_fixtures import (
     target_model,
 )
 from specdec.decoding import SpeculativeDecoder
+from specdec.drafters.base import Drafter
 from specdec.drafters.combined import CombinedDrafter, PolicyConfig
 from specdec.drafters.factory import build_drafter
 from specdec.drafters.ngram import NgramDrafter
@@ -295,7 +296,7 @@ class _Clock:
         return self.now
 
 
-class _Stub:
+class _Stub(Drafter):
     """A drafter that proposes what `script(position)` says, costing `cost` fake seconds."""
 
     def __init__(self, name: str, script, match: int = 0, clock=None, cost: float = 0.0):
@@ -339,7 +340,7 @@ def test_policy_takes_the_lookup_when_its_long_matches_are_right():
     drafter = CombinedDrafter(lookup, model, clock=clock)
     _drive(drafter, TRUTH, clock)
     assert drafter.lookup_steps > 25 and drafter.fallback_steps < 5
-    assert drafter.stats[True].lookup[3].value > 3  # learned: 4 of 4 accepted
+    assert drafter.stats[True].lookup[3].mean(0.0) > 3  # learned: 4 of 4 accepted
 
 
 def test_policy_keeps_the_model_when_the_lookup_is_worse():
@@ -349,7 +350,7 @@ def test_policy_keeps_the_model_when_the_lookup_is_worse():
     drafter = CombinedDrafter(lookup, model, clock=clock)
     _drive(drafter, TRUTH, clock)
     assert drafter.fallback_steps == 30 and drafter.lookup_steps == 0
-    assert drafter.stats[True].lookup[1].value < 0.1  # scored although never used
+    assert drafter.stats[True].lookup[1].mean(0.0) < 0.1  # scored although never used
 
 
 def test_policy_weighs_the_model_drafters_cost():

@@ -207,15 +207,15 @@ def test_models_health_and_metrics(url, client) -> None:
     assert [m.id for m in client.models.list()] == ["tiny"]
     health = httpx.get(f"{url}/health").json()
     assert health["status"] == "ok" and health["queue_length"] == 0
+    invalid_before = metric_samples(url).get(INVALID, 0.0)  # earlier tests may have sent some
+    bad = httpx.post(f"{url}/v1/completions", json={"prompt": "a", "temperature": -1}, timeout=30)
+    assert bad.status_code == 400
     client.completions.create(model="tiny", prompt="metrics", max_tokens=12, temperature=0,
                               extra_body={"ignore_eos": True})
-    samples = {}
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    samples = metric_samples(url)
     value = lambda name, **labels: samples[(name, tuple(sorted(labels.items())))]  # noqa: E731
     assert value("specdec_requests_total", outcome="length") >= 1
-    assert value("specdec_requests_total", outcome="invalid") >= 0
+    assert samples[INVALID] == invalid_before + 1  # the one bad request above, counted once
     assert value("specdec_generated_tokens_total") >= 12
     drafted = value("specdec_drafted_tokens_total")
     accepted = value("specdec_accepted_tokens_total")
@@ -227,6 +227,18 @@ def test_models_health_and_metrics(url, client) -> None:
     assert all(0 <= r <= 1 for r in rates)
     assert value("specdec_queue_length") == 0
     assert value("specdec_time_to_first_token_seconds_count") >= 1
+
+
+INVALID = ("specdec_requests_total", (("outcome", "invalid"),))
+
+
+def metric_samples(url: str) -> dict[tuple[str, tuple], float]:
+    """Every sample of /metrics by (name, sorted labels)."""
+    samples = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
 
 
 def scrape(url: str, headers: dict | None = None) -> dict[str, object]:

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from specdec.controller import FixedGamma, GammaPolicy
-from specdec.controller_batch import BatchGammaController
+from specdec.control.batch import BatchGammaController
+from specdec.control.policy import FixedGamma, GammaPolicy
 from specdec.drafters.base import Drafter
 from specdec.models.device import StepClock
 from specdec.models.rows import Joining, Rows
@@ -227,11 +227,7 @@ class BatchDecoder:
             return self._drafters.pop()
         if self._prototype is None:
             return None
-        fork = getattr(self._prototype, "fork", None)
-        if not callable(fork):
-            raise ValueError(f"drafter {self._prototype.name!r} cannot draft for several "
-                             "sequences at once (it has no fork()); use a batch size of 1")
-        return fork()
+        return self._prototype.fork()  # ValueError when it cannot
 
 
 @dataclass
@@ -258,11 +254,8 @@ def forks(drafter: Any) -> bool:
     """Whether `drafter` can serve several concurrent sequences (tries a fork)."""
     if drafter is None:
         return True
-    fork = getattr(drafter, "fork", None)
-    if not callable(fork):
-        return False
     try:
-        fork()
-    except (AttributeError, ValueError):
+        drafter.fork()
+    except ValueError:
         return False
     return True

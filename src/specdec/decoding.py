@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from specdec.batch import DRAFT_RESERVE, BatchDecoder, RowFailure, forks
-from specdec.controller import GammaPolicy
+from specdec.control.policy import GammaPolicy
 from specdec.drafters.base import Drafter
 from specdec.drafters.model import ModelDrafter
 from specdec.errors import InvalidParameter, UsageError

@@ -5,8 +5,10 @@ core, a 2-thread forward waits on a descheduled thread (here: 0.8 tok/s with 2 t
 busy 2-core machine against 10.2 tok/s with --threads 1). Measured again on the 2-core
 machine at load average 2.0-2.6 (8 s loops of one-row matmuls of Qwen-0.5B's MLP
 shape): 2 threads 7.2-8.2 steps/s with 34-39% of the CPU time they asked for, 1 thread
-28.6 steps/s with 80%. So the default is the cores other jobs leave idle, and a decoding
-that got well under its threads' CPU time says so afterwards.
+28.6 steps/s with 80%. The default stays torch's (the physical cores, within this process's
+CPU affinity) whatever the load, so a command runs the same way every time; a start on a busy
+machine warns with the --threads value to use, and a decoding that got well under its
+threads' CPU time says so afterwards.
 """
 
 from __future__ import annotations
@@ -47,11 +49,13 @@ def idle_cores(cores: int | None = None, load: float | None = None) -> int:
     return max(1, min(cores, int(cores - load + 0.5)))
 
 
-def default_threads(available: int, cores: int | None = None,
-                    load: float | None = None) -> int:
-    """Threads to use when the user chose none: torch's default (`available`), but no more
-    than the idle cores, since a thread that waits for a busy core stalls every step."""
-    return max(1, min(available, idle_cores(cores, load)))
+def default_threads(available: int, cores: int | None = None) -> int:
+    """Threads to use when the user chose none: torch's default (`available`: the physical
+    cores), at most the cores this process may run on (its CPU affinity).
+
+    Never the current load: the same command must run the same way whatever ran a minute
+    ago. A busy machine gets `contention_warning` instead, naming the --threads to pass."""
+    return max(1, min(available, cpu_count() if cores is None else cores))
 
 
 def contention_warning(threads: int, cores: int | None = None,

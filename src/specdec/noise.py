@@ -100,22 +100,16 @@ def _vocabulary_keys(vocab_size: int, device: torch.device) -> torch.Tensor:
     return token_keys(torch.arange(vocab_size, device=device))
 
 
-def noise_bits(seed: int, positions: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """The hash h(seed, t, x) as int32 bit patterns, [*positions.shape, len(ids)]."""
-    keys = position_keys(seed, positions.to(ids.device))
-    bits = token_keys(ids).expand(*keys.shape, ids.shape[0]).bitwise_xor(keys[..., None])
-    return mix32_(bits)
+def hashed(keys: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The hash h(seed, t, x) as int32 bit patterns, [*keys.shape, len(tokens)], from position
+    keys (`position_keys`) and token keys (`token_keys`)."""
+    return mix32_(tokens.expand(*keys.shape, -1).bitwise_xor(keys[..., None]))
 
 
 def uniforms(bits: torch.Tensor) -> torch.Tensor:
     """Bit patterns -> U in (0, 1), float64: (h + 1/2) / 2**32 with h read as unsigned."""
     # int32 covers [-2**31, 2**31): adding 2**31 flips the top bit, the unsigned reading
     return (bits.double() + (2**31 + 0.5)).mul_(2.0**-32)
-
-
-def gumbel(seed: int, positions: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """G_t(x) = -log(-log U_t(x)), float64, [*positions.shape, len(ids)]."""
-    return uniforms(noise_bits(seed, positions, ids)).log_().neg_().log_().neg_()
 
 
 def gumbel_argmax(probs: torch.Tensor, seed: int, at: torch.Tensor,
@@ -131,7 +125,7 @@ def gumbel_argmax(probs: torch.Tensor, seed: int, at: torch.Tensor,
     keys = position_keys(seed, where)
     tokens = _vocabulary_keys(probs.shape[-1], probs.device) if ids is None \
         else token_keys(ids.to(probs.device))
-    neg_e = uniforms(mix32_(tokens.expand(*keys.shape, -1).bitwise_xor(keys[..., None])))
+    neg_e = uniforms(hashed(keys, tokens))
     neg_e = neg_e.log_().float()
     return neg_e.div_(probs.float()).argmax(dim=-1)  # max of -E/p = max of p/E
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from specdec.controller import GammaPolicy, StepRecord
+from specdec.control.policy import GammaPolicy, StepRecord
 from specdec.drafters.base import Drafter, Proposal
 from specdec.models.device import StepClock
 from specdec.noise import position_range

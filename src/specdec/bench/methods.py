@@ -80,7 +80,7 @@ class _TimedPrefill:
         return getattr(self._model, name)
 
 
-class _TimedBegin:
+class _TimedBegin(Drafter):
     """A drafter, timing begin() (its own prefill) apart from its proposals."""
 
     def __init__(self, drafter: Drafter):

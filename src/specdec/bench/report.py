@@ -18,7 +18,7 @@ SCHEMA_VERSION = 1
 
 def results_json(meta: dict[str, Any], methods: list[Method], summaries: list[Summary],
                  records: list[Record]) -> dict[str, Any]:
-    """The JSON document (see schema.json and README, section Benchmark)."""
+    """The JSON document (see schema.json and docs/bench.md)."""
     spread = [{"method": m.name, "temperature": t, "speedups": repeat_spread(records, m.name, t)}
               for t in sorted({r.temperature for r in records}) for m in methods]
     return {

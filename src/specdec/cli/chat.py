@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from specdec.cli.generate import (
     add_model_options,
@@ -21,10 +21,12 @@ from specdec.cli.generate import (
     stop_strings,
 )
 from specdec.cli.render import Outcome, finish_line, renderer, summary
-from specdec.decoding import SpeculativeDecoder
 from specdec.errors import UsageError
 from specdec.prompts import chat_ids
 from specdec.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from specdec.decoding import SpeculativeDecoder
 
 MAX_LINE_CHARS = 1 << 20  # one user turn
 HELP = "[/reset forgets the conversation, /exit quits; end a line with \\ to continue it]"

@@ -12,23 +12,21 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from specdec import prompts
-from specdec.cli.options import add_runtime_arguments, runtime_options
+from specdec.cli.options import add_model_arguments, add_runtime_arguments, runtime_options
 from specdec.cli.render import compile_seconds, finish_line, renderer, summary
-from specdec.decoding import SpeculativeDecoder
 from specdec.drafters.factory import build_drafter, build_gamma, validate_spec
 from specdec.errors import UsageError
 from specdec.machine import CpuMeter, starvation_warning
-from specdec.models.registry import DEFAULT_TARGET
 from specdec.sampling import SamplingParams
 
-# prompt lookup costs ~nothing per draft, so any acceptance is profit (see README)
-DEFAULT_DRAFTER = "ngram"
-DEFAULT_GAMMA = "auto"
+if TYPE_CHECKING:  # the decoder pulls transformers in: imported when a model loads
+    from specdec.decoding import SpeculativeDecoder
+
 MAX_NEW_TOKENS = 1 << 16  # a bound even for models without a context limit
 MAX_THREADS = 1024
 MAX_PROMPT_BYTES = 16 << 20  # a prompt file or stdin
@@ -38,21 +36,13 @@ ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """Options naming the target, the drafter and how to load them (generate and chat)."""
-    p.add_argument("--target", default=DEFAULT_TARGET,
-                   help="registry name, transformers directory or .gguf "
-                        f"(default {DEFAULT_TARGET})")
-    p.add_argument("--draft", default=DEFAULT_DRAFTER,
-                   help="drafter: none | ngram | ngram:MIN:MAX | unigram:FILE | bigram:FILE | "
-                        "MODEL[@int8|@int4] | self[@int8|@int4][@vocab=N] | ngram+MODEL | "
-                        f"ngram+self[@...] (default {DEFAULT_DRAFTER})")
-    p.add_argument("--gamma", default=DEFAULT_GAMMA,
-                   help=f"draft length per step: an integer or 'auto' (default {DEFAULT_GAMMA})")
+    add_model_arguments(p)
     p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32", "float16"),
                    help="weights dtype (default auto: bfloat16 where the device computes it "
                         "natively, else float32 on a CPU, float16 on a GPU)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default: torch's, at most the cores other jobs leave "
-                        "idle at start)")
+                   help="torch threads (default: torch's, the physical cores, at most the "
+                        "cores this process may use; a busy machine gets a warning)")
     add_runtime_arguments(p)
 
 
@@ -252,11 +242,12 @@ def load_decoder(args: argparse.Namespace) -> SpeculativeDecoder:
         raise UsageError(f"--threads must be in [1, {MAX_THREADS}], got {args.threads}")
     runtime = runtime_options(args)
 
+    from specdec.decoding import SpeculativeDecoder
     from specdec.machine import contention_warning, default_threads
     from specdec.models.loading import load_model, resolve_dtype, set_threads
 
     dtype = resolve_dtype(None if args.dtype == "auto" else args.dtype, runtime.device)
-    # default: torch's threads, but none that would wait for a core other jobs hold
+    # default: torch's threads within the CPU affinity; never the load (see machine.py)
     set_threads(args.threads if args.threads is not None
                 else default_threads(torch.get_num_threads()))
     warning = contention_warning(torch.get_num_threads()) if runtime.device.type == "cpu" \

@@ -1,4 +1,5 @@
-"""Runtime options shared by `generate`, `serve` and `bench`: --device, --compile, --runtime."""
+"""Options shared by the commands: the model spec (--target, --draft, --gamma) and the runtime
+(--device, --compile, --runtime)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,13 @@ from dataclasses import dataclass
 import torch
 
 from specdec.errors import UsageError
+from specdec.models.base import RUNTIMES
 from specdec.models.device import DEVICE_CHOICES, resolve_device
-from specdec.models.wrap import RUNTIMES
+from specdec.models.registry import DEFAULT_TARGET
+
+# prompt lookup costs ~nothing per draft, so any acceptance is profit (docs/drafters.md)
+DEFAULT_DRAFTER = "ngram"
+DEFAULT_GAMMA = "auto"
 
 
 @dataclass(frozen=True)
@@ -24,6 +30,19 @@ class RuntimeOptions:
         return {"device": self.device, "compile": self.compile, "runtime": self.runtime}
 
 
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """--target, --draft and --gamma (generate, chat and serve)."""
+    p.add_argument("--target", default=DEFAULT_TARGET,
+                   help="registry name, transformers directory or .gguf "
+                        f"(default {DEFAULT_TARGET})")
+    p.add_argument("--draft", default=DEFAULT_DRAFTER,
+                   help="drafter: none | ngram | ngram:MIN:MAX | unigram:FILE | bigram:FILE | "
+                        "MODEL[@int8|@int4] | self[@int8|@int4][@vocab=N] | ngram+MODEL | "
+                        f"ngram+self[@...] (default {DEFAULT_DRAFTER}; docs/drafters.md)")
+    p.add_argument("--gamma", default=DEFAULT_GAMMA,
+                   help=f"draft length per step: an integer or 'auto' (default {DEFAULT_GAMMA})")
+
+
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto",
                         help=f"{DEVICE_CHOICES} (default auto: CUDA when available, else CPU)")
@@ -31,7 +50,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--compile", dest="compile", action="store_true", default=None,
                        help="compile the target's and model drafters' k-token steps "
                             "(torch.compile; CUDA graphs on a GPU). Default: on for CUDA, "
-                            "off on the CPU (README: measured)")
+                            "off on the CPU (docs/runtime.md)")
     group.add_argument("--no-compile", dest="compile", action="store_false",
                        help="run every step eagerly")
     parser.add_argument("--runtime", default="auto", choices=RUNTIMES,

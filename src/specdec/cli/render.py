@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
-from specdec.decoding import StepEvent
 from specdec.sampling import TokenLogprob
+from specdec.sequence import StepEvent
 from specdec.stats import GenerationStats
 from specdec.stop import StoppingText
 

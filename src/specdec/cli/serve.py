@@ -7,13 +7,11 @@ import os
 import sys
 from typing import Any
 
-from specdec.cli.options import add_runtime_arguments, runtime_options
-from specdec.models.registry import DEFAULT_TARGET
+from specdec.cli.options import add_model_arguments, add_runtime_arguments, runtime_options
 from specdec.server.app import DEFAULT_MAX_BODY
 from specdec.server.engine import DEFAULT_MAX_BATCH_SIZE, DEFAULT_PREFILL_CHUNK
 from specdec.server.kv_budget import DEFAULT_KV_CACHE_MEMORY, parse_budget
 
-DEFAULT_DRAFT = "ngram"
 MAX_QUEUE_LIMIT = 100_000
 MAX_BATCH_LIMIT = 256  # rows of KV cache held at once
 MAX_TOKENS_CEILING = 1 << 20
@@ -27,20 +25,12 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specdec serve", description=__doc__)
-    parser.add_argument("--target", default=DEFAULT_TARGET,
-                        help="target model: registry name or local path "
-                        f"(default {DEFAULT_TARGET})")
-    parser.add_argument("--draft", default=DEFAULT_DRAFT,
-                        help="drafter spec: none | ngram | MODEL[@int8|@int4] | self[@int4] | "
-                        "ngram+MODEL | ... "
-                        f"(default {DEFAULT_DRAFT})")
-    parser.add_argument("--gamma", default="auto",
-                        help="draft length: integer or 'auto' (default auto, as specdec generate)")
+    add_model_arguments(parser)
     parser.add_argument("--dtype", default="auto",
                         choices=("auto", "bfloat16", "float32", "float16"),
                         help="weights dtype (default auto: bfloat16 where the CPU has it and "
                         "can prepack it; float32 when batching without prepacked bf16; see "
-                        "README)")
+                        "docs/server.md)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     add_runtime_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1",
@@ -160,12 +150,7 @@ def warm_up(target: Any, drafter: Any, max_tokens: int) -> float:
     """
     window = target.max_length or max_tokens + 2048
     capacity = min(window, max_tokens + 2048)
-    seconds = 0.0
-    for model in (target, getattr(drafter, "model", None),
-                  getattr(getattr(drafter, "fallback", None), "model", None)):
-        if hasattr(model, "warmup"):
-            seconds += model.warmup(capacity)
-    return seconds
+    return target.warmup(capacity) + (drafter.warmup(capacity) if drafter is not None else 0.0)
 
 
 def _check_bounds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -33,6 +33,8 @@ class Proposal:
 
 @runtime_checkable
 class Drafter(Protocol):
+    """Subclass it to inherit the defaults of fork() and warmup()."""
+
     name: str
 
     def begin(self, prompt_ids: torch.Tensor) -> None:
@@ -49,3 +51,14 @@ class Drafter(Protocol):
         sampling.penalize with history.plus(drafts before it), as the target's do.
         """
         ...
+
+    def fork(self) -> Drafter:
+        """A drafter for another concurrent sequence (batching): shared weights and tables, its
+        own per-sequence state. ValueError when it cannot (the default)."""
+        raise ValueError(f"drafter {self.name!r} cannot draft for several sequences at once; "
+                         "use a batch size of 1")
+
+    def warmup(self, capacity: int) -> float:
+        """Compile whatever a first request would (servers call this before accepting one),
+        for caches of `capacity` positions; returns the seconds spent. Default: nothing."""
+        return 0.0

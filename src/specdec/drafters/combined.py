@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from specdec.control.smoothing import Smoothed
 from specdec.drafters.base import Drafter, Proposal
 from specdec.sampling import SamplingParams, TokenHistory
 
@@ -39,48 +40,34 @@ class PolicyConfig:
 
 
 @dataclass
-class _Mean:
-    total: float
-    weight: float
-
-    def add(self, value: float, decay: float) -> None:
-        self.total = decay * self.total + value
-        self.weight = decay * self.weight + 1.0
-
-    @property
-    def value(self) -> float:
-        return self.total / self.weight if self.weight > 0 else 0.0
-
-
-@dataclass
 class _Stats:
     """What the policy has learned, for one kind of decoding (greedy or sampled)."""
 
     config: PolicyConfig
-    lookup: dict[int, _Mean] = field(default_factory=dict)  # match length -> accepted
-    model: _Mean | None = None
-    draft_s: _Mean = field(default_factory=lambda: _Mean(0.0, 0.0))  # model drafter, per step
-    verify_s: _Mean = field(default_factory=lambda: _Mean(0.0, 0.0))  # the rest of a step
+    lookup: dict[int, Smoothed] = field(default_factory=dict)  # match length -> accepted
+    model: Smoothed | None = None
+    draft_s: Smoothed = field(default_factory=Smoothed)  # model drafter, per step
+    verify_s: Smoothed = field(default_factory=Smoothed)  # the rest of a step
 
     def __post_init__(self) -> None:
         c = self.config
-        self.model = _Mean(c.prior_model * c.prior_weight, c.prior_weight)
+        self.model = Smoothed(c.prior_model * c.prior_weight, c.prior_weight)
 
-    def lookup_mean(self, match: int) -> _Mean:
+    def lookup_mean(self, match: int) -> Smoothed:
         c = self.config
-        return self.lookup.setdefault(match, _Mean(c.prior_lookup * c.prior_weight,
+        return self.lookup.setdefault(match, Smoothed(c.prior_lookup * c.prior_weight,
                                                    c.prior_weight))
 
     @property
     def draft_share(self) -> float:
         """D / V: the model drafter's time per step over the rest of a step."""
-        if self.draft_s.weight and self.verify_s.weight and self.verify_s.value > 0:
-            return self.draft_s.value / self.verify_s.value
+        if self.draft_s.weight and self.verify_s.weight and self.verify_s.mean(0.0) > 0:
+            return self.draft_s.mean(0.0) / self.verify_s.mean(0.0)
         return self.config.prior_draft_share
 
     def lookup_wins(self, match: int) -> bool:
-        return (1 + self.lookup_mean(match).value) * (1 + self.draft_share) >= \
-            1 + self.model.value
+        return (1 + self.lookup_mean(match).mean(0.0)) * (1 + self.draft_share) >= \
+            1 + self.model.mean(0.0)
 
 
 @dataclass
@@ -96,7 +83,7 @@ class _Pending:
     draft_s: float
 
 
-class CombinedDrafter:
+class CombinedDrafter(Drafter):
     def __init__(self, lookup: Drafter, fallback: Drafter, config: PolicyConfig | None = None,
                  clock: Callable[[], float] = time.perf_counter):
         self.lookup = lookup
@@ -111,13 +98,10 @@ class CombinedDrafter:
 
     def fork(self) -> CombinedDrafter:
         """A drafter for another concurrent sequence: both parts forked, its own policy."""
-        parts = []
-        for part in (self.lookup, self.fallback):
-            fork = getattr(part, "fork", None)
-            if fork is None:
-                raise ValueError(f"drafter {part.name!r} cannot serve concurrent sequences")
-            parts.append(fork())
-        return CombinedDrafter(parts[0], parts[1], self.config, self.clock)
+        return CombinedDrafter(self.lookup.fork(), self.fallback.fork(), self.config, self.clock)
+
+    def warmup(self, capacity: int) -> float:
+        return self.lookup.warmup(capacity) + self.fallback.warmup(capacity)
 
     def begin(self, prompt_ids: torch.Tensor) -> None:
         # what was learned carries over between requests; only the step in flight is dropped
@@ -157,11 +141,11 @@ class CombinedDrafter:
         emitted = context[0, last.context_length:].tolist()
         decay = self.config.decay
         if last.match:
-            stats.lookup_mean(last.match).add(_agreement(last.lookup_tokens, emitted), decay)
+            stats.lookup_mean(last.match).add(_agreement(last.lookup_tokens, emitted), 1, decay)
         if not last.used_lookup and last.model_tokens:
-            stats.model.add(_agreement(last.model_tokens, emitted), decay)
-            stats.draft_s.add(last.draft_s, decay)
-        stats.verify_s.add(max(now - last.started - last.draft_s, 0.0), decay)
+            stats.model.add(_agreement(last.model_tokens, emitted), 1, decay)
+            stats.draft_s.add(last.draft_s, 1, decay)
+        stats.verify_s.add(max(now - last.started - last.draft_s, 0.0), 1, decay)
 
 
 def _agreement(proposed: list[int], emitted: list[int]) -> int:

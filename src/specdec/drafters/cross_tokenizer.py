@@ -18,12 +18,12 @@ from typing import Any
 
 import torch
 
-from specdec.drafters.base import Proposal
-from specdec.drafters.model import fork_model, sync_cache
+from specdec.drafters.base import Drafter, Proposal
+from specdec.drafters.model import sync_cache
+from specdec.drafters.sample import sample_drafts
 from specdec.errors import UsageError, VocabularyMismatchError
 from specdec.models.base import LanguageModel
-from specdec.noise import draw
-from specdec.sampling import SamplingParams, TokenHistory, adjusted_probs, penalize
+from specdec.sampling import SamplingParams, TokenHistory
 
 
 def vocabulary_intersection(drafter_tokenizer: Any, drafter_vocab_size: int,
@@ -44,7 +44,7 @@ def vocabulary_intersection(drafter_tokenizer: Any, drafter_vocab_size: int,
     return torch.tensor(drafter_ids), torch.tensor(target_ids)
 
 
-class CrossTokenizerDrafter:
+class CrossTokenizerDrafter(Drafter):
     """Drafts with `model` (its own tokenizer) and proposes target ids with q over the target."""
 
     def __init__(self, model: LanguageModel, target: LanguageModel):
@@ -63,9 +63,12 @@ class CrossTokenizerDrafter:
     def fork(self) -> CrossTokenizerDrafter:
         """A drafter for another concurrent sequence: same weights and id maps, own cache."""
         other = copy.copy(self)
-        other.model = fork_model(self.model)
+        other.model = self.model.fork()
         other.cached_ids = torch.zeros(1, 0, dtype=torch.long)
         return other
+
+    def warmup(self, capacity: int) -> float:
+        return self.model.warmup(capacity)
 
     def begin(self, prompt_ids: torch.Tensor) -> None:
         ids = self._drafter_tokens(prompt_ids)
@@ -78,12 +81,13 @@ class CrossTokenizerDrafter:
             raise NotImplementedError("the cross-tokenizer drafter supports batch 1 only")
         if gamma <= 0:
             return Proposal.empty(1)
-        feed = self._sync(self._drafter_tokens(context))
-        if feed.shape[1] == 0:
+        first = self._sync(self._drafter_tokens(context))
+        if first.shape[1] == 0:
             return Proposal.empty(1)
-        tokens, probs = [], []
         fed = [self.cached_ids]
-        for i in range(gamma):
+
+        def next_logits(choice: torch.Tensor | None) -> torch.Tensor:
+            feed = first if choice is None else self.drafter_ids[choice][:, None]
             # restricted to the intersection, [1, |I|]
             logits = self.model.extend(feed, last=1)[:, -1, self.drafter_ids]
             fed.append(feed.cpu())
@@ -91,29 +95,14 @@ class CrossTokenizerDrafter:
                 raise FloatingPointError(
                     f"drafter logits not finite after feeding {feed.shape[1]} tokens at cache "
                     f"length {self.model.cached_length}")
-            if history is not None:  # penalties are per token: apply them on the target ids
-                logits = penalize(logits, params, history, columns=self.target_ids)
-            if params.greedy:
-                choice = logits.argmax(dim=-1)
-            else:
-                q = adjusted_probs(logits, params)
-                # coupled: the target's noise for these target ids at the draft's position
-                choice = draw(q, params, generator, context.shape[1] + i, self.target_ids)
-                probs.append(self._to_target(q))
-            tokens.append(self.target_ids[choice])
-            if history is not None:
-                history = history.plus(tokens[-1][:, None])
-            feed = self.drafter_ids[choice][:, None]
+            return logits
+
+        # columns: the target id of each intersection column (penalties, coupled noise, q)
+        tokens, probs = sample_drafts(next_logits, gamma, params, generator, history,
+                                      context.shape[1], self.target_ids, self.target_vocab_size)
         # the last draft was never fed: the cache holds everything fed so far
         self.cached_ids = torch.cat(fed, dim=1)
-        stacked = torch.stack(probs, dim=1) if probs else None
-        return Proposal(torch.stack(tokens, dim=1), stacked, forwards=gamma)
-
-    def _to_target(self, q: torch.Tensor) -> torch.Tensor:
-        """q over the intersection [1, |I|] -> q over the target vocabulary [1, V]."""
-        full = torch.zeros(q.shape[0], self.target_vocab_size, device=q.device)
-        full[:, self.target_ids] = q
-        return full
+        return Proposal(tokens, probs, forwards=gamma)
 
     def _drafter_tokens(self, target_ids: torch.Tensor) -> torch.Tensor:
         """The target context as text, re-encoded by the drafter's tokenizer, [1, T']."""

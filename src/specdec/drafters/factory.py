@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from specdec.controller import GammaPolicy
+from specdec.control.policy import GammaPolicy
 from specdec.drafters.base import Drafter
 from specdec.drafters.model import ModelDrafter
 from specdec.errors import UsageError, VocabularyMismatchError
@@ -119,7 +119,7 @@ def build_gamma(value: str | int) -> int | Callable[[], GammaPolicy]:
     the controllers of one factory share their measured model timings)."""
     text = str(value).strip().lower()
     if text == "auto":
-        from specdec.controller_auto import auto_gamma
+        from specdec.control.auto import auto_gamma
 
         return auto_gamma()
     try:

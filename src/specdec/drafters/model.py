@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from specdec.drafters.base import Proposal
+from specdec.drafters.base import Drafter, Proposal
+from specdec.drafters.sample import sample_drafts
 from specdec.models.base import LanguageModel, logits_at_width
-from specdec.noise import draw
-from specdec.sampling import SamplingParams, TokenHistory, adjusted_probs, penalize
+from specdec.sampling import SamplingParams, TokenHistory
 
 
-class ModelDrafter:
+class ModelDrafter(Drafter):
     """Samples gamma tokens autoregressively from a model, one forward per token.
 
     Its cache is kept in step with the target's context by comparing token ids: whatever the
@@ -33,7 +33,10 @@ class ModelDrafter:
 
     def fork(self) -> ModelDrafter:
         """A drafter for another concurrent sequence: same weights, its own cache."""
-        return ModelDrafter(fork_model(self.model), self.vocab_size)
+        return ModelDrafter(self.model.fork(), self.vocab_size)
+
+    def warmup(self, capacity: int) -> float:
+        return self.model.warmup(capacity)
 
     def begin(self, prompt_ids: torch.Tensor) -> None:
         context = self.model.prefill(self._fit(prompt_ids))
@@ -44,39 +47,31 @@ class ModelDrafter:
                 generator: torch.Generator, history: TokenHistory | None = None) -> Proposal:
         if gamma <= 0:
             return Proposal.empty(context.shape[0])
-        feed = self._sync(context)
-        tokens, probs = [], []
-        for i in range(gamma):
-            logits = self.model.extend(feed, last=1)[:, -1]
-            # coupled rule: the target's noise at this draft's absolute position
-            token, q = self._choose(logits, params, generator, history, context.shape[1] + i)
-            if q is not None:
-                probs.append(q)
-            tokens.append(token)
-            feed = token[:, None]
-            if history is not None:  # the next draft sees this one, as the target will
-                history = history.plus(feed)
-        drafted = torch.stack(tokens, dim=1)
+        first = self._sync(context)
+        columns = self._columns()
+
+        def next_logits(choice: torch.Tensor | None) -> torch.Tensor:
+            token = choice if columns is None or choice is None else columns[choice]
+            feed = first if token is None else token[:, None]
+            return self._restrict(self.model.extend(feed, last=1)[:, -1])
+
+        # coupled rule: the target's noise at each draft's absolute position
+        drafted, probs = sample_drafts(next_logits, gamma, params, generator, history,
+                                       context.shape[1], columns, self.vocab_size)
         # the last draft was never fed: the cache holds context + x_1..x_{gamma-1}. They are
         # copied to the host at the next step, after the target's step synchronized anyway:
         # copying now would stall a GPU a second time per step
         self.cached_ids, self._drafts_on_device = context, drafted[:, :-1]
-        return Proposal(drafted, torch.stack(probs, dim=1) if probs else None, forwards=gamma)
+        return Proposal(drafted, probs, forwards=gamma)
 
-    def _choose(self, logits: torch.Tensor, params: SamplingParams, generator: torch.Generator,
-                history: TokenHistory | None = None, position: int = 0,
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The next draft [B] from the last position's logits [B, V], and q (None if greedy).
+    def _columns(self) -> torch.Tensor | None:
+        """Token ids of the logits' columns when the head covers a vocabulary subset."""
+        return None
 
-        The penalties (when the request has any) apply to q exactly as to the target's p.
-        """
-        logits = logits_at_width(logits, self.vocab_size)  # before penalties and filters
-        if history is not None:
-            logits = penalize(logits, params, history)
-        if params.greedy:
-            return logits.argmax(dim=-1), None
-        q = adjusted_probs(logits, params)
-        return draw(q, params, generator, position), q
+    def _restrict(self, logits: torch.Tensor) -> torch.Tensor:
+        """The last position's logits [B, V] as sampled: at the target's width (cut before
+        penalties and filters, so every draft is a target id)."""
+        return logits_at_width(logits, self.vocab_size)
 
     def _sync(self, context: torch.Tensor) -> torch.Tensor:
         if self._drafts_on_device is not None:
@@ -90,14 +85,6 @@ class ModelDrafter:
         a tokenizer id, but a sampled target may emit one) is fed as the drafter's last id.
         That only changes what the drafter conditions on, so only acceptance can suffer."""
         return ids if self._embeddable is None else ids.clamp_max(self._embeddable - 1)
-
-
-def fork_model(model: LanguageModel) -> LanguageModel:
-    """A runner over model's weights with its own cache (ValueError if it cannot)."""
-    fork = getattr(model, "fork", None)
-    if fork is None:
-        raise ValueError(f"model {model.name!r} cannot run a second cache (no fork())")
-    return fork()
 
 
 def sync_cache(model: LanguageModel, cached_ids: torch.Tensor,

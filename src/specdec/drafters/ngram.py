@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import torch
 
-from specdec.drafters.base import Proposal
+from specdec.drafters.base import Drafter, Proposal
 from specdec.errors import UsageError
 from specdec.sampling import SamplingParams, TokenHistory
 
 MAX_NGRAM = 64  # bound on user-given n-gram sizes (keys are tuples of this length)
 
 
-class NgramDrafter:
+class NgramDrafter(Drafter):
     """Suffix n-gram lookup in prompt + generated text, longest match first, most recent wins."""
 
     def __init__(self, min_n: int = 1, max_n: int = 4):

@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from specdec.drafters.base import Proposal
+from specdec.drafters.base import Drafter, Proposal
+from specdec.drafters.sample import sample_drafts
 from specdec.errors import UsageError
-from specdec.noise import draw
-from specdec.sampling import SamplingParams, TokenHistory, adjusted_probs, penalize
+from specdec.sampling import SamplingParams, TokenHistory
 
 MAX_CORPUS_BYTES = 64 * 1024 * 1024  # bound what a user-given file may make us read
 # the hot rows kept as float32 [V]: bounded in bytes, not rows (at Qwen's vocabulary of
@@ -24,7 +24,7 @@ MAX_CORPUS_BYTES = 64 * 1024 * 1024  # bound what a user-given file may make us 
 ROW_CACHE_BYTES = 64 * 1024 * 1024
 
 
-class NgramLMDrafter:
+class NgramLMDrafter(Drafter):
     """order 1: q(x) from unigram counts; order 2: q(x | previous token), backed off to q(x).
 
     Both are add-`smoothing` estimates so q > 0 everywhere before the sampling filters; the
@@ -101,24 +101,16 @@ class NgramLMDrafter:
                 generator: torch.Generator, history: TokenHistory | None = None) -> Proposal:
         if gamma <= 0:
             return Proposal.empty(context.shape[0])
-        prev = context[:, -1]
-        tokens, probs = [], []
-        for i in range(gamma):
-            logq = torch.stack([self.log_probs(int(t)) for t in prev])  # [B, V]
-            logq = logq.to(generator.device)  # q lives where the generator draws
-            if history is not None:  # log q as logits: penalized as the target's are
-                logq = penalize(logq, params, history)
-            q = adjusted_probs(logq, params)
-            position = context.shape[1] + i  # coupled: the target's noise at this position
-            token = q.argmax(dim=-1) if params.greedy else draw(q, params, generator, position)
-            tokens.append(token)
-            probs.append(q)
-            prev = token
-            if history is not None:
-                history = history.plus(token[:, None])
-        # greedy q is one-hot at the draft: None lets verification use the one-hot rule
-        stacked = None if params.greedy else torch.stack(probs, dim=1)
-        return Proposal(torch.stack(tokens, dim=1), stacked)
+        last = context[:, -1]
+
+        def next_logits(choice: torch.Tensor | None) -> torch.Tensor:
+            prev = last if choice is None else choice
+            logq = torch.stack([self.log_probs(int(t)) for t in prev])  # [B, V], as logits
+            return logq.to(generator.device)  # q lives where the generator draws
+
+        tokens, probs = sample_drafts(next_logits, gamma, params, generator, history,
+                                      context.shape[1])
+        return Proposal(tokens, probs)
 
     def log_probs(self, prev: int) -> torch.Tensor:
         """log q(. | prev) as float32 [V]."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from specdec.drafters.model import ModelDrafter, fork_model
+from specdec.drafters.model import ModelDrafter
 from specdec.errors import UsageError
 from specdec.models.base import LanguageModel
 from specdec.models.low_bit_view import (
@@ -22,8 +22,7 @@ from specdec.models.low_bit_view import (
     frequent_token_ids,
     low_bit_view,
 )
-from specdec.noise import draw
-from specdec.sampling import SamplingParams, TokenHistory, adjusted_probs, penalize
+from specdec.sampling import SamplingParams, TokenHistory
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,7 @@ class SelfDrafter(ModelDrafter):
             raise ValueError(f"drafter {self.name!r} has a vocabulary-subset head that follows "
                              "one sequence: use a batch size of 1")
         # target None: the batch's target cache is not the runner's own, nothing to copy
-        return SelfDrafter(fork_model(self.model), None, self.vocab_size, self.name)
+        return SelfDrafter(self.model.fork(), None, self.vocab_size, self.name)
 
     def begin(self, prompt_ids: torch.Tensor) -> None:
         if self.head is not None:
@@ -83,9 +82,8 @@ class SelfDrafter(ModelDrafter):
         # the loop prefills the target first: its cache holds the prompt's keys and values in
         # full precision, which is what the drafter's own prefill would compute (prefill runs
         # the full-precision weights); copying them skips a second prefill
-        copy = getattr(self.model, "prefill_from", None)
-        self.copied_prefill = copy is not None and self.target is not None and \
-            copy(self.target, prompt_ids)
+        self.copied_prefill = self.target is not None and \
+            self.model.prefill_from(self.target, prompt_ids)
         if self.copied_prefill:
             self.cached_ids = prompt_ids[:, : self.model.cached_length]
             self._drafts_on_device = None
@@ -108,21 +106,13 @@ class SelfDrafter(ModelDrafter):
         self.head.add(context[0, self.seen:].tolist())
         self.seen = context.shape[1]
 
-    def _choose(self, logits: torch.Tensor, params: SamplingParams, generator: torch.Generator,
-                history: TokenHistory | None = None, position: int = 0,
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _columns(self) -> torch.Tensor | None:
+        return None if self.head is None else self.head.ids.to(self.model.device)
+
+    def _restrict(self, logits: torch.Tensor) -> torch.Tensor:
         if self.head is None:
-            return super()._choose(logits, params, generator, history, position)
-        ids = self.head.ids.to(logits.device)
-        logits = logits[:, : len(ids)]  # columns past the subset's are unused capacity
-        if history is not None:  # the penalties by token id, through the subset's columns
-            logits = penalize(logits, params, history, columns=ids)
-        if params.greedy:
-            return ids[logits.argmax(dim=-1)], None
-        q_subset = adjusted_probs(logits, params)  # renormalised over the subset
-        q = q_subset.new_zeros(q_subset.shape[0], self.vocab_size)
-        q[:, ids] = q_subset
-        return ids[draw(q_subset, params, generator, position, ids)], q
+            return super()._restrict(logits)
+        return logits[:, : len(self.head.ids)]  # columns past the subset's are unused capacity
 
 
 def special_token_ids(target: LanguageModel) -> list[int]:
@@ -156,8 +146,8 @@ def build_self_drafter(target: LanguageModel, config: SelfDraftConfig) -> SelfDr
         head = VocabularySubsetHead(output, ids, config.bits, config.group_size)
     view = low_bit_view(hf_model, config.bits, config.group_size, config.full_rows, head)
     # the target's runner and compile setting (the view's tensors are already on its device)
-    runtime = "static" if hasattr(target, "prefill_from") else "dynamic"
     widths = tuple(getattr(target, "widths", ()))
-    model = wrap(view, target.tokenizer, config.label, runtime=runtime, compile=bool(widths),
+    model = wrap(view, target.tokenizer, config.label, runtime=target.runtime,
+                 compile=bool(widths),
                  **({"widths": widths} if widths else {}))
     return SelfDrafter(model, head, target.vocab_size, config.label, config.context, target)

@@ -8,10 +8,14 @@ import torch
 
 from specdec.errors import VocabularyMismatchError
 
+RUNTIMES = ("auto", "static", "dynamic")  # wrap(runtime=...): "auto" picks one of the others
+
 
 @runtime_checkable
 class LanguageModel(Protocol):
     """A model with a KV cache that can grow by several tokens at once and shrink.
+
+    Subclass it to inherit the defaults of fork(), warmup() and prefill_from().
 
     Invariant kept by callers: the cache holds the decoder context minus its last token,
     the *pending* token, which is fed with the next `extend`.
@@ -23,6 +27,7 @@ class LanguageModel(Protocol):
     tokenizer: Any  # a transformers tokenizer, or None
     eos_token_ids: frozenset[int]  # ids that end a sequence
     device: torch.device  # where extend's logits live; inputs may come from anywhere
+    runtime: str  # the runner wrap() built: "static" or "dynamic"
 
     def prefill(self, prompt_ids: torch.Tensor, reserve: int = 0) -> torch.Tensor:
         """Reset the cache for prompt_ids [B, T]; return the decoder context [B, T'].
@@ -49,6 +54,23 @@ class LanguageModel(Protocol):
     def cached_length(self) -> int:
         """Number of positions in the cache."""
         ...
+
+    def fork(self) -> LanguageModel:
+        """A runner over the same weights with its own empty cache (a drafter per sequence).
+        ValueError when it cannot (the default)."""
+        raise ValueError(f"model {self.name!r} cannot run a second cache")
+
+    def warmup(self, capacity: int, rows: int = 1) -> float:
+        """Compile every step width now, for caches of `capacity` positions and `rows` rows;
+        returns the seconds compiling took. Default: nothing to compile."""
+        return 0.0
+
+    def prefill_from(self, other: LanguageModel, prompt_ids: torch.Tensor,
+                     reserve: int = 0) -> bool:
+        """Prefill by copying `other`'s cache when it holds exactly this prompt's prefix in a
+        layout this model shares (a self drafter over the target's weights). False (nothing
+        done, the caller prefills) where it cannot: the default."""
+        return False
 
 
 def vocabulary_of(model: LanguageModel) -> dict[str, int] | None:

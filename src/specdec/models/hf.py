@@ -14,9 +14,13 @@ from typing import Any
 import torch
 from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
 
+from specdec.models.base import LanguageModel
 
-class HFModel:
+
+class HFModel(LanguageModel):
     """What every transformers-backed model exposes: name, vocabulary, window, device, EOS."""
+
+    runtime = "dynamic"
 
     def __init__(self, model: PreTrainedModel, tokenizer: Any = None, name: str | None = None):
         self.model = model.eval()

@@ -12,16 +12,20 @@ exactness: verification against the target's p corrects whatever q it proposes.
 
 from __future__ import annotations
 
-import copy
+import os
 
 import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from specdec.errors import UsageError
 from specdec.models.linear import PackedLinear
 
 INT4_GROUPS = (32, 64, 128, 256)  # group sizes torch's int4 CPU kernel accepts
 INT4_N_MULTIPLE = 16  # the packed layout needs out_features divisible by 16: pad rows
+INT4_COMPUTE_ENV = "SPECDEC_INT4_COMPUTE"  # overrides int4_compute_dtype's default
+_COMPUTE_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32,
+                   "float16": torch.float16}
 
 
 class _LowBitLinear(nn.Module):
@@ -111,7 +115,7 @@ class Int4Linear(_LowBitLinear):
     """
 
     def __init__(self, linear: nn.Linear, group_size: int = 32, full_rows: int | None = None,
-                 full: nn.Module | None = None):
+                 full: nn.Module | None = None, compute_dtype: torch.dtype | None = None):
         super().__init__(linear, full_rows, full)
         if group_size not in INT4_GROUPS or linear.in_features % group_size:
             raise ValueError(f"int4 needs in_features ({linear.in_features}) divisible by a "
@@ -129,10 +133,7 @@ class Int4Linear(_LowBitLinear):
         # the kernel computes (q - 8) * scale + zero, so zero = low + 8 * scale
         zeros = low + 8 * scale
         self.register_buffer("qweight", packed)
-        # the kernel's float32 path was ~10x slower than its bfloat16 one here (a float32
-        # model's int4 drafting step 542 ms against 42 ms in bf16): float32 models compute
-        # it in bfloat16 and get float32 back
-        compute = torch.bfloat16 if linear.weight.dtype == torch.float32 else linear.weight.dtype
+        compute = compute_dtype or int4_compute_dtype(linear.weight.dtype)
         self.register_buffer("scales_and_zeros", torch.stack([scale, zeros], dim=-1)
                              .transpose(0, 1).contiguous().to(compute))
 
@@ -149,6 +150,24 @@ class Int4Linear(_LowBitLinear):
         return out[:, : self.out_features].to(flat.dtype)
 
 
+def int4_compute_dtype(weight_dtype: torch.dtype) -> torch.dtype:
+    """The dtype an int4 layer's activations, scales and zeros use (a documented default).
+
+    A float32 model's int4 layers compute in bfloat16 and return float32: torch's CPU int4
+    kernel has a vectorized bfloat16 path, and its float32 one was ~10x slower where measured
+    (an int4 drafting step 542 ms against 42 ms). The drafter's precision never touches
+    exactness. Override with SPECDEC_INT4_COMPUTE=float32 (or bfloat16, float16), or pass
+    compute_dtype to Int4Linear / quantized_linear.
+    """
+    chosen = os.environ.get(INT4_COMPUTE_ENV, "").strip().lower()
+    if chosen:
+        if chosen not in _COMPUTE_DTYPES:
+            raise UsageError(f"{INT4_COMPUTE_ENV} must be one of {', '.join(_COMPUTE_DTYPES)}, "
+                             f"got {chosen!r}")
+        return _COMPUTE_DTYPES[chosen]
+    return torch.bfloat16 if weight_dtype == torch.float32 else weight_dtype
+
+
 def int4_group(in_features: int, preferred: int = 32) -> int | None:
     """The group size to use for a layer: `preferred` if it divides in_features, else another."""
     for group in (preferred, *INT4_GROUPS):
@@ -158,30 +177,16 @@ def int4_group(in_features: int, preferred: int = 32) -> int | None:
 
 
 def quantized_linear(linear: nn.Linear, bits: int, group_size: int = 32,
-                     full_rows: int | None = None, full: nn.Module | None = None) -> nn.Module:
+                     full_rows: int | None = None, full: nn.Module | None = None,
+                     compute_dtype: torch.dtype | None = None) -> nn.Module:
     """Int8Linear or Int4Linear for `linear` (int8 where int4's group sizes do not fit, or off
-    the CPU). Passes over more than `full_rows` rows call `full` (default: `linear`)."""
+    the CPU). Passes over more than `full_rows` rows call `full` (default: `linear`).
+    compute_dtype: int4's (default `int4_compute_dtype`)."""
     if bits == 4:
         group = int4_group(linear.in_features, group_size)
         # the int4 packing is the CPU kernel's; elsewhere int8 (dequantized per call) stands in
         if group is not None and linear.weight.device.type == "cpu":
-            return Int4Linear(linear, group, full_rows, full)
+            return Int4Linear(linear, group, full_rows, full, compute_dtype)
     elif bits != 8:
         raise ValueError(f"bits must be 4 or 8, got {bits!r}")
     return Int8Linear(linear, full_rows, full)
-
-
-def quantize_int8(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """model (or a copy) with every nn.Linear replaced by Int8Linear, the output head too."""
-    return quantize(model, 8, inplace=inplace)
-
-
-def quantize(model: nn.Module, bits: int, inplace: bool = False, group_size: int = 32,
-             ) -> nn.Module:
-    """model (or a copy) with every nn.Linear in `bits` bits, the output head too."""
-    model = model if inplace else copy.deepcopy(model)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(parent, name, quantized_linear(child, bits, group_size))
-    return model

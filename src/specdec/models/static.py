@@ -103,6 +103,8 @@ class StaticKVCache:
 class StaticCausalLM(HFModel):
     """A llama-family decoder (Llama, Qwen2, Qwen3, Mistral) on a static KV cache."""
 
+    runtime = "static"
+
     def __init__(self, model: PreTrainedModel, tokenizer: Any = None, name: str | None = None,
                  compile: bool = False, widths: tuple[int, ...] = DEFAULT_WIDTHS,
                  pack: bool = True):

@@ -9,10 +9,9 @@ import torch
 from transformers import PreTrainedModel
 
 from specdec.errors import UsageError
+from specdec.models.base import RUNTIMES
 from specdec.models.hf import HFCausalLM, HFSeq2SeqLM
 from specdec.models.static import DEFAULT_WIDTHS, StaticCausalLM, static_unsupported
-
-RUNTIMES = ("auto", "static", "dynamic")
 
 
 def wrap(model: PreTrainedModel, tokenizer: Any = None, name: str | None = None, *,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from specdec.controller_auto import _fit_line, _means, _points, _Smoothed
+from specdec.control.smoothing import Smoothed, fit_line, means, observations
 from specdec.theory import expected_tokens
 
 
@@ -48,15 +48,15 @@ class BatchGammaController:
     config: BatchGammaConfig = field(default_factory=BatchGammaConfig)
 
     def __post_init__(self) -> None:
-        self.forward_time: dict[int, _Smoothed] = {}  # tokens carried -> seconds per forward
-        self.draft_time = _Smoothed()  # drafter seconds per drafted token
+        self.forward_time: dict[int, Smoothed] = {}  # tokens carried -> seconds per forward
+        self.draft_time = Smoothed()  # drafter seconds per drafted token
         cfg = self.config
-        self.alpha_stat = _Smoothed(cfg.prior_alpha * cfg.prior_weight, cfg.prior_weight)
+        self.alpha_stat = Smoothed(cfg.prior_alpha * cfg.prior_weight, cfg.prior_weight)
         self.last_width = cfg.initial_gamma
         self.plain_steps = 0
         self.probe_every = cfg.probe_every
         # (rows, speculated) -> decayed tokens / decayed seconds of whole steps
-        self.outcomes: dict[tuple[int, bool], _Smoothed] = {}
+        self.outcomes: dict[tuple[int, bool], Smoothed] = {}
         self.arm_steps = 0
         self.retry_every = cfg.probe_every
 
@@ -96,7 +96,7 @@ class BatchGammaController:
         """A whole step (drafting, forward, verification) of `rows` rows emitted `tokens`
         in `seconds`: the measured outcome the model's choice is checked against."""
         key = (rows, speculated)
-        self.outcomes.setdefault(key, _Smoothed()).add(tokens, seconds, self.config.decay)
+        self.outcomes.setdefault(key, Smoothed()).add(tokens, seconds, self.config.decay)
         self.arm_steps += 1
 
     def _speculation_wins(self, rows: int) -> bool:
@@ -135,7 +135,7 @@ class BatchGammaController:
         """One step: the forward carried `tokens` (padding included) in forward_s seconds;
         the drafters proposed `drafted` tokens in drafter_s seconds altogether; the rows'
         betas at their examined draft positions sum to beta_sum over beta_count positions."""
-        self.forward_time.setdefault(tokens, _Smoothed()).add(forward_s, 1, self.config.decay)
+        self.forward_time.setdefault(tokens, Smoothed()).add(forward_s, 1, self.config.decay)
         if drafted:
             self.draft_time.add(drafter_s, drafted, self.config.draft_decay)
         if beta_count:
@@ -151,13 +151,13 @@ class BatchGammaController:
 
     def forward_seconds(self, tokens: int) -> float:
         """The fitted T(tokens); a flat line before two token counts are known."""
-        points = _points(self.forward_time)
+        points = observations(self.forward_time)
         if not points:
             return 1.0
-        fit = _fit_line(points)
+        fit = fit_line(points)
         if fit is None:
-            return _means(points)[1]
+            return means(points)[1]
         a, b = fit
         if b < 0:  # carrying more tokens cannot be cheaper: flat through the mean
-            return _means(points)[1]
+            return means(points)[1]
         return max(a + b * tokens, 1e-9)

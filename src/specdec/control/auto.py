@@ -24,7 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
-from specdec.controller import StepRecord
+from specdec.control.policy import StepRecord
+from specdec.control.smoothing import Smoothed, fit_line, means, observations
 from specdec.theory import optimal_gamma
 
 
@@ -43,27 +44,12 @@ class ControllerConfig:
 
 
 @dataclass
-class _Smoothed:
-    """A decayed sum / decayed count pair."""
-
-    total: float = 0.0
-    weight: float = 0.0
-
-    def add(self, value: float, count: float, decay: float) -> None:
-        self.total = decay * self.total + value
-        self.weight = decay * self.weight + count
-
-    def mean(self, default: float) -> float:
-        return self.total / self.weight if self.weight > 1e-9 else default
-
-
-@dataclass
 class ModelCosts:
     """Timings of the target and the drafter: one instance may serve many generations."""
 
-    draft_time: _Smoothed = field(default_factory=_Smoothed)  # drafter s per drafted token
-    draft_steps: dict[int, _Smoothed] = field(default_factory=dict)  # k -> drafter s per step
-    target_time: dict[int, _Smoothed] = field(default_factory=dict)  # k -> s per target pass
+    draft_time: Smoothed = field(default_factory=Smoothed)  # drafter s per drafted token
+    draft_steps: dict[int, Smoothed] = field(default_factory=dict)  # k -> drafter s per step
+    target_time: dict[int, Smoothed] = field(default_factory=dict)  # k -> s per target pass
 
 
 def auto_gamma(config: ControllerConfig | None = None) -> Callable[[], GammaController]:
@@ -80,7 +66,7 @@ class GammaController:
 
     def __post_init__(self) -> None:
         cfg = self.config
-        self.alpha_stat = _Smoothed(cfg.prior_alpha * cfg.prior_weight, cfg.prior_weight)
+        self.alpha_stat = Smoothed(cfg.prior_alpha * cfg.prior_weight, cfg.prior_weight)
         self.plain_steps = 0
         self.probe_every = cfg.probe_every
         self.probing = False
@@ -106,12 +92,12 @@ class GammaController:
 
     def observe(self, step: StepRecord) -> None:
         decay = self.config.decay
-        self.costs.target_time.setdefault(step.drafted, _Smoothed()).add(step.target_s, 1, decay)
+        self.costs.target_time.setdefault(step.drafted, Smoothed()).add(step.target_s, 1, decay)
         if step.drafted == 0:
             return  # nothing drafted (plain step, or the drafter found nothing): no alpha info
         self.alpha_stat.add(sum(step.betas), len(step.betas), decay)
         self.costs.draft_time.add(step.drafter_s, step.drafted, decay)
-        self.costs.draft_steps.setdefault(step.drafted, _Smoothed()).add(step.drafter_s, 1, decay)
+        self.costs.draft_steps.setdefault(step.drafted, Smoothed()).add(step.drafter_s, 1, decay)
         if self.probing and step.betas and sum(step.betas) / len(step.betas) > self.c:
             self.probe_every = self.config.probe_every  # promising probe: stop backing off
 
@@ -126,7 +112,7 @@ class GammaController:
         observed, else the fitted target time a + b*k."""
         a, b = self._target_line()
         costs = [1.0 + b / a * k for k in range(self.config.max_gamma + 1)]
-        for k, seconds, weight in _points(self.costs.target_time):
+        for k, seconds, weight in observations(self.costs.target_time):
             if 0 < k < len(costs) and weight >= self.config.observed_weight:
                 costs[k] = max(seconds / a, 1.0)
         return costs
@@ -154,43 +140,24 @@ class GammaController:
 
     def _target_line(self) -> tuple[float, float]:
         """(a, b) with target time ~ a + b*k, weighted least squares over the observed k."""
-        points = _points(self.costs.target_time)
+        points = observations(self.costs.target_time)
         slope_prior = self.config.verify_slope
-        fit = _fit_line(points)
+        fit = fit_line(points)
         if fit is None or fit[0] <= 1e-9:  # one k, or a noisy fit: prior slope through the mean
-            k_mean, t_mean = _means(points) if points else (0.0, 1.0)
+            k_mean, t_mean = means(points) if points else (0.0, 1.0)
             a = max(t_mean, 1e-9) / (1 + slope_prior * k_mean)
             return a, slope_prior * a
         if fit[1] < 0:  # longer passes cannot be cheaper: a flat line through the mean
-            return max(_means(points)[1], 1e-9), 0.0
+            return max(means(points)[1], 1e-9), 0.0
         return fit
 
     def _drafter_line(self) -> tuple[float, float]:
         """(d0, d1) with drafter time per step ~ d0 + d1*k, both >= 0."""
-        points = _points(self.costs.draft_steps)
-        fit = _fit_line(points)
+        points = observations(self.costs.draft_steps)
+        fit = fit_line(points)
         if fit is None or fit[0] < 0:  # no fixed part identifiable: all of it per token
             return 0.0, self.costs.draft_time.mean(0.0)
         if fit[1] < 0:
-            return _means(points)[1], 0.0
+            return means(points)[1], 0.0
         return fit
 
-
-def _points(stats: dict[int, _Smoothed]) -> list[tuple[int, float, float]]:
-    return [(k, s.mean(0.0), s.weight) for k, s in stats.items() if s.weight > 1e-9]
-
-
-def _means(points: list[tuple[int, float, float]]) -> tuple[float, float]:
-    w_sum = sum(w for _, _, w in points)
-    return (sum(k * w for k, _, w in points) / w_sum, sum(t * w for _, t, w in points) / w_sum)
-
-
-def _fit_line(points: list[tuple[int, float, float]]) -> tuple[float, float] | None:
-    """Weighted least squares (intercept, slope) of t over k; None with fewer than 2 k."""
-    if len({k for k, _, _ in points}) < 2:
-        return None
-    k_mean, t_mean = _means(points)
-    var = sum(w * (k - k_mean) ** 2 for k, _, w in points)
-    cov = sum(w * (k - k_mean) * (t - t_mean) for k, t, w in points)
-    slope = cov / var
-    return t_mean - slope * k_mean, slope
