@@ -20,8 +20,6 @@ from typing import Any
 
 from starlette.middleware import Middleware
 
-from specdec.server.schemas import APIError
-
 PROXY_CALLBACK = "specdec.server.replica_proxy.proxy_middlewares"
 PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 DONE = b"data: [DONE]\n\n"
@@ -125,16 +123,18 @@ class _Response:
 def _error_body(status: int, text: str) -> dict:
     text = text.strip() or REPLICA_LOST
     if "backpressure" in text:
-        return APIError(status, f"server busy: every replica is at max_ongoing_requests and "
-                        f"the queue is full ({text}); retry later", code="queue_full",
-                        kind="rate_limit_error").body()
-    if status == 404:
-        return APIError(status, text, code="not_found").body()
-    code = {408: "timeout", 503: "unavailable"}.get(status)
-    return APIError(status, text, code=code,
-                    kind="server_error" if status >= 500 else "invalid_request_error").body()
+        return _body(f"server busy: every replica is at max_ongoing_requests and the queue "
+                     f"is full ({text}); retry later", "rate_limit_error", "queue_full")
+    code = {404: "not_found", 408: "timeout", 503: "unavailable"}.get(status)
+    return _body(text, "server_error" if status >= 500 else "invalid_request_error", code)
+
+
+def _body(message: str, kind: str, code: str | None) -> dict:
+    """OpenAI's error object, as schemas.APIError.body() (not imported: it needs torch, and
+    the proxy must start within Ray's 60 s)."""
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
 def _lost_event() -> bytes:
-    body = APIError(503, REPLICA_LOST, code="replica_lost", kind="server_error").body()
+    body = _body(REPLICA_LOST, "server_error", "replica_lost")
     return f"data: {json.dumps(body)}\n\n".encode() + DONE
