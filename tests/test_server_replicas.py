@@ -34,6 +34,7 @@ from specdec.server.replicas import REPLICA_HEADER, deployment
 from tiny import perturbed
 
 CLIENTS, MAX_TOKENS = 8, 16
+ONGOING = 8  # per replica: the clients of one round fit in either replica
 LONG = 15000  # tokens: minutes of generation, never finishes inside a test
 APP = "specdec"
 
@@ -89,7 +90,8 @@ def deploy(models, name: str, prefix: str, *flags: str):
 
 @pytest.fixture(scope="module")
 def pair(cluster, models) -> str:
-    deploy(models, APP, "/", "--replicas", "2")
+    deploy(models, APP, "/", "--replicas", "2", "--max-ongoing-requests", str(ONGOING),
+           "--max-queue", "1")
     return cluster
 
 
@@ -103,8 +105,10 @@ def references(target: Path, prompts: list[str]) -> dict[str, str]:
 
 
 def stream(url: str, prompt: str, max_tokens: int, out: dict,
-           started: threading.Event | None = None) -> dict:
-    """POST a streamed completion; out gets the status, the replica and the data lines."""
+           started: threading.Event | None = None, cancel: threading.Event | None = None,
+           ) -> dict:
+    """POST a streamed completion; out gets the status, the replica and the data lines.
+    `started` is set after 5 events; once `cancel` is set, the client goes away."""
     body = {"model": "tiny", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
             "ignore_eos": max_tokens == LONG, "stream": True}
     try:
@@ -121,6 +125,8 @@ def stream(url: str, prompt: str, max_tokens: int, out: dict,
                     lines.append(line[5:].strip())
                     if started is not None and len(lines) >= 5:
                         started.set()
+                    if cancel is not None and cancel.is_set():
+                        return out
     except httpx.HTTPError as error:  # no last message: the tests fail on it
         out["error"] = repr(error)
     return out
@@ -162,6 +168,40 @@ def test_two_replicas_give_single_process_text_to_concurrent_clients(pair, model
         time.sleep(0.5)
     assert sum(done.values()) == 2 * CLIENTS and all(done.values()), done
     assert _sample(text, "specdec_replicas") == 2
+
+
+def test_past_max_ongoing_requests_and_the_queue_a_request_gets_503(pair):
+    """2 replicas x 8 ongoing are full, one request waits in the proxy's queue of one: the
+    next gets 503 in OpenAI's format; when a client leaves, the waiting one is served."""
+    cancel = threading.Event()
+    running = [({}, threading.Event()) for _ in range(2 * ONGOING)]
+    threads = [threading.Thread(target=stream, args=(pair, f"r{i}", LONG, out, started, cancel))
+               for i, (out, started) in enumerate(running)]
+    for thread in threads:
+        thread.start()
+    for out, started in running:
+        assert started.wait(90), out
+    late = [{}, {}]  # one waits in the proxy's queue of one, the other finds it full
+    for i, out in enumerate(late):
+        threads.append(threading.Thread(target=stream, args=(pair, f"late {i}", 4, out)))
+        threads[-1].start()
+        time.sleep(2)
+    try:
+        deadline = time.monotonic() + 30
+        while not any(out.get("status") == 503 for out in late):
+            assert time.monotonic() < deadline, late
+            time.sleep(0.2)
+        refused = next(out for out in late if out.get("status") == 503)
+        error = refused["body"]["error"]
+        assert error["code"] == "queue_full" and error["type"] == "rate_limit_error"
+        assert "max_ongoing_requests" in error["message"]
+        assert all(not out.get("lines") for out in late)  # the other still waits
+    finally:
+        cancel.set()  # the long streams' clients go away: their replicas cancel them
+        for thread in threads:
+            thread.join(timeout=60)
+    waited = next(out for out in late if out is not refused)
+    assert waited["status"] == 200 and waited["lines"][-1] == "[DONE]", waited  # served
 
 
 def test_a_killed_replica_gives_its_streams_an_error_and_comes_back(pair, models):
@@ -210,31 +250,6 @@ def test_a_killed_replica_gives_its_streams_an_error_and_comes_back(pair, models
         thread.join(timeout=60)
     for out in others:  # stopped by the drain: a last message too
         assert out["lines"][-1] == "[DONE]" and "error" in events(out)[-1], out["lines"][-3:]
-
-
-def test_past_max_ongoing_requests_and_the_queue_a_request_gets_503(cluster, models):
-    deploy(models, "tight", "/tight", "--replicas", "1", "--max-ongoing-requests", "1",
-           "--max-queue", "1")
-    url = f"{cluster}/tight"
-    running: dict = {}
-    started = threading.Event()
-    first = threading.Thread(target=stream, args=(url, "go", LONG, running, started))
-    first.start()
-    assert started.wait(60), running
-    queued: dict = {}
-    second = threading.Thread(target=stream, args=(url, "wait", 4, queued))
-    second.start()
-    time.sleep(2)  # the second waits in the proxy's queue of one
-    refused = stream(url, "no room", 4, {})
-    if queued.get("status") == 503:  # the two raced to the queue: the other was refused
-        refused, queued = queued, refused
-    assert refused["status"] == 503, refused
-    error = refused["body"]["error"]
-    assert error["code"] == "queue_full" and error["type"] == "rate_limit_error"
-    assert "max_ongoing_requests" in error["message"]
-    stop("tight")
-    first.join(timeout=60)
-    second.join(timeout=60)
 
 
 def stop(app: str) -> None:

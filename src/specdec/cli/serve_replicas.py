@@ -107,6 +107,24 @@ def replica_args(args: argparse.Namespace, ongoing: int) -> argparse.Namespace:
     return own
 
 
+def app_builder(config: dict[str, str]) -> Any:
+    """Ray Serve application builder, for a Serve config file or KubeRay's RayService:
+    `import_path: specdec.cli.serve_replicas:app_builder` with `args: {argv: "<the flags of
+    specdec serve --replicas ...>"}` (docs/replicas.md). Host and port are the cluster's."""
+    import shlex
+
+    from specdec.cli.serve import build_parser
+    from specdec.server.replicas import deployment
+
+    parser = build_parser()
+    args = parser.parse_args(shlex.split(config.get("argv", "")))
+    if args.replicas is None:
+        args.replicas = 1
+    check_replica_arguments(parser, args)
+    options = replica_options(args)
+    return deployment(ServerBuilder(replica_args(args, options.max_ongoing_requests)), options)
+
+
 def run_replicas(args: argparse.Namespace) -> int:
     """Deploy, serve until SIGINT/SIGTERM, drain, stop (and stop the local cluster)."""
     try:
@@ -120,6 +138,7 @@ def run_replicas(args: argparse.Namespace) -> int:
 
     options = replica_options(args)
     build = ServerBuilder(replica_args(args, options.max_ongoing_requests))
+    app = deployment(build, options)
     local = args.ray_address is None
     if local:
         _warn_contention(options.replicas, build.args.threads)
@@ -132,7 +151,7 @@ def run_replicas(args: argparse.Namespace) -> int:
     try:
         serve.start(http_options={"host": args.host, "port": args.port},
                     logging_config={"log_level": level})
-        serve.run(deployment(build, options), name=APP_NAME, route_prefix="/",
+        serve.run(app, name=APP_NAME, route_prefix="/",
                   logging_config={"log_level": level})
         print(f"specdec serve: {options.replicas} replica(s) of {args.target} at "
               f"http://{args.host}:{args.port} (Ray Serve; Ctrl-C stops)", file=sys.stderr,
