@@ -133,9 +133,16 @@ def run_replicas(args: argparse.Namespace) -> int:
     except ImportError:
         raise SpecdecError(f"--replicas needs Ray Serve, an optional dependency: "
                            f"{INSTALL_HINT}") from None
+    from specdec.cli.serve import LOOPBACK
+    from specdec.drafters.factory import build_gamma, validate_spec
     from specdec.server.replica_proxy import PROXY_CALLBACK, PROXY_CALLBACK_ENV
     from specdec.server.replicas import deployment
 
+    build_gamma(args.gamma)  # the replicas would fail on these: fail before starting Ray
+    validate_spec(args.draft, "--draft")
+    if args.api_key is None and args.host not in LOOPBACK:
+        print(f"specdec serve: warning: listening on {args.host} without --api-key: anyone who "
+              "can reach this port can use the model", file=sys.stderr)
     options = replica_options(args)
     build = ServerBuilder(replica_args(args, options.max_ongoing_requests))
     app = deployment(build, options)

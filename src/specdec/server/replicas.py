@@ -79,6 +79,8 @@ class ReplicaOptions:
             # Ray waits this long for running requests; the engine stops them sooner
             "graceful_shutdown_timeout_s": self.shutdown_grace + 5,
             "health_check_period_s": 2.0,
+            # a replica that cannot load its models (a wrong path) will not on the 20th try
+            "max_constructor_retry_count": 3,
         }
         if self.autoscaling:
             assert self.min_replicas is not None and self.max_replicas is not None
