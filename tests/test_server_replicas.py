@@ -215,12 +215,13 @@ def test_a_killed_replica_gives_its_streams_an_error_and_comes_back(pair, models
     long: dict = {}
     started = threading.Event()
     threads = [threading.Thread(target=stream, args=(pair, "go", LONG, long, started))]
-    others = [{} for _ in range(3)]
-    threads += [threading.Thread(target=stream, args=(pair, f"x{i}", LONG, out))
-                for i, out in enumerate(others)]
+    others = [({}, threading.Event()) for _ in range(3)]
+    threads += [threading.Thread(target=stream, args=(pair, f"x{i}", LONG, out, going))
+                for i, (out, going) in enumerate(others)]
     for thread in threads:
         thread.start()
-    assert started.wait(60), long
+    for event, out in [(started, long), *((going, out) for out, going in others)]:
+        assert event.wait(60), out
     victim = long["replica"]
     actor = ray.get_actor(f"SERVE_REPLICA::{APP}#{APP}#{victim}", namespace="serve")
     pid = ray.get(actor.__ray_call__.remote(lambda _: os.getpid()))
@@ -234,7 +235,7 @@ def test_a_killed_replica_gives_its_streams_an_error_and_comes_back(pair, models
     assert events(long)[-1]["error"]["code"] == "replica_lost"
     # every other stream on it ends the same way; those on the live replica keep streaming
     time.sleep(1)
-    for out in others:
+    for out, _ in others:
         if out.get("replica") == victim:
             assert events(out)[-1]["error"]["code"] == "replica_lost", out["lines"][-3:]
         else:
@@ -249,13 +250,12 @@ def test_a_killed_replica_gives_its_streams_an_error_and_comes_back(pair, models
         if out.get("status") == 200 and out["lines"][-1] == "[DONE]" and \
                 "error" not in events(out)[-1]:
             seen.add(out["replica"])
-        else:
-            time.sleep(0.5)
+        time.sleep(0.2)
     assert victim not in seen
     stop(APP)
     for thread in threads:
         thread.join(timeout=60)
-    for out in others:  # stopped by the drain: a last message too
+    for out, _ in others:  # stopped by the drain: a last message too
         assert out["lines"][-1] == "[DONE]" and "error" in events(out)[-1], out["lines"][-3:]
 
 
