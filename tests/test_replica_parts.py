@@ -176,3 +176,25 @@ def test_serve_config_builder_takes_the_command_flags():
                       Application)
     with pytest.raises(SystemExit):  # the flags are checked as the command checks them
         app_builder({"argv": "--target t --min-replicas 1"})
+
+
+def test_health_says_how_many_replicas_are_live():
+    from specdec.server.replicas import DeploymentHealth
+
+    async def app(scope, receive, send):
+        body = json.dumps({"status": "ok"}).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(DeploymentHealth(app, lambda: 3)({"type": "http", "path": "/health"}, None,
+                                                 send))
+    body = body_of(sent)
+    assert json.loads(body) == {"status": "ok", "replicas": 3}
+    assert (b"content-length", str(len(body)).encode()) in sent[0]["headers"]

@@ -158,7 +158,8 @@ def test_two_replicas_give_single_process_text_to_concurrent_clients(pair, model
                 replicas.add(out["replica"])
     assert len(replicas) == 2, replicas
 
-    assert httpx.get(f"{pair}/health").json()["status"] == "ok"
+    health = httpx.get(f"{pair}/health").json()
+    assert health["status"] == "ok" and health["replicas"] == 2, health
     # /metrics from any replica labels every replica's samples; the posts lag <= 1 s
     deadline = time.monotonic() + 15
     while True:

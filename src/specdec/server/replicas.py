@@ -8,7 +8,8 @@ bounds what each holds (max_ongoing_requests) and what waits for a free one
 removes replicas on load. The rest is here: a board (replica_metrics.Board) through which the
 replicas share /metrics and receive the order to drain; check_health, so that Ray replaces a
 replica whose decoding worker died; and an `x-specdec-replica` response header naming the
-replica that answered. replica_proxy makes Ray's own errors OpenAI's.
+replica that answered, and the live replicas' count in /health. replica_proxy makes Ray's own
+errors OpenAI's.
 
     from ray import serve
     from specdec.server.replicas import ReplicaOptions, deployment
@@ -23,6 +24,7 @@ replica that answered. replica_proxy makes Ray's own errors OpenAI's.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,10 +107,15 @@ class SpecdecReplica:
         self.engine, self._app = build(self.metrics)
         if self.engine.metrics is not self.metrics:
             raise ValueError("build(metrics) must give the engine the metrics it is passed")
+        self._app.add_middleware(DeploymentHealth, replicas=self.live_replicas)
         self._app.add_middleware(ReplicaHeader, replica=self.replica)
         self._board = board
         self._draining = False
         self._poster = asyncio.get_running_loop().create_task(self._post_metrics())
+
+    def live_replicas(self) -> int:
+        """Replicas that posted to the board lately, this one included."""
+        return 1 + len(self.metrics.others)
 
     def __serve_build_asgi_app__(self) -> Any:
         return self._app
@@ -151,6 +158,38 @@ class ReplicaHeader:
             await send(message)
 
         await self.app(scope, receive, send_named if scope["type"] == "http" else send)
+
+
+class DeploymentHealth:
+    """Pure ASGI: /health's body also says how many replicas are live (`replicas`)."""
+
+    def __init__(self, app: Any, replicas: Callable[[], int]):
+        self.app = app
+        self.replicas = replicas
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != "/health":
+            await self.app(scope, receive, send)
+            return
+        start: dict = {}
+        body = bytearray()
+
+        async def hold(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            else:
+                body.extend(message.get("body", b""))
+
+        await self.app(scope, receive, hold)
+        try:
+            data = {**json.loads(body), "replicas": self.replicas()}
+            body[:] = json.dumps(data).encode()
+        except ValueError:  # not the app's JSON: pass it on as it is
+            pass
+        headers = [(k, v) for k, v in start.get("headers", []) if k != b"content-length"]
+        await send({**start, "headers": [*headers, (b"content-length",
+                                                     str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": bytes(body)})
 
 
 Replica = serve.deployment(SpecdecReplica)
