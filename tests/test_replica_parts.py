@@ -16,7 +16,7 @@ from specdec.cli.serve_replicas import check_replica_arguments, replica_args, re
 from specdec.server.replica_metrics import Board, ClusterMetrics
 from specdec.server.replica_proxy import OpenAIErrors
 
-SSE = [(b"content-type", b"text/event-stream; charset=utf-8")]
+SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"x-specdec-replica", b"r1")]
 
 
 def parse(*flags: str):
@@ -115,6 +115,12 @@ def test_a_complete_stream_and_app_errors_pass_unchanged():
         await send({"type": "http.response.body", "body": whole, "more_body": False})
 
     assert body_of(run_proxy(proxy)) == whole
+
+    async def foreign(scope, receive, send):  # another application's stream: its own rules
+        await send({"type": "http.response.start", "status": 200, "headers": SSE[:1]})
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+
+    assert body_of(run_proxy(foreign)) == b"data: 1\n\n"
 
     app_error = json.dumps({"error": {"message": "bad", "code": "x"}}).encode()
 

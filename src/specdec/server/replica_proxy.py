@@ -10,7 +10,9 @@ first kind into OpenAI's error body and ends a broken stream with an error event
 `data: [DONE]`, as a single `specdec serve` does when a generation fails.
 
 Ray loads it into the proxy from the import path in RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH
-(PROXY_CALLBACK below), which must be in the cluster's environment when Serve starts.
+(PROXY_CALLBACK below), which must be in the cluster's environment when Serve starts. It acts
+for every Serve application of the cluster: a stream is completed only if a specdec replica
+sent it (REPLICA_HEADER), but any plain-text error of the proxy's becomes OpenAI's JSON.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 from starlette.middleware import Middleware
 
 PROXY_CALLBACK = "specdec.server.replica_proxy.proxy_middlewares"
+REPLICA_HEADER = "x-specdec-replica"  # on every response of a specdec replica
 PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 DONE = b"data: [DONE]\n\n"
 REPLICA_LOST = "the replica serving this request stopped before the answer was complete " \
@@ -67,7 +70,8 @@ class _Response:
             self.started = True
             headers = dict(message.get("headers") or [])
             kind = headers.get(b"content-type", b"").split(b";")[0].strip()
-            self.stream = kind == b"text/event-stream"
+            # only our streams: other Serve applications on the cluster may end theirs freely
+            self.stream = kind == b"text/event-stream" and REPLICA_HEADER.encode() in headers
             if message["status"] >= 400 and kind != b"application/json":
                 self._held = message
                 return

@@ -35,10 +35,10 @@ from ray.serve.handle import DeploymentHandle
 
 from specdec.server.engine import Engine
 from specdec.server.replica_metrics import PERIOD_S, Board, ClusterMetrics
+from specdec.server.replica_proxy import REPLICA_HEADER
 
 log = logging.getLogger("specdec.server")
 
-REPLICA_HEADER = "x-specdec-replica"
 # build(metrics) -> (engine, app): called once in every replica; the engine must use `metrics`
 EngineBuilder = Callable[[ClusterMetrics], tuple[Engine, Any]]
 
