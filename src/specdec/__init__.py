@@ -1,6 +1,12 @@
 """specdec: exact speculative decoding (Leviathan, Kalman & Matias, ICML 2023)."""
 
-from specdec.sampling import SamplingParams
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from specdec.decoding import SpeculativeDecoder
+    from specdec.sampling import SamplingParams
 
 __version__ = "0.1.0"
 
@@ -8,9 +14,14 @@ __all__ = ["SamplingParams", "SpeculativeDecoder", "__version__"]
 
 
 def __getattr__(name: str):
-    # The decoder pulls in torch-heavy modules; import it lazily so `import specdec` stays cheap.
+    # Both pull in torch; import them lazily so `import specdec` stays cheap (the Ray Serve
+    # proxy imports specdec.server.replica_proxy and must start within Ray's 60 s).
     if name == "SpeculativeDecoder":
         from specdec.decoding import SpeculativeDecoder
 
         return SpeculativeDecoder
+    if name == "SamplingParams":
+        from specdec.sampling import SamplingParams
+
+        return SamplingParams
     raise AttributeError(name)

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from specdec.cli.options import add_model_arguments, add_runtime_arguments, runtime_options
+from specdec.cli.serve_replicas import add_replica_arguments, check_replica_arguments
 from specdec.server.app import DEFAULT_MAX_BODY
 from specdec.server.engine import DEFAULT_MAX_BATCH_SIZE, DEFAULT_PREFILL_CHUNK
 from specdec.server.kv_budget import DEFAULT_KV_CACHE_MEMORY, parse_budget
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="serve /metrics without the API key (for a Prometheus scraper)")
     parser.add_argument("--log-level", default="info",
                         choices=("critical", "error", "warning", "info", "debug"))
+    add_replica_arguments(parser)
     return parser
 
 
@@ -77,7 +79,31 @@ def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_bounds(parser, args)
+    check_replica_arguments(parser, args)
 
+    if args.replicas is not None:  # Ray Serve replicas (specdec.cli.serve_replicas)
+        from specdec.cli.serve_replicas import run_replicas
+
+        return run_replicas(args)
+    from specdec.server.lifecycle import serve
+
+    engine, app = build_server(args)
+    if args.api_key is None and args.host not in LOOPBACK:
+        print(f"specdec serve: warning: listening on {args.host} without --api-key: anyone who "
+              "can reach this port can use the model", file=sys.stderr)
+    serve(app, engine, args.host, args.port, args.log_level, args.shutdown_grace)
+    # every response is finished and the worker has ended: skip the interpreter's teardown of
+    # the loaded model (~2 s here), which would make a stopped server linger
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def build_server(args: argparse.Namespace, metrics: Any = None) -> tuple[Any, Any]:
+    """Load the models `args` name; their Engine (with `metrics`, if given) and its app.
+
+    The same for one process and for each Ray Serve replica.
+    """
     import torch
 
     from specdec.decoding import SpeculativeDecoder
@@ -86,7 +112,6 @@ def main(argv: list[str]) -> int:
     from specdec.models.linear import onednn_packing_available
     from specdec.models.loading import load_model
     from specdec.server import Engine, EngineConfig, create_app
-    from specdec.server.lifecycle import serve
 
     gamma = build_gamma(args.gamma)  # fail on a bad value before loading anything
     validate_spec(args.draft, "--draft")
@@ -111,18 +136,11 @@ def main(argv: list[str]) -> int:
     engine = Engine(SpeculativeDecoder(target, drafter, gamma),
                     EngineConfig(max_queue=args.max_queue, max_batch_size=args.max_batch_size,
                                  max_tokens_limit=args.max_tokens_limit,
-                                 kv_cache_bytes=budget, prefill_chunk=args.prefill_chunk))
+                                 kv_cache_bytes=budget, prefill_chunk=args.prefill_chunk),
+                    metrics=metrics)
     app = create_app(engine, args.served_model_name or args.target, args.max_body_bytes,
                      api_key=args.api_key, public_metrics=args.public_metrics)
-    if args.api_key is None and args.host not in LOOPBACK:
-        print(f"specdec serve: warning: listening on {args.host} without --api-key: anyone who "
-              "can reach this port can use the model", file=sys.stderr)
-    serve(app, engine, args.host, args.port, args.log_level, args.shutdown_grace)
-    # every response is finished and the worker has ended: skip the interpreter's teardown of
-    # the loaded model (~2 s here), which would make a stopped server linger
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    return engine, app
 
 
 def serve_dtype(dtype: str, device: str, max_batch_size: int,
