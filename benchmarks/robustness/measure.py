@@ -24,6 +24,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -45,22 +46,24 @@ def server(target: str, threads: int, *extra: str):
     command = [sys.executable, "-c", "import sys; from specdec.cli import main; sys.exit(main())",
                "serve", "--target", target, "--threads", str(threads), "--port", str(port),
                "--log-level", "warning", *extra]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        else:
-            raise TimeoutError("server did not start")
-        yield url, process.pid
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
+    with tempfile.TemporaryFile(mode="w+") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + 300
+            while time.time() < deadline and process.poll() is None:
+                try:
+                    if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.5)
+            else:
+                log.seek(0)
+                raise RuntimeError(f"the server did not start: {log.read()[-2000:]}")
+            yield url, process.pid
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
 
 
 def stream_times(url: str, body: dict, times: list[float]) -> None:
@@ -153,7 +156,7 @@ def measure_memory(args) -> dict:
         health = httpx.get(f"{url}/health", timeout=10).status_code
         metrics = httpx.get(f"{url}/metrics", timeout=10).text
         peak = rss(pid)["VmHWM"]
-    running = [line for line in metrics.splitlines() if line.startswith("specdec_requests_")]
+    running = [line for line in metrics.splitlines() if line.startswith("specdec_requests_total")]
     return {"budget": args.kv_cache_memory, "clients": args.clients, "max_tokens": limit,
             "rss_before_mib": before["VmRSS"] / 2**20, "rss_peak_mib": peak / 2**20,
             "rss_max_sampled_mib": max(samples) / 2**20, "health_after": health,
