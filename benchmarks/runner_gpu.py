@@ -40,7 +40,7 @@ SHAPES = {  # hidden, intermediate, layers, heads, kv heads, vocab
     "1.5b": (1536, 8960, 28, 12, 2, 151936),
     "7b": (3584, 18944, 28, 28, 4, 152064),
 }
-GPU_TESTS = ["tests/test_gpu.py"]  # every test marked `gpu`; run with -m gpu
+GPU_TESTS = ["tests/test_gpu.py", "tests/test_noise.py"]  # the `gpu`-marked ones: -m gpu
 BATCH_ROWS = (1, 8, 32)
 # peak memory bandwidth (GB/s) by device name, for the roofline goal; --bandwidth-gbs overrides
 BANDWIDTH = {"H200": 4800, "H100 SXM": 3350, "H100 PCIe": 2000, "H100": 3350,
