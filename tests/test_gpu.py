@@ -70,3 +70,77 @@ def test_continuations_on_cuda_match_the_target_distribution(gamma, draws, param
     drafter = wrap(perturbed(model, 0.6, seed=4), device=CUDA)
     decoder = SpeculativeDecoder(target, drafter, gamma)
     assert_continuations_match(decoder, model, params, draws, coupled=False)
+
+
+def test_each_width_compiles_once_on_cuda_across_generations_and_regrowth():
+    """CUDA graphs over a cache whose capacity grows: the graphs are re-recorded, never
+    recompiled (dynamo's counters), and the tokens are the CPU's before and after."""
+    from torch._dynamo.utils import counters
+
+    model = tiny_llama(vocab_size=80, seed=7)  # shapes no other test compiles: fresh graphs
+    runner = wrap(tiny_llama(vocab_size=80, seed=7), device=CUDA, compile=True, widths=(1, 4))
+    before = runner.compiled_graphs()
+    runner.warmup(256)
+    assert runner.compiled_graphs() == {w: n + 1 for w, n in before.items()}
+    frames, steps = counters["frames"]["ok"], runner.compiled_steps
+    params = SamplingParams(temperature=0, max_new_tokens=48, ignore_eos=True)
+    cpu = SpeculativeDecoder(wrap(model), None)
+    gpu = SpeculativeDecoder(runner, NgramDrafter(), 3)
+    for regrow in (False, True):
+        if regrow:  # a prompt past the capacity: the cache regrows, later ones reuse it
+            runner.prefill(torch.tensor([[1, 2, 3]]), reserve=600)
+            assert runner.cache.capacity > 256
+        for prompt in ([1, 2, 3, 4, 1, 2, 3], [5, 6, 7, 5, 6, 7, 5]):
+            assert gpu.generate(prompt, params).tokens == cpu.generate(prompt, params).tokens
+    assert counters["frames"]["ok"] == frames, "a compiled width recompiled"
+    assert runner.compiled_graphs() == {w: n + 1 for w, n in before.items()}
+    assert runner.compiled_steps > steps + 40
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_low_bit_layers_on_cuda_run_cuda_kernels_close_to_the_cpu_layers(bits):
+    """@int4 / @int8 on CUDA: torch's CUDA kernels (tinygemm's int4 layout), or refused with
+    the reason where this build or GPU has none; never a dequantize-per-call stand-in."""
+    import copy
+    import re
+
+    from torch import nn
+
+    from specdec.models.low_bit_kernels import LowBitUnsupported, choose_low_bit
+    from specdec.models.quantize import Int4Linear, quantized_linear
+
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 200, bias=True).to(torch.bfloat16)
+    try:
+        choose_low_bit(bits, 256, CUDA)
+    except LowBitUnsupported as refusal:  # the refusal is the contract where no kernel exists
+        with pytest.raises(LowBitUnsupported, match=re.escape(str(refusal))):
+            quantized_linear(nn.Linear(256, 200).to(CUDA), bits)
+        pytest.skip(f"no CUDA kernel here: {refusal}")
+    on_cpu = quantized_linear(linear, bits)
+    on_cuda = quantized_linear(copy.deepcopy(linear).to(CUDA), bits)
+    if bits == 4:
+        assert isinstance(on_cuda, Int4Linear) and on_cuda.layout == "cuda"
+    x = torch.randn(3, 256, dtype=torch.bfloat16)
+    expected, got = on_cpu(x).float(), on_cuda(x.to(CUDA)).float().cpu()
+    # the same quantized weights; kernels differ in accumulation order (bf16 outputs)
+    torch.testing.assert_close(got, expected, atol=0.05 * expected.abs().max().item(), rtol=0)
+
+
+def test_verify_rows_on_cuda_equals_the_cpu_bit_for_bit():
+    """Coupled and sample rows draw counter-based noise: the same verdicts on both devices."""
+    from specdec.verify_rows import RowRules, verify_rows
+
+    g = torch.Generator().manual_seed(4)
+    rows, k, vocab = 16, 4, 50
+    target = torch.softmax(torch.randn(rows, k + 1, vocab, generator=g) * 2, dim=-1)
+    draft = torch.softmax(torch.randn(rows, k, vocab, generator=g) * 2, dim=-1)
+    drafts = torch.randint(0, vocab, (rows, k), generator=g)
+    lengths = torch.randint(0, k + 1, (rows,), generator=g).tolist()
+    rules = RowRules(lengths, ["sample", "coupled", "greedy", "sample"] * 4,
+                     [11 * i for i in range(rows)], [7 * i for i in range(rows)],
+                     [bool(i % 2) for i in range(rows)])
+    on_cpu = verify_rows(drafts, draft, target, rules).to_host(drafts, lengths)
+    on_cuda = verify_rows(drafts.to(CUDA), draft.to(CUDA), target.to(CUDA),
+                          rules).to_host(drafts.to(CUDA), lengths)
+    assert [r[:3] for r in on_cuda] == [r[:3] for r in on_cpu]

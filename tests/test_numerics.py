@@ -17,7 +17,7 @@ from specdec.drafters.factory import build_drafter
 from specdec.drafters.model import ModelDrafter
 from specdec.models import linear as linear_module
 from specdec.models import wrap
-from specdec.models.attention import blocked_attention
+from specdec.models.attention import blocked_attention, causal_mask
 from specdec.models.linear import PackedLinear, StackedSlice
 from specdec.models.packing import pack_decoder, unpack_decoder
 from specdec.models.rows import StaticRows
@@ -166,10 +166,18 @@ def test_blocked_attention_matches_sdpa():
     keys = torch.randn(2, 2, 128, 16, generator=generator)
     values = torch.randn(2, 2, 128, 16, generator=generator)
     positions = torch.tensor([[70, 71, 72, 70, 71, 72], [90, 91, 92, 90, 91, 92]])
-    got = blocked_attention(q, keys, values, positions, 0.25)
+    hidden = causal_mask(positions, 128)
+    got = blocked_attention(q, keys, values, hidden, 0.25)
     mask = torch.arange(128) <= positions[:, None, :, None]
     expected = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=0.25)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    # a prefill's query chunks (the last one shorter than MIN_QUERY_ROWS, padded) change no bit
+    for chunk in (4, 5):
+        assert torch.equal(blocked_attention(q, keys, values, hidden, 0.25, chunk=chunk), got)
+    # one query row alone is padded (mask and query) and gives its row of the whole call's
+    alone = blocked_attention(q[:, :, 2:3], keys, values, causal_mask(positions[:, 2:3], 128),
+                              0.25)
+    assert torch.equal(alone, got[:, :, 2:3])
 
 
 # --- what the numerics buy: identity of outputs in bfloat16 ------------------------------
@@ -248,9 +256,11 @@ def test_blocked_attention_rows_do_not_depend_on_the_call():
         values = torch.randn(1, 2, length, 64, generator=generator)
         positions = torch.arange(start, start + width)
         block = blocked_attention(q.reshape(1, 2, 7 * width, 64), keys, values,
-                                  positions.repeat(1, 7), 0.125).view(1, 2, 7, width, 64)
+                                  causal_mask(positions.repeat(1, 7), length),
+                                  0.125).view(1, 2, 7, width, 64)
         for j in range(width):
             span = min(length, -(-(start + j + 1) // 64) * 64)
             alone = blocked_attention(q[:, :, :, j], keys[:, :, :span], values[:, :, :span],
-                                      positions[j:j + 1].repeat(1, 7), 0.125)
+                                      causal_mask(positions[j:j + 1].repeat(1, 7), span),
+                                      0.125)
             assert torch.equal(alone, block[:, :, :, j]), (length, start, width, j)

@@ -66,8 +66,9 @@ def test_low_bit_linear_is_close_to_the_float_layer(bits, n, k, tolerance):
         assert layer.scales_and_zeros.dtype == torch.bfloat16
 
 
-def test_int8_off_the_cpu_path_equals_the_kernel():
-    """Off the CPU the int8 layer dequantizes per call (torch's int8 kernel is CPU-only)."""
+def test_int8_kernel_equals_the_dequantized_product():
+    """torch's int8 kernel computes the product of the dequantized weight (the reference the
+    CUDA kernel is checked against in test_gpu; no layer dequantizes per call)."""
     layer = Int8Linear(_linear(40, 64))
     x = torch.randn(3, 64)
     generic = torch.nn.functional.linear(x, layer.qweight.float()) * layer.scales

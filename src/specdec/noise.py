@@ -69,13 +69,30 @@ def position_keys(seed: int, positions: torch.Tensor) -> torch.Tensor:
     would stall it; `position_range` checks them as Python ints). The seed is taken modulo 2**64;
     both halves are mixed in.
     """
+    low, high = _seed_halves(seed)
+    keys = positions.to(torch.int32).bitwise_xor(low)
+    mix32_(keys)
+    keys.bitwise_xor_(high)
+    return mix32_(keys)
+
+
+def row_position_keys(seeds: list[int], positions: torch.Tensor) -> torch.Tensor:
+    """position_keys with a seed per row: positions [B, m], seeds [B] -> int32 [B, m], row i
+    the same bits as position_keys(seeds[i], positions[i]). One small host-to-device copy."""
+    halves = torch.tensor([_seed_halves(s) for s in seeds], dtype=torch.int32,
+                          device=positions.device).view(len(seeds), 2, 1)
+    keys = positions.to(torch.int32).bitwise_xor(halves[:, 0])
+    mix32_(keys)
+    keys.bitwise_xor_(halves[:, 1])
+    return mix32_(keys)
+
+
+def _seed_halves(seed: int) -> tuple[int, int]:
+    """The two int32 words a seed (modulo 2**64) mixes into every position key."""
     seed &= (1 << 64) - 1
     low = mix32((seed & _M32) ^ _SEED_LO)
     high = mix32((seed >> 32) ^ _SEED_HI ^ low)
-    keys = positions.to(torch.int32).bitwise_xor(_signed(low))
-    mix32_(keys)
-    keys.bitwise_xor_(_signed(high))
-    return mix32_(keys)
+    return _signed(low), _signed(high)
 
 
 def position_range(start: int, count: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -122,7 +139,13 @@ def gumbel_argmax(probs: torch.Tensor, seed: int, at: torch.Tensor,
     Columns with p = 0 (filtered tokens) score -inf and never win.
     """
     where = at.to(probs.device).expand(probs.shape[:-1])
-    keys = position_keys(seed, where)
+    return keyed_gumbel_argmax(probs, position_keys(seed, where), ids)
+
+
+def keyed_gumbel_argmax(probs: torch.Tensor, keys: torch.Tensor,
+                        ids: torch.Tensor | None = None) -> torch.Tensor:
+    """gumbel_argmax with the position keys given, [*probs.shape[:-1]] int32 (one seed, or
+    one per row: row_position_keys)."""
     tokens = _vocabulary_keys(probs.shape[-1], probs.device) if ids is None \
         else token_keys(ids.to(probs.device))
     neg_e = uniforms(hashed(keys, tokens))

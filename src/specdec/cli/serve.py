@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from typing import Any
 
-from specdec.cli.options import add_model_arguments, add_runtime_arguments, runtime_options
+from specdec.cli.options import (
+    RuntimeOptions,
+    add_model_arguments,
+    add_runtime_arguments,
+    runtime_options,
+)
 from specdec.cli.serve_replicas import add_replica_arguments, check_replica_arguments
 from specdec.server.app import DEFAULT_MAX_BODY
 from specdec.server.engine import DEFAULT_MAX_BATCH_SIZE, DEFAULT_PREFILL_CHUNK
@@ -115,7 +121,9 @@ def build_server(args: argparse.Namespace, metrics: Any = None) -> tuple[Any, An
 
     gamma = build_gamma(args.gamma)  # fail on a bad value before loading anything
     validate_spec(args.draft, "--draft")
-    runtime = runtime_options(args)
+    runtime, note = serve_runtime(runtime_options(args), args.max_batch_size)
+    if note and args.compile:  # said only to who asked for --compile
+        print(f"specdec serve: {note}", file=sys.stderr)
     warning = contention_warning(args.threads or torch.get_num_threads()) \
         if runtime.device.type == "cpu" else None
     if warning:
@@ -158,6 +166,20 @@ def serve_dtype(dtype: str, device: str, max_batch_size: int,
     if device != "cpu" or max_batch_size == 1:
         return None
     return None if bf16_packing is None else "float32"
+
+
+def serve_runtime(runtime: RuntimeOptions,
+                  max_batch_size: int) -> tuple[RuntimeOptions, str | None]:
+    """The runtime to load with, and why it differs from the one asked for (None: it does not).
+
+    Compiled steps are single-row; batched rows run eagerly (docs/gpu.md). A batching server
+    would compile widths it never calls and hold a single-row cache it never uses, so it
+    compiles nothing."""
+    if not runtime.compile or max_batch_size == 1:
+        return runtime, None
+    return dataclasses.replace(runtime, compile=False), \
+        "--compile: batched rows run eagerly (compiled steps are single-row); " \
+        "nothing is compiled unless --max-batch-size 1"
 
 
 def warm_up(target: Any, drafter: Any, max_tokens: int) -> float:

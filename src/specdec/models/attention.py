@@ -25,38 +25,59 @@ def key_span(end: int, capacity: int) -> int:
     return min(capacity, -(-end // KEY_BLOCK) * KEY_BLOCK)
 
 
+def causal_mask(query_positions: torch.Tensor, length: int) -> torch.Tensor:
+    """Which keys each query may not see, built once per forward and shared by every layer:
+    [R|1, 1, length / KEY_BLOCK, M', KEY_BLOCK], True where hidden; key j is visible to the
+    query at t iff j <= t. query_positions [R|1, M]; M' = max(M, MIN_QUERY_ROWS), the extra
+    rows repeating the last query (the products' kernels differ below MIN_QUERY_ROWS)."""
+    if length % KEY_BLOCK:
+        raise ValueError(f"key length {length} is not a multiple of {KEY_BLOCK}")
+    query_positions = _pad_rows(query_positions, MIN_QUERY_ROWS, dim=1)
+    key_index = torch.arange(length, device=query_positions.device).view(-1, 1, KEY_BLOCK)
+    return key_index > query_positions[:, None, None, :, None]
+
+
+def query_chunk(rows: int, heads: int, length: int) -> int:
+    """Query rows per call so that a call holds at most SCORES_PER_CALL scores."""
+    return max(MIN_QUERY_ROWS, SCORES_PER_CALL // max(1, rows * heads * length))
+
+
 def blocked_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                      query_positions: torch.Tensor, scale: float) -> torch.Tensor:
-    """Causal attention, q [R, H, M, D] at query_positions [R or 1, M]; keys and values
-    [R, H, L, D] with L a multiple of KEY_BLOCK; key j is visible to a query at t iff j <= t.
-    Returns [R, H, M, D] in q's dtype. Long query blocks (prefill) run in pieces of at most
-    SCORES_PER_CALL scores: a row's result does not depend on the rows beside it."""
-    rows, heads, m, _ = q.shape
-    step = max(MIN_QUERY_ROWS, SCORES_PER_CALL // max(1, rows * heads * keys.shape[2]))
-    if m <= step:
-        return _attend(q, keys, values, query_positions, scale)
-    return torch.cat([_attend(q[:, :, i:i + step], keys, values,
-                              query_positions[:, i:i + step], scale)
-                      for i in range(0, m, step)], dim=2)
+                      hidden: torch.Tensor, scale: float, chunk: int | None = None,
+                      ) -> torch.Tensor:
+    """Causal attention, q [R, H, M, D]; keys and values [R, H, L, D] with L a multiple of
+    KEY_BLOCK; `hidden` from causal_mask (for these M queries and L keys). Returns [R, H, M, D]
+    in q's dtype. chunk: query rows per call (long query blocks, prefill, run in pieces: a
+    row's result does not depend on the rows beside it); None runs every query in one call."""
+    m = q.shape[2]
+    if chunk is None or m <= chunk:
+        return _attend(q, keys, values, hidden, scale)
+    return torch.cat([_attend(q[:, :, i:i + chunk], keys, values,
+                              hidden[:, :, :, i:i + chunk], scale)
+                      for i in range(0, m, chunk)], dim=2)
+
+
+def _pad_rows(x: torch.Tensor, rows: int, dim: int) -> torch.Tensor:
+    """x with at least `rows` entries along dim, extra ones repeating the last."""
+    missing = rows - x.shape[dim]
+    if missing <= 0:
+        return x
+    last = x.narrow(dim, x.shape[dim] - 1, 1)
+    return torch.cat([x, last.expand(*[missing if d == dim % x.ndim else -1
+                                       for d in range(x.ndim)])], dim=dim)
 
 
 def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-            query_positions: torch.Tensor, scale: float) -> torch.Tensor:
+            hidden: torch.Tensor, scale: float) -> torch.Tensor:
     rows, heads, m, dim = q.shape
     length = keys.shape[2]
-    if length % KEY_BLOCK:
-        raise ValueError(f"key length {length} is not a multiple of {KEY_BLOCK}")
-    padded = max(m, MIN_QUERY_ROWS)
-    if padded > m:  # extra rows repeat the last query; their outputs are dropped
-        q = torch.cat([q, q[:, :, -1:].expand(rows, heads, padded - m, dim)], dim=2)
-        query_positions = torch.cat(
-            [query_positions, query_positions[:, -1:].expand(-1, padded - m)], dim=1)
+    # a prefill's last chunk may be shorter than MIN_QUERY_ROWS: pad it like the mask is
+    hidden = _pad_rows(hidden, MIN_QUERY_ROWS, dim=3)
+    q = _pad_rows(q, hidden.shape[3], dim=2)  # extra rows' outputs are dropped
     blocks = length // KEY_BLOCK
     kb = keys.float().view(rows, heads, blocks, KEY_BLOCK, dim)
     vb = values.float().view(rows, heads, blocks, KEY_BLOCK, dim)
     scores = (q.float()[:, :, None] @ kb.transpose(-1, -2)) * scale  # [R, H, n, M, B]
-    key_index = torch.arange(length, device=q.device).view(blocks, 1, KEY_BLOCK)
-    hidden = key_index > query_positions[:, None, None, :, None]  # [R|1, 1, n, M, B]
     scores.masked_fill_(hidden, float("-inf"))  # in place: one score tensor at a time
     weights = scores.sub_(scores.amax(dim=(2, 4), keepdim=True)).exp_()
     # blocks summed by a scan (sequential, accumulated in double on the CPU): torch's sum

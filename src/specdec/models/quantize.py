@@ -8,6 +8,10 @@ slower than bf16 from a few rows up. So each layer can keep a reference to the f
 weight it came from (`full_rows`): passes of more rows than that (a prompt's prefill) run in
 full precision, one-token drafting steps in low bits. A drafter's precision never touches
 exactness: verification against the target's p corrects whatever q it proposes.
+
+On CUDA the same layers use torch's CUDA kernels (`_weight_int4pack_mm` in tinygemm's layout,
+`_weight_int8pack_mm`); where a device has none the layer is refused (low_bit_kernels), never
+dequantized on every call.
 """
 
 from __future__ import annotations
@@ -16,13 +20,18 @@ import os
 
 import torch
 from torch import nn
-from torch.nn import functional as F  # noqa: N812
 
 from specdec.errors import UsageError
 from specdec.models.linear import PackedLinear
+from specdec.models.low_bit_kernels import (
+    INT4_GROUPS,
+    choose_low_bit,
+    inner_k_tiles,
+    int4_group,
+    pack_int4_nibbles,
+)
 
-INT4_GROUPS = (32, 64, 128, 256)  # group sizes torch's int4 CPU kernel accepts
-INT4_N_MULTIPLE = 16  # the packed layout needs out_features divisible by 16: pad rows
+INT4_N_MULTIPLE = 16  # the packed layouts need out_features divisible by 16 (CUDA: 8): pad rows
 INT4_COMPUTE_ENV = "SPECDEC_INT4_COMPUTE"  # overrides int4_compute_dtype's default
 _COMPUTE_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32,
                    "float16": torch.float16}
@@ -58,6 +67,11 @@ class _LowBitLinear(nn.Module):
     def _low_bit(self, flat: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def _check_layout(self, flat: torch.Tensor, layout: str) -> None:
+        if flat.device.type != layout:
+            raise RuntimeError(f"a low-bit layer packed for {layout} called on "
+                               f"{flat.device.type}: quantize the model where it runs")
+
 
 def int8_quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(q int8 [out, in], scale float [out]) with weight ~ q * scale[:, None]."""
@@ -91,6 +105,8 @@ class Int8Linear(_LowBitLinear):
     def __init__(self, linear: nn.Linear, full_rows: int | None = None,
                  full: nn.Module | None = None):
         super().__init__(linear, full_rows, full)
+        if linear.weight.device.type != "cpu":  # refused where the device has no kernel
+            choose_low_bit(8, self.in_features, linear.weight.device)
         q, scales = int8_quantize(linear.weight)
         self.register_buffer("qweight", q)
         self.register_buffer("scales", scales.to(linear.weight.dtype))
@@ -101,17 +117,17 @@ class Int8Linear(_LowBitLinear):
         return self.qweight
 
     def _low_bit(self, flat: torch.Tensor) -> torch.Tensor:
-        flat = flat.to(self.scales.dtype)
-        if flat.device.type != "cpu":  # torch's int8 kernel is CPU-only: dequantize per call
-            return F.linear(flat, self.qweight.to(flat.dtype)) * self.scales
-        return torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scales)
+        # the int8 layout is plain [out, in] rows: any device with the kernel runs it
+        return torch.ops.aten._weight_int8pack_mm(flat.to(self.scales.dtype), self.qweight,
+                                                  self.scales)
 
 
 class Int4Linear(_LowBitLinear):
     """y = x W^T (+ b), W in 4 bits: per group of `group_size` inputs, w = q * scale + min.
 
     Asymmetric groups (16 levels between the group's min and max). Stored in the packed
-    layout of torch's `_weight_int4pack_mm_for_cpu`; out_features padded to a multiple of 16.
+    layout of the weight's device: `_weight_int4pack_mm_for_cpu`'s on the CPU, tinygemm's
+    (`_weight_int4pack_mm`) on CUDA; out_features padded to a multiple of 16.
     """
 
     def __init__(self, linear: nn.Linear, group_size: int = 32, full_rows: int | None = None,
@@ -120,6 +136,9 @@ class Int4Linear(_LowBitLinear):
         if group_size not in INT4_GROUPS or linear.in_features % group_size:
             raise ValueError(f"int4 needs in_features ({linear.in_features}) divisible by a "
                              f"group size in {INT4_GROUPS}, got {group_size}")
+        device = linear.weight.device
+        choice = choose_low_bit(4, self.in_features, device, group_size)  # raises if none
+        self.layout = choice.layout
         self.group_size = group_size
         self.weight_dtype = linear.weight.dtype  # what the layer takes and returns
         weight = linear.weight.detach().float()
@@ -128,12 +147,18 @@ class Int4Linear(_LowBitLinear):
             weight = torch.cat([weight, weight.new_zeros(pad, self.in_features)])
         rows = weight.shape[0]
         q, scale, low = int4_quantize(weight, group_size)
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
-            q.to(torch.int32).reshape(rows, -1), 1)
-        # the kernel computes (q - 8) * scale + zero, so zero = low + 8 * scale
+        q = q.to(torch.int32).reshape(rows, -1)
+        if self.layout == "cpu":
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+        else:
+            packed = torch.ops.aten._convert_weight_to_int4pack(
+                pack_int4_nibbles(q), inner_k_tiles(self.in_features))
+        # both kernels compute (q - 8) * scale + zero, so zero = low + 8 * scale
         zeros = low + 8 * scale
         self.register_buffer("qweight", packed)
-        compute = compute_dtype or int4_compute_dtype(linear.weight.dtype)
+        # tinygemm (CUDA) takes bfloat16 only
+        compute = torch.bfloat16 if self.layout == "cuda" else \
+            compute_dtype or int4_compute_dtype(linear.weight.dtype)
         self.register_buffer("scales_and_zeros", torch.stack([scale, zeros], dim=-1)
                              .transpose(0, 1).contiguous().to(compute))
 
@@ -144,9 +169,11 @@ class Int4Linear(_LowBitLinear):
             self.out_features, self.in_features)
 
     def _low_bit(self, flat: torch.Tensor) -> torch.Tensor:
-        out = torch.ops.aten._weight_int4pack_mm_for_cpu(
-            flat.to(self.scales_and_zeros.dtype), self.qweight, self.group_size,
-            self.scales_and_zeros)
+        self._check_layout(flat, self.layout)
+        kernel = torch.ops.aten._weight_int4pack_mm_for_cpu if self.layout == "cpu" else \
+            torch.ops.aten._weight_int4pack_mm
+        out = kernel(flat.to(self.scales_and_zeros.dtype), self.qweight, self.group_size,
+                     self.scales_and_zeros)
         return out[:, : self.out_features].to(flat.dtype)
 
 
@@ -168,25 +195,15 @@ def int4_compute_dtype(weight_dtype: torch.dtype) -> torch.dtype:
     return torch.bfloat16 if weight_dtype == torch.float32 else weight_dtype
 
 
-def int4_group(in_features: int, preferred: int = 32) -> int | None:
-    """The group size to use for a layer: `preferred` if it divides in_features, else another."""
-    for group in (preferred, *INT4_GROUPS):
-        if group in INT4_GROUPS and in_features % group == 0:
-            return group
-    return None
-
-
 def quantized_linear(linear: nn.Linear, bits: int, group_size: int = 32,
                      full_rows: int | None = None, full: nn.Module | None = None,
                      compute_dtype: torch.dtype | None = None) -> nn.Module:
-    """Int8Linear or Int4Linear for `linear` (int8 where int4's group sizes do not fit, or off
-    the CPU). Passes over more than `full_rows` rows call `full` (default: `linear`).
-    compute_dtype: int4's (default `int4_compute_dtype`)."""
-    if bits == 4:
-        group = int4_group(linear.in_features, group_size)
-        # the int4 packing is the CPU kernel's; elsewhere int8 (dequantized per call) stands in
-        if group is not None and linear.weight.device.type == "cpu":
-            return Int4Linear(linear, group, full_rows, full, compute_dtype)
-    elif bits != 8:
-        raise ValueError(f"bits must be 4 or 8, got {bits!r}")
+    """Int8Linear or Int4Linear for `linear` on its device (int8 where int4's group sizes do
+    not fit); LowBitUnsupported where the device has no such kernel. Passes over more than
+    `full_rows` rows call `full` (default: `linear`). compute_dtype: int4's (default
+    `int4_compute_dtype`)."""
+    choice = choose_low_bit(bits, linear.in_features, linear.weight.device, group_size)
+    if choice.bits == 4:
+        assert choice.group is not None
+        return Int4Linear(linear, choice.group, full_rows, full, compute_dtype)
     return Int8Linear(linear, full_rows, full)

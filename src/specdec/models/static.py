@@ -10,18 +10,28 @@ overwritten by the next extend. Prefill runs in chunks and computes no logits.
 With `compile=True` the k-token step is compiled (torch.compile; CUDA graphs on a GPU) for a
 few widths: a block of k tokens is padded up to the next width, the padded positions' logits
 are dropped, and the cache slots they wrote lie past the write position. Compiled steps attend
-over the whole buffer (static shapes) under a mask; eager steps attend over the filled part.
+over the whole buffer under a mask; eager steps attend over the filled part.
+
+Each width compiles once and is then reused whatever the cache's capacity: every width is a
+code object of its own (dynamo keeps compiled graphs, and counts them against its recompile
+limit, per code object; runners of the same shapes share a width's graph, a drafter of other
+shapes adds one), the capacity is a dynamic dimension of the cache tensors (a regrown cache
+is a new tensor of a new size: no shape or address guard fails), and the rotary tables are
+read outside the compiled graph. Only single-row steps compile: batched rows (models.rows)
+run eagerly.
 """
 
 from __future__ import annotations
 
 import time
+import types
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
-from specdec.models.attention import blocked_attention, key_span
+from specdec.models.attention import blocked_attention, causal_mask, key_span, query_chunk
 from specdec.models.hf import HFModel
 from specdec.models.packing import PackReport, pack_decoder, single, stacked_parts
 
@@ -94,10 +104,15 @@ class StaticKVCache:
         for tensor in self.keys + self.values:
             tensor[target, :, :length] = tensor[source, :, :length]
 
-    def mark_static(self) -> None:
-        """Fixed addresses for CUDA graphs (the buffers are mutated in place)."""
+    def mark_for_compile(self, cuda_graphs: bool) -> None:
+        """Capacity (dim 2) a dynamic dimension of the compiled steps, so a regrown cache
+        reuses their graphs; for CUDA graphs, static addresses (the buffers are mutated in
+        place, not copied in) without an address guard: a regrown cache re-records the
+        graphs, it does not recompile them."""
         for tensor in self.keys + self.values:
-            torch._dynamo.mark_static_address(tensor)
+            torch._dynamo.mark_dynamic(tensor, 2)
+            if cuda_graphs:
+                torch._dynamo.mark_static_address(tensor, guard=False)
 
 
 class StaticCausalLM(HFModel):
@@ -130,7 +145,9 @@ class StaticCausalLM(HFModel):
         self.widths = tuple(sorted(set(widths))) if compile else ()
         self.compile_s = 0.0  # time spent compiling (first call of each width), reported
         self._compiled_widths: set[int] = set()
-        self._step = self._compile() if compile else None
+        self.compiled_steps = 0  # steps run by a compiled width (reported; tests check it)
+        self.steps: dict[int, Callable[..., torch.Tensor]] = \
+            {width: self._compile(width) for width in self.widths}
 
     # --- the protocol -----------------------------------------------------------------
 
@@ -197,15 +214,16 @@ class StaticCausalLM(HFModel):
         uncompiled."""
         return StaticCausalLM(self.model, self.tokenizer, self.name)
 
+    @torch.inference_mode()  # as every later call: dynamo guards on inference mode
     def warmup(self, capacity: int, rows: int = 1) -> float:
-        """Compile every width now (for servers: not on the first request); returns seconds."""
+        """Compile every width now (for servers: not on the first request); returns seconds.
+        `capacity` sizes the cache; a later regrowth does not recompile."""
         self._ensure_capacity(rows, capacity)
         saved, self._length = self._length, 0
         try:
-            with torch.inference_mode():
-                for width in self.widths:
-                    self._compiled(torch.zeros(rows, width, dtype=torch.long,
-                                               device=self.device), width)
+            for width in self.widths:
+                self._compiled(torch.zeros(rows, width, dtype=torch.long, device=self.device),
+                               width)
         finally:
             self._length = saved
         return self.compile_s
@@ -221,55 +239,67 @@ class StaticCausalLM(HFModel):
                      cache: StaticKVCache | None, keep: int) -> torch.Tensor | None:
         """Eager forward of ids [R, w] at positions [R or 1, w] over `cache`'s rows, attending
         to slots < end; the logits of the last `keep` positions (None for 0)."""
-        hidden = self._layers(ids, positions, end=end, cache=cache)
+        hidden = self._layers(ids, positions, *self._rotary(positions), end=end,
+                              cache=cache or self.cache)
         if keep == 0:
             return None
         return self.head(self.norm(hidden[:, -keep:]))
 
-    def _full(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Static shapes only: attends over the whole buffer, logits at every position."""
-        return self.head(self.norm(self._layers(ids, positions, end=None)))
+    def _full(self, ids: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
+              sin: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+        """The compiled step: attends over the whole buffer, logits at every position."""
+        return self.head(self.norm(self._layers(ids, positions, cos, sin, None, cache)))
 
     def _compiled(self, ids: torch.Tensor, width: int) -> torch.Tensor:
         rows, k = ids.shape
-        if k < width:  # pad: these positions' logits are dropped, their slots overwritten later
-            ids = torch.cat([ids, ids.new_zeros(rows, width - k)], dim=1)
+        # a fresh tensor (made in inference mode, as dynamo's guards expect whoever made ids);
+        # padded: these positions' logits are dropped, their slots overwritten later
+        ids = torch.cat([ids, ids.new_zeros(rows, width - k)], dim=1)
         positions = torch.arange(self._length, self._length + width, device=ids.device)[None]
         first = width not in self._compiled_widths
         t0 = time.perf_counter()
         if self.device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()
-        assert self._step is not None
-        logits = self._step(ids, positions)
+        assert self.cache is not None
+        logits = self.steps[width](ids, positions, *self._rotary(positions), self.cache)
         if self.device.type == "cuda":
             logits = logits.clone()  # a CUDA graph's output is overwritten by its next replay
         if first:
             self.compile_s += time.perf_counter() - t0
             self._compiled_widths.add(width)
+        self.compiled_steps += 1
         return logits
 
-    def _layers(self, ids: torch.Tensor, positions: torch.Tensor,
-                end: int | None, cache: StaticKVCache | None = None) -> torch.Tensor:
-        """positions [R, w]: R = 1 (every row at the same positions) or one per row."""
-        cache = cache or self.cache
+    def _rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin at positions [R, w], as [R, 1, w, D] (broadcast over heads)."""
+        return self._cos[positions][:, None], self._sin[positions][:, None]
+
+    def _layers(self, ids: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor, end: int | None, cache: StaticKVCache | None,
+                ) -> torch.Tensor:
+        """positions [R, w]: R = 1 (every row at the same positions) or one per row; keys at
+        slots < end (None: the whole buffer, for compiled steps)."""
         assert cache is not None
         hidden = self.embed(ids)
-        # [R, 1, w, D]: broadcast over heads
-        cos, sin = self._cos[positions][:, None], self._sin[positions][:, None]
-        # the query heads sharing a key head are stacked as rows (see _attention)
-        query_positions = positions.repeat(1, self.groups)
+        # the query heads sharing a key head are stacked as rows (see _attention); the mask
+        # and the query chunking are the same for every layer: decided once here
+        capacity = cache.capacity
+        span = capacity if end is None else key_span(end, capacity)
+        hidden_keys = causal_mask(positions.repeat(1, self.groups), span)
+        # compiled steps are a few tokens wide: no chunking (which would guard on capacity)
+        chunk = None if end is None else query_chunk(ids.shape[0], self.kv_heads, span)
         for index, (layer, block) in enumerate(zip(self.layers, self._blocks, strict=True)):
             attended = self._attention(cache, index, layer.self_attn, block,
                                        layer.input_layernorm(hidden), positions, cos, sin,
-                                       query_positions, end)
+                                       span, hidden_keys, chunk)
             hidden = hidden + attended
             hidden = hidden + block.mlp(layer.post_attention_layernorm(hidden))
         return hidden
 
     def _attention(self, cache: StaticKVCache, index: int, attn: Any, block: _Projections,
                    x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
-                   sin: torch.Tensor, query_positions: torch.Tensor,
-                   end: int | None) -> torch.Tensor:
+                   sin: torch.Tensor, span: int, hidden_keys: torch.Tensor,
+                   chunk: int | None) -> torch.Tensor:
         rows, width, _ = x.shape
         shape = (rows, width, -1, self.head_dim)
         q, k, v = block.qkv(x)
@@ -290,13 +320,12 @@ class StaticCausalLM(HFModel):
             slots = positions[:, None, :, None].expand_as(k)
             keys.scatter_(2, slots, k)
             values.scatter_(2, slots, v)
-        span = keys.shape[2] if end is None else key_span(end, keys.shape[2])
         keys, values = keys[:, :, :span], values[:, :, :span]
         # grouped-query attention without repeating keys: the query heads that share a key
         # head become extra query rows of that head, [B, H_kv, groups * width, D]
         groups = self.groups
         q = q.reshape(rows, self.kv_heads, groups * width, self.head_dim)
-        out = blocked_attention(q, keys, values, query_positions, attn.scaling)
+        out = blocked_attention(q, keys, values, hidden_keys, attn.scaling, chunk)
         out = out.reshape(rows, self.kv_heads * groups, width, self.head_dim).transpose(1, 2)
         return block.o(out.reshape(rows, width, -1).to(x.dtype))  # from float32 attention
 
@@ -320,10 +349,8 @@ class StaticCausalLM(HFModel):
         grown = self.new_cache(rows, needed)
         if cache is not None and cache.rows == rows:
             grown.copy_from(cache, self._length)
-        if self._step is not None:
-            self._compiled_widths.clear()  # new buffers: the next call of each width recompiles
-            if self.device.type == "cuda":
-                grown.mark_static()
+        if self.steps:
+            grown.mark_for_compile(cuda_graphs=self.device.type == "cuda")
         self.cache = grown
 
     def ensure_rotary(self, length: int) -> None:
@@ -352,9 +379,35 @@ class StaticCausalLM(HFModel):
             cos, sin = rotary(probe, positions)
         return cos[0], sin[0]
 
-    def _compile(self) -> Any:
+    def _compile(self, width: int) -> Callable[..., torch.Tensor]:
+        """The compiled step for one width, on a code object of its own."""
         mode = "reduce-overhead" if self.device.type == "cuda" else None  # CUDA graphs
-        return torch.compile(self._full, mode=mode, dynamic=False)
+        return torch.compile(types.MethodType(step_function(width), self), mode=mode,
+                             dynamic=False)
+
+    def compiled_graphs(self) -> dict[int, int]:
+        """Graphs dynamo holds for each width's step: one per distinct runner shape that ran
+        it (a target, a drafter of other shapes); growing with calls means recompiles."""
+        from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+        return {w: len(_debug_get_cache_entry_list(step_function(w).__code__))
+                for w in self.widths}
+
+
+_STEPS: dict[int, Callable[..., torch.Tensor]] = {}
+
+
+def step_function(width: int) -> Callable[..., torch.Tensor]:
+    """StaticCausalLM._full on a code object of its own for this width. Dynamo stores compiled
+    graphs on the code object and falls back to eager, silently, past `recompile_limit` (8)
+    graphs per code object: one shared by every width of a target and of its drafter would
+    pass it."""
+    if width not in _STEPS:
+        full = StaticCausalLM._full
+        code = full.__code__.replace(co_name=f"_full_width_{width}")
+        _STEPS[width] = types.FunctionType(code, full.__globals__, code.co_name,
+                                           full.__defaults__, full.__closure__)
+    return _STEPS[width]
 
 
 class _Projections:
