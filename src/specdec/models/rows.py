@@ -355,21 +355,23 @@ class StaticRows:
 
     def _ensure_shape(self, rows: int, positions: int) -> None:
         """A cache of at least `rows` rows and `positions` positions, the rows cached so far
-        kept. Positions grown past the reserves double; rows double (up to max_rows); both
-        only while the budget allows."""
+        kept. Under a budget, as many rows as it allows are allocated at once (a row joining
+        later costs no copy); without one, rows double up to max_rows. Positions grown past
+        every reserve (a longer draft block) double where the budget allows."""
         cache = self.cache
         if cache is not None and cache.rows >= rows and cache.capacity >= positions:
             return
-        if cache is not None and cache.rows >= rows:  # a row outgrew its reserve
-            rows = cache.rows
+        if cache is not None and positions > cache.capacity:
             doubled = max(positions, 2 * cache.capacity)
-            if self._within(rows, doubled):
-                positions = doubled
+            positions = doubled if self._within(rows, doubled) else positions
         elif cache is not None:
-            doubled = min(self.max_rows, max(rows, 2 * cache.rows))
-            if self._within(doubled, positions):
-                rows = doubled
+            positions = max(positions, cache.capacity)
         self._check_budget(rows, [positions])
+        if self.max_bytes is not None:
+            allowed = self.max_bytes // self.cache_bytes(1, positions)
+            rows = min(self.max_rows, max(rows, allowed))
+        elif cache is not None:
+            rows = min(self.max_rows, max(rows, 2 * cache.rows))
         grown = self.model.new_cache(rows, positions)
         if cache is not None and self.lengths:
             kept, length = self.count, max(self.lengths)
