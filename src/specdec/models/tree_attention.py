@@ -115,7 +115,8 @@ def tree_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     tail_peak = tail_scores.amax(dim=(2, 4), keepdim=True)  # [N, H, 1, G', 1]
     peak = _to_rows(tail_peak[:, :, 0, :groups, 0], padded)  # [1, H, M']
     if layout.head:
-        head_k, head_v = key_blocks(keys[:, :, : layout.head]), key_blocks(values[:, :, : layout.head])
+        head_k = key_blocks(keys[:, :, : layout.head])
+        head_v = key_blocks(values[:, :, : layout.head])
         head_scores = block_scores(head_q, head_k, scale)  # [1, H, n, M', B]
         peak = torch.maximum(peak, head_scores.amax(dim=(2, 4)))
     # the same peak for a node's row in both parts (the global maximum of a line's row)
