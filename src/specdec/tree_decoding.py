@@ -116,9 +116,10 @@ class TreeDecoder:
                           "step without drafts", RuntimeWarning, stacklevel=3)
             seq.stats.drafter_failures += 1
             return DraftTree.empty()
-        if tree.size > budget:
-            raise ValueError(f"drafter {self.drafter.name!r} proposed {tree.size} nodes, "
-                             f"more than the {budget} asked for")
+        if tree.size > budget:  # the first nodes keep their parents (parents come first)
+            tree = DraftTree(tree.tokens[:, :budget], tree.parents[:budget],
+                             None if tree.probs is None else tree.probs[:, :budget],
+                             tree.forwards, tree.score)
         seq.stats.drafter_calls += tree.forwards
         return tree
 
