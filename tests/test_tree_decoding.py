@@ -72,13 +72,15 @@ def test_suffix_drafter_greedy_equals_plain_and_saves_calls(target, spec):
     assert spec_out.stats.target_calls < plain.stats.target_calls
 
 
-@pytest.mark.parametrize("draws", [1000, pytest.param(None, marks=pytest.mark.slow)])
-def test_tree_sampling_matches_the_target_distribution(draws):
+@pytest.mark.parametrize("draws, sampled", [
+    (1000, False), pytest.param(None, False, marks=pytest.mark.slow),
+    pytest.param(3000, True, marks=pytest.mark.slow)])
+def test_tree_sampling_matches_the_target_distribution(draws, sampled):
     """Algorithm 1 over random trees (deterministic candidates): 3-token continuations against
     the exact law with tests/test_exactness_sequence.py's checks (false-alarm rate <= 0.1% +
     0.01%). 1,000 draws catch any TV bias of 15% with 99% probability (pooled chi-square,
     df 46); the token-level tests (test_verify_tree_power.py) carry the 2% power. `slow`: the
-    141,230 draws that catch 2% here."""
+    141,230 draws that catch 2% here; and candidates drawn i.i.d. uniform, verified with that q."""
     model = _target()
     target = wrap(model)
     params = dict(temperature=1.0)
@@ -86,7 +88,7 @@ def test_tree_sampling_matches_the_target_distribution(draws):
     if draws is None:
         draws = pooled_draws(exact.numpy(), TV_BIAS, 1e-4, 0.99)
     counts = torch.zeros(VOCAB ** LENGTH, dtype=torch.long)
-    decoder = SpeculativeDecoder(target, RandomTrees(VOCAB, 6, seed=1), 6)
+    decoder = SpeculativeDecoder(target, RandomTrees(VOCAB, 6, seed=1, sampled=sampled), 6)
     trees = accepted = 0
     for seed in range(draws):  # a token more than checked: the first tree gets 3 nodes
         result = decoder.generate(PROMPT, SamplingParams(
@@ -100,6 +102,19 @@ def test_tree_sampling_matches_the_target_distribution(draws):
     assert pooled_chisquare(counts.double(), exact * draws) > 1e-4
     tv = 0.5 * (counts.double() / draws - exact).abs().sum()
     assert tv < tv_threshold(exact, draws), f"TV {tv:.3f}"
+
+
+def test_sampled_candidates_are_verified_with_their_q():
+    """The loop hands the tree's q to verification: with q = 1/8 a candidate is accepted
+    w.p. min(1, 8 p(x)) instead of p(x), so far more often."""
+    target = wrap(_target())
+    accepted = {}
+    for sampled in (False, True):
+        decoder = SpeculativeDecoder(target, RandomTrees(VOCAB, 6, seed=1, sampled=sampled), 6)
+        accepted[sampled] = sum(decoder.generate(PROMPT, SamplingParams(
+            temperature=1.0, seed=seed, coupled=False, max_new_tokens=8,
+            ignore_eos=True)).stats.accepted for seed in range(40))
+    assert accepted[True] > 2 * accepted[False] > 0
 
 
 def test_lines_elsewhere_penalties_and_dynamic_runner(target):

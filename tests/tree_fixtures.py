@@ -14,8 +14,11 @@ class RandomTrees:
     accepted paths run through later children and their keys and values must be moved."""
 
     def __init__(self, vocab: int, nodes: int = 8, seed: int = 0,
-                 truth: list[int] | None = None):
+                 truth: list[int] | None = None, sampled: bool = False):
+        """sampled: report the tokens as drawn i.i.d. from the uniform law (they are, without
+        `truth`), so verification uses q = 1/vocab instead of one-hot."""
         self.vocab, self.nodes, self.seed, self.truth = vocab, nodes, seed, truth
+        self.sampled = sampled
         self.name = "random-trees"
         self.prompt_length = 0
         self.generator = torch.Generator()
@@ -48,4 +51,6 @@ class RandomTrees:
             tokens.append(token)
             parents.append(parent)
             levels.append(level)
-        return DraftTree(torch.tensor([tokens], dtype=torch.long).view(1, -1), parents)
+        probs = torch.full((1, len(tokens), self.vocab), 1.0 / self.vocab) if self.sampled \
+            else None
+        return DraftTree(torch.tensor([tokens], dtype=torch.long).view(1, -1), parents, probs)

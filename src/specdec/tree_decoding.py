@@ -92,7 +92,7 @@ class TreeDecoder:
         target = self.target
         logits = target.extend(tokens) if line else target.extend_tree(tokens, parents)
         t2 = clock.mark()
-        verdict = self._verify(seq, tokens[0], parents, logits)
+        verdict = self._verify(seq, tokens[0], parents, logits, tree.probs)
         path = verdict.path(0)
         next_token = int(verdict.next_token[0])
         if line:
@@ -124,7 +124,7 @@ class TreeDecoder:
         return tree
 
     def _verify(self, seq: Sequence, tokens: torch.Tensor, parents: list[int],
-                logits: torch.Tensor) -> TreeVerdict:
+                logits: torch.Tensor, draft_probs: torch.Tensor | None) -> TreeVerdict:
         params = seq.params
         device = logits.device
         shape = TreeShape.of(tokens, parents, device)
@@ -134,7 +134,10 @@ class TreeDecoder:
         if params.coupled_rule:
             assert params.seed is not None  # resolve_seed gave one
             return verify_tree_coupled(shape, parents, probs, params.seed, seq.context.shape[1])
-        return verify_tree(shape, None, probs, seq.generator)
+        if draft_probs is not None:  # sampled candidates: q per node, the root's row unused
+            draft_probs = draft_probs.to(device)
+            draft_probs = torch.cat([torch.zeros_like(draft_probs[:, :1]), draft_probs], 1)
+        return verify_tree(shape, draft_probs, probs, seq.generator)
 
     def _event(self, seq: Sequence, tree: DraftTree, parents: list[int], path: list[int],
                next_token: int, logits: torch.Tensor, drafter_marks: tuple,
