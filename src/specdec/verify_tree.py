@@ -85,7 +85,8 @@ class TreeShape:
         return self.tokens.expand(kids.shape[0], -1).gather(1, kids.clamp_min(0))
 
 
-# at(current nodes [B], alive [B]) -> (accepted flags [B, F] per child, final token sampler)
+# decide(current node per row [B]) -> (accepted flags [B, F] per child slot, and a sampler of
+# the token emitted by the rows (a mask [B]) that stop at their current node)
 Decide = Callable[[torch.Tensor], tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]]
 
 
