@@ -32,7 +32,9 @@ class RandomTrees:
 
     def propose_tree(self, context, nodes, depth, params, generator, history=None) -> DraftTree:
         nodes = min(nodes, self.nodes)
-        gen = self.generator
+        # sampled: fresh draws per request from the request's generator (a drafter's own
+        # generator, reset by begin, would draw the same tokens every request: not x ~ q)
+        gen = generator if self.sampled else self.generator
         tokens: list[int] = []
         parents: list[int] = []
         levels: list[int] = []
