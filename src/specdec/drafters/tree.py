@@ -16,8 +16,9 @@ class DraftTree:
     """Draft nodes continuing the context: tokens [1, N], parents[i] an earlier node or -1
     (the node follows the context directly), children of a node in the order verification
     tests them. probs [1, N, V]: the law node i's token was drawn from; None when every node
-    is deterministic (q one-hot). Sampled siblings must be drawn i.i.d. from one law
-    (verify_tree.py says why)."""
+    is deterministic (q one-hot). Sampled siblings must be drawn i.i.d. from one law, afresh
+    for every request (e.g. from the generator `propose_tree` is given; verify_tree.py says
+    why): tokens that repeat across requests while claiming a q break exactness."""
 
     tokens: torch.Tensor
     parents: list[int]
