@@ -78,7 +78,8 @@ def test_json_output_follows_the_schema(models, capsys):
 
 
 @pytest.mark.parametrize("draft", ["ngram", "drafter", "ngram+drafter", "drafter@int4",
-                                   "self@int4", "ngram+self@int8@vocab=8"])
+                                   "self@int4", "ngram+self@int8@vocab=8", "suffix",
+                                   "suffix:global:factor=2"])
 def test_greedy_output_with_a_drafter_equals_without(models, capsys, draft):
     plain = generate_json(capsys, models, "--draft", "none")
     spec = draft.replace("drafter", str(models["drafter"]))

@@ -22,6 +22,7 @@ class GenerationStats:
     generated: int = 0  # tokens emitted (after truncation at stop / max_new_tokens)
     prompt_tokens: int = 0
     drafter_failures: int = 0
+    tree_steps: int = 0  # steps that verified a branching tree (drafted counts its nodes)
     beta_sum: float = 0.0
     beta_count: int = 0
     drafted_at: list[int] = field(default_factory=list)  # per draft position i (0-based)
@@ -45,6 +46,19 @@ class GenerationStats:
         for i in range(drafted):
             self.drafted_at[i] += 1
             self.accepted_at[i] += int(i < accepted)
+
+    def record_tree_step(self, nodes: int, depth: int, accepted: int,
+                         betas: list[float]) -> None:
+        """A tree of `nodes` drafts, `depth` deep, `accepted` of them on the kept path;
+        per-position counts are per depth."""
+        self.record_step(depth, accepted, betas)
+        self.drafted += nodes - depth
+        self.tree_steps += 1
+
+    @property
+    def nodes_per_call(self) -> float:
+        """Draft tokens (line positions or tree nodes) verified per target call."""
+        return self.drafted / self.target_calls if self.target_calls else 0.0
 
     @property
     def acceptance_rate(self) -> float:
@@ -82,7 +96,8 @@ class GenerationStats:
     def to_dict(self) -> dict:
         """Counts, derived rates and times, JSON-ready."""
         out = asdict(self)
-        for name in ("acceptance_rate", "alpha", "tokens_per_call", "acceptance_by_position",
+        for name in ("acceptance_rate", "alpha", "tokens_per_call", "nodes_per_call",
+                     "acceptance_by_position",
                      "other_s", "tokens_per_s", "decode_tokens_per_s"):
             out[name] = getattr(self, name)
         return out

@@ -1,6 +1,7 @@
 """Build a drafter and a gamma policy from the short specs the CLI, server and bench accept.
 
-Drafter specs:  none | ngram | ngram:MIN:MAX | unigram:FILE | bigram:FILE | MODEL | self
+Drafter specs:  none | ngram | ngram:MIN:MAX | suffix[:OPTIONS] | unigram:FILE | bigram:FILE
+                | MODEL | self
                 | LOOKUP+MODEL | LOOKUP+self          (LOOKUP: ngram or ngram:MIN:MAX)
 MODEL is anything the loader accepts (a registry name or a local path); MODEL and self take
 '@' options: @int8 / @int4 (weight-only low-bit linear layers, faster one-token forwards) and,
@@ -25,9 +26,10 @@ from specdec.models.base import LanguageModel, check_same_vocabulary
 MAX_GAMMA = 64
 MAX_VOCAB = 10_000_000  # bound on @vocab=N
 SELF = "self"
-KINDS = ("none", "ngram", "ngram:MIN:MAX", "unigram:FILE", "bigram:FILE", "MODEL[@int8|@int4]",
+KINDS = ("none", "ngram", "ngram:MIN:MAX", "suffix[:global][:nodes=N]", "unigram:FILE",
+         "bigram:FILE", "MODEL[@int8|@int4]",
          "self[@int8|@int4][@vocab=N]", "ngram+MODEL[@...]", "ngram+self[@...]")
-MODEL_FREE = ("none", "ngram", "unigram", "bigram")
+MODEL_FREE = ("none", "ngram", "unigram", "bigram", "suffix")
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,8 @@ def build_drafter(spec: str, target: LanguageModel,
         return None
     if parsed.kind == "ngram":
         return _ngram(parsed.arg)
+    if parsed.kind == "suffix":
+        return _suffix(parsed.arg)
     if parsed.kind in ("unigram", "bigram"):
         return _ngram_lm(parsed.kind, parsed.arg, target)
     drafter = _self(parsed, target) if parsed.kind == SELF else \
@@ -164,6 +168,12 @@ def _ngram(arg: str) -> Drafter:
     return NgramDrafter() if sizes is None else NgramDrafter(*sizes)
 
 
+def _suffix(arg: str) -> Drafter:
+    from specdec.drafters.suffix import SuffixDrafter, parse_suffix
+
+    return SuffixDrafter(parse_suffix(arg))
+
+
 def _ngram_lm(kind: str, arg: str, target: LanguageModel) -> Drafter:
     from specdec.drafters.ngram_lm import NgramLMDrafter
 
@@ -222,6 +232,8 @@ def validate_spec(spec: str, flag: str = "--draft") -> None:
             _ngram(parsed.lookup.partition(":")[2])
         if parsed.kind == "ngram":
             _ngram(parsed.arg)
+        elif parsed.kind == "suffix":
+            _suffix(parsed.arg)
         elif parsed.kind in ("unigram", "bigram"):
             _check_corpus(parsed.kind, parsed.arg)
         elif parsed.kind == "model":

@@ -69,19 +69,57 @@ def _pad_rows(x: torch.Tensor, rows: int, dim: int) -> torch.Tensor:
 
 def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
             hidden: torch.Tensor, scale: float) -> torch.Tensor:
-    rows, heads, m, dim = q.shape
-    length = keys.shape[2]
+    m = q.shape[2]
     # a prefill's last chunk may be shorter than MIN_QUERY_ROWS: pad it like the mask is
     hidden = _pad_rows(hidden, MIN_QUERY_ROWS, dim=3)
     q = _pad_rows(q, hidden.shape[3], dim=2)  # extra rows' outputs are dropped
-    blocks = length // KEY_BLOCK
-    kb = keys.float().view(rows, heads, blocks, KEY_BLOCK, dim)
-    vb = values.float().view(rows, heads, blocks, KEY_BLOCK, dim)
-    scores = (q.float()[:, :, None] @ kb.transpose(-1, -2)) * scale  # [R, H, n, M, B]
+    kb, vb = key_blocks(keys), key_blocks(values)
+    scores = block_scores(q, kb, scale)  # [R, H, n, M, B]
     scores.masked_fill_(hidden, float("-inf"))  # in place: one score tensor at a time
-    weights = scores.sub_(scores.amax(dim=(2, 4), keepdim=True)).exp_()
-    # blocks summed by a scan (sequential, accumulated in double on the CPU): torch's sum
-    # over the block axis rounds differently with the number of query rows beside it
-    total = weights.sum(dim=-1).cumsum(dim=2)[:, :, -1]  # [R, H, M]
-    out = (weights @ vb).cumsum(dim=2)[:, :, -1] / total[..., None]
-    return out[:, :, :m].to(q.dtype)
+    total, partial = block_partials(scores, scores.amax(dim=(2, 4), keepdim=True), vb)
+    return scan_blocks(total, partial)[:, :, :m].to(q.dtype)
+
+
+# --- the pieces, shared with tree attention (models/tree_attention.py) so that a tree node's
+# --- arithmetic is the same, op for op, as that of the same token in a line
+
+
+def pad_queries(q: torch.Tensor, query_positions: torch.Tensor,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """At least MIN_QUERY_ROWS query rows: extra rows repeat the last query (outputs dropped)."""
+    rows, heads, m, dim = q.shape
+    padded = max(m, MIN_QUERY_ROWS)
+    if padded == m:
+        return q, query_positions
+    q = torch.cat([q, q[:, :, -1:].expand(rows, heads, padded - m, dim)], dim=2)
+    query_positions = torch.cat(
+        [query_positions, query_positions[:, -1:].expand(-1, padded - m)], dim=1)
+    return q, query_positions
+
+
+def key_blocks(keys: torch.Tensor) -> torch.Tensor:
+    """[R, H, L, D] -> [R, H, L / KEY_BLOCK, KEY_BLOCK, D] in float32."""
+    rows, heads, length, dim = keys.shape
+    if length % KEY_BLOCK:
+        raise ValueError(f"key length {length} is not a multiple of {KEY_BLOCK}")
+    return keys.float().view(rows, heads, length // KEY_BLOCK, KEY_BLOCK, dim)
+
+
+def block_scores(q: torch.Tensor, kb: torch.Tensor, scale: float) -> torch.Tensor:
+    """Scaled scores per key block, [R, H, n, M, B]; one product of inner length D each."""
+    return (q.float()[:, :, None] @ kb.transpose(-1, -2)) * scale
+
+
+def block_partials(scores: torch.Tensor, peak: torch.Tensor, vb: torch.Tensor,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """exp(scores - peak) summed per block [R, H, n, M] and applied to the values per block
+    [R, H, n, M, D]. Consumes `scores` (in place)."""
+    weights = scores.sub_(peak).exp_()
+    return weights.sum(dim=-1), weights @ vb
+
+
+def scan_blocks(total: torch.Tensor, partial: torch.Tensor) -> torch.Tensor:
+    """Blocks summed by a scan (sequential, accumulated in double on the CPU): torch's sum
+    over the block axis rounds differently with the number of query rows beside it.
+    total [R, H, n, M], partial [R, H, n, M, D] -> [R, H, M, D]."""
+    return partial.cumsum(dim=2)[:, :, -1] / total.cumsum(dim=2)[:, :, -1][..., None]

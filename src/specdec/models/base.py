@@ -50,6 +50,23 @@ class LanguageModel(Protocol):
         """Drop the last n cached positions (move the write position; never recompute)."""
         ...
 
+    # Whether extend_tree verifies branching trees; False: lines only (a chain of parents).
+    verifies_trees: bool
+
+    def extend_tree(self, tokens: torch.Tensor, parents: list[int]) -> torch.Tensor:
+        """Feed a token tree [1, N] in ONE forward; float32 logits [1, N, V] per node.
+
+        parents[i]: the node before node i (an earlier index), or -1 for a node that follows
+        the cached context. Node i sees the cached context and its ancestors only, at
+        position cached_length + depth(i). cached_length grows by N until `accept_path`.
+        """
+        ...
+
+    def accept_path(self, nodes: list[int]) -> None:
+        """After extend_tree: keep `nodes` (a path from a root, in order) as the cache's
+        next positions, forget the other nodes (their keys and values are not recomputed)."""
+        ...
+
     @property
     def cached_length(self) -> int:
         """Number of positions in the cache."""

@@ -15,6 +15,7 @@ import torch
 from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
 
 from specdec.models.base import LanguageModel
+from specdec.models.tree_attention import is_chain
 
 
 class HFModel(LanguageModel):
@@ -64,6 +65,25 @@ class HFModel(LanguageModel):
     def fork(self) -> HFModel:
         """A runner of the same kind over the same weights, with its own empty cache."""
         return type(self)(self.model, self.tokenizer, self.name)
+
+    # transformers' forward takes no tree mask here: lines only (the static runner verifies
+    # trees); a line passed as a tree is an ordinary extend
+    verifies_trees = False
+    _line_nodes = 0  # nodes of the last extend_tree
+
+    def extend_tree(self, tokens: torch.Tensor, parents: list[int]) -> torch.Tensor:
+        if not is_chain(parents):
+            raise NotImplementedError(f"{self.name} verifies lines only (verifies_trees is "
+                                      "False); branching trees need the static runner")
+        self._line_nodes = tokens.shape[1]
+        return self.extend(tokens)  # type: ignore[attr-defined]
+
+    def accept_path(self, nodes: list[int]) -> None:
+        # after a line: the path is a prefix of its nodes; drop the rest
+        if nodes != list(range(len(nodes))) or len(nodes) > self._line_nodes:
+            raise ValueError(f"a line of {self._line_nodes} keeps a prefix, not {nodes}")
+        self.rollback(self._line_nodes - len(nodes))  # type: ignore[attr-defined]
+        self._line_nodes = 0
 
 
 class _CachedModel(HFModel):

@@ -34,6 +34,7 @@ from transformers import PreTrainedModel
 from specdec.models.attention import blocked_attention, causal_mask, key_span, query_chunk
 from specdec.models.hf import HFModel
 from specdec.models.packing import PackReport, pack_decoder, single, stacked_parts
+from specdec.models.tree_attention import TreeLayout, tree_attention, tree_layout
 
 STATIC_ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral")
 DEFAULT_WIDTHS = (1, 2, 4, 8, 16)
@@ -141,6 +142,7 @@ class StaticCausalLM(HFModel):
         self.groups = int(model.config.num_attention_heads) // self.kv_heads
         self.cache: StaticKVCache | None = None
         self._length = 0
+        self._tree_start: int | None = None  # slot of the last tree's first node
         self._cos = self._sin = torch.empty(0)
         self.widths = tuple(sorted(set(widths))) if compile else ()
         self.compile_s = 0.0  # time spent compiling (first call of each width), reported
@@ -202,12 +204,57 @@ class StaticCausalLM(HFModel):
             if last is not None:
                 logits = logits[:, -last:]
         self._length += k
+        self._tree_start = None
         return logits.float()
 
     def rollback(self, n: int) -> None:
         if n < 0 or n > self._length:
             raise ValueError(f"cannot roll back {n} of {self._length} cached positions")
         self._length -= n  # slots past the write position are masked, then overwritten
+        self._tree_start = None
+
+    verifies_trees = True
+
+    @torch.inference_mode()
+    def extend_tree(self, tokens: torch.Tensor, parents: list[int]) -> torch.Tensor:
+        """A token tree [1, N] in one eager forward; logits [1, N, V] (models/base.py).
+
+        Node i is written at slot length + i and attends to the committed context and its
+        ancestors (models/tree_attention.py): its logits are the same bits as those of the
+        line extend of its root path."""
+        rows, n = tokens.shape
+        if rows != 1:
+            raise ValueError(f"tree verification runs one row, got {rows}")
+        if len(parents) != n:
+            raise ValueError(f"{len(parents)} parents for {n} tree nodes")
+        start = self._length
+        self._ensure_capacity(1, start + n)
+        layout = tree_layout(parents, start, self.device)
+        hidden = self._layers(self.to_device(tokens), layout.positions,
+                              *self._rotary(layout.positions), end=start + n,
+                              cache=self.cache, tree=layout)
+        self._length += n
+        self._tree_start = start
+        return self.head(self.norm(hidden)).float()
+
+    @torch.inference_mode()
+    def accept_path(self, nodes: list[int]) -> None:
+        """Keep the last tree's `nodes` (a root path, in order) at consecutive slots from the
+        tree's start: their keys and values are moved once, the rest forgotten."""
+        start = self._tree_start
+        if start is None:
+            raise RuntimeError("accept_path() needs a tree extend before it")
+        if any(not 0 <= node < self._length - start for node in nodes):
+            raise ValueError(f"nodes {nodes} are not in the last tree")
+        moved = [(i, node) for i, node in enumerate(nodes) if node != i]
+        if moved and self.cache is not None:
+            target = torch.tensor([start + i for i, _ in moved], device=self.device)
+            source = torch.tensor([start + node for _, node in moved], device=self.device)
+            for tensor in self.cache.keys + self.cache.values:
+                # the gather copies the sources first: overlapping moves are safe
+                tensor.index_copy_(2, target, tensor.index_select(2, source))
+        self._length = start + len(nodes)
+        self._tree_start = None
 
     def fork(self) -> StaticCausalLM:
         """A runner over the same weights (packed ones shared) with its own empty cache,
@@ -276,9 +323,10 @@ class StaticCausalLM(HFModel):
 
     def _layers(self, ids: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
                 sin: torch.Tensor, end: int | None, cache: StaticKVCache | None,
-                ) -> torch.Tensor:
+                tree: TreeLayout | None = None) -> torch.Tensor:
         """positions [R, w]: R = 1 (every row at the same positions) or one per row; keys at
-        slots < end (None: the whole buffer, for compiled steps)."""
+        slots < end (None: the whole buffer, for compiled steps). tree: the tokens are a
+        tree's nodes (one row), written at tree.slots."""
         assert cache is not None
         hidden = self.embed(ids)
         # the query heads sharing a key head are stacked as rows (see _attention); the mask
@@ -291,7 +339,7 @@ class StaticCausalLM(HFModel):
         for index, (layer, block) in enumerate(zip(self.layers, self._blocks, strict=True)):
             attended = self._attention(cache, index, layer.self_attn, block,
                                        layer.input_layernorm(hidden), positions, cos, sin,
-                                       span, hidden_keys, chunk)
+                                       span, hidden_keys, chunk, tree)
             hidden = hidden + attended
             hidden = hidden + block.mlp(layer.post_attention_layernorm(hidden))
         return hidden
@@ -299,7 +347,7 @@ class StaticCausalLM(HFModel):
     def _attention(self, cache: StaticKVCache, index: int, attn: Any, block: _Projections,
                    x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
                    sin: torch.Tensor, span: int, hidden_keys: torch.Tensor,
-                   chunk: int | None) -> torch.Tensor:
+                   chunk: int | None, tree: TreeLayout | None = None) -> torch.Tensor:
         rows, width, _ = x.shape
         shape = (rows, width, -1, self.head_dim)
         q, k, v = block.qkv(x)
@@ -313,9 +361,10 @@ class StaticCausalLM(HFModel):
         q, k = qk[:, :heads], qk[:, heads:]
         v = v.reshape(shape).transpose(1, 2).float()
         keys, values = cache.keys[index], cache.values[index]
-        if positions.shape[0] == 1:  # every row writes the same slots
-            keys.index_copy_(2, positions[0], k)
-            values.index_copy_(2, positions[0], v)
+        if tree is not None or positions.shape[0] == 1:  # every row writes the same slots
+            slots = positions[0] if tree is None else tree.slots
+            keys.index_copy_(2, slots, k)
+            values.index_copy_(2, slots, v)
         else:  # ragged rows: each writes at its own positions
             slots = positions[:, None, :, None].expand_as(k)
             keys.scatter_(2, slots, k)
@@ -325,7 +374,10 @@ class StaticCausalLM(HFModel):
         # head become extra query rows of that head, [B, H_kv, groups * width, D]
         groups = self.groups
         q = q.reshape(rows, self.kv_heads, groups * width, self.head_dim)
-        out = blocked_attention(q, keys, values, hidden_keys, attn.scaling, chunk)
+        if tree is None:
+            out = blocked_attention(q, keys, values, hidden_keys, attn.scaling, chunk)
+        else:
+            out = tree_attention(q, keys, values, tree, attn.scaling)
         out = out.reshape(rows, self.kv_heads * groups, width, self.head_dim).transpose(1, 2)
         return block.o(out.reshape(rows, width, -1).to(x.dtype))  # from float32 attention
 
@@ -337,7 +389,7 @@ class StaticCausalLM(HFModel):
 
     def _reset(self, rows: int, length: int, reserve: int) -> None:
         """An empty cache with room for a `length`-token prompt and `reserve` more positions."""
-        self._length = 0
+        self._length, self._tree_start = 0, None
         self._ensure_capacity(rows, length + (reserve if reserve > 0 else DEFAULT_RESERVE))
 
     def _ensure_capacity(self, rows: int, needed: int) -> None:
