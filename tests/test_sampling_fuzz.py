@@ -3,6 +3,7 @@ either refused with an InvalidParameter naming its field, or gives a finite dist
 
 import math
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -68,6 +69,15 @@ def test_seeds_are_64_bit_or_refused(seed) -> None:
             assert error.param == "seed" and "2**64" in str(error)
         else:
             raise AssertionError(f"seed {seed} was accepted")
+
+
+@pytest.mark.parametrize("top_p", [5e-324, 1e-45, 1e-30])
+def test_a_top_p_below_float32s_range_keeps_the_most_likely_token(top_p) -> None:
+    """Found by the long server fuzz: top_p = 5e-324 is 0 in float32, which dropped every
+    token and gave NaN."""
+    logits = torch.randn(3, VOCAB, generator=torch.Generator().manual_seed(0))
+    probs = adjusted_probs(logits, SamplingParams(top_p=top_p))
+    assert torch.equal(probs, torch.nn.functional.one_hot(logits.argmax(-1), VOCAB).float())
 
 
 def test_the_filed_examples() -> None:

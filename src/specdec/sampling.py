@@ -207,6 +207,8 @@ def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     sorted_probs, order = probs.sort(dim=-1, descending=True)
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
     drop_sorted = mass_before >= top_p  # the token that crosses top_p is kept
+    # and the most likely one always: a top_p below float32's range (5e-324) reads as 0
+    drop_sorted[..., 0] = False
     drop = drop_sorted.scatter(-1, order, drop_sorted)
     return probs.masked_fill(drop, 0.0)
 
