@@ -32,7 +32,7 @@ def causal_mask(query_positions: torch.Tensor, length: int) -> torch.Tensor:
     rows repeating the last query (the products' kernels differ below MIN_QUERY_ROWS)."""
     if length % KEY_BLOCK:
         raise ValueError(f"key length {length} is not a multiple of {KEY_BLOCK}")
-    query_positions = _pad_rows(query_positions, MIN_QUERY_ROWS, dim=1)
+    query_positions = pad_rows(query_positions, MIN_QUERY_ROWS, dim=1)
     key_index = torch.arange(length, device=query_positions.device).view(-1, 1, KEY_BLOCK)
     return key_index > query_positions[:, None, None, :, None]
 
@@ -57,8 +57,9 @@ def blocked_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                       for i in range(0, m, chunk)], dim=2)
 
 
-def _pad_rows(x: torch.Tensor, rows: int, dim: int) -> torch.Tensor:
-    """x with at least `rows` entries along dim, extra ones repeating the last."""
+def pad_rows(x: torch.Tensor, rows: int, dim: int) -> torch.Tensor:
+    """x with at least `rows` entries along dim, extra ones repeating the last (query rows
+    padded to MIN_QUERY_ROWS here and in tree attention: their outputs are dropped)."""
     missing = rows - x.shape[dim]
     if missing <= 0:
         return x
@@ -71,8 +72,8 @@ def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
             hidden: torch.Tensor, scale: float) -> torch.Tensor:
     m = q.shape[2]
     # a prefill's last chunk may be shorter than MIN_QUERY_ROWS: pad it like the mask is
-    hidden = _pad_rows(hidden, MIN_QUERY_ROWS, dim=3)
-    q = _pad_rows(q, hidden.shape[3], dim=2)  # extra rows' outputs are dropped
+    hidden = pad_rows(hidden, MIN_QUERY_ROWS, dim=3)
+    q = pad_rows(q, hidden.shape[3], dim=2)  # extra rows' outputs are dropped
     kb, vb = key_blocks(keys), key_blocks(values)
     scores = block_scores(q, kb, scale)  # [R, H, n, M, B]
     scores.masked_fill_(hidden, float("-inf"))  # in place: one score tensor at a time
@@ -82,19 +83,6 @@ def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
 
 # --- the pieces, shared with tree attention (models/tree_attention.py) so that a tree node's
 # --- arithmetic is the same, op for op, as that of the same token in a line
-
-
-def pad_queries(q: torch.Tensor, query_positions: torch.Tensor,
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """At least MIN_QUERY_ROWS query rows: extra rows repeat the last query (outputs dropped)."""
-    rows, heads, m, dim = q.shape
-    padded = max(m, MIN_QUERY_ROWS)
-    if padded == m:
-        return q, query_positions
-    q = torch.cat([q, q[:, :, -1:].expand(rows, heads, padded - m, dim)], dim=2)
-    query_positions = torch.cat(
-        [query_positions, query_positions[:, -1:].expand(-1, padded - m)], dim=1)
-    return q, query_positions
 
 
 def key_blocks(keys: torch.Tensor) -> torch.Tensor:

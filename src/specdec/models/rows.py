@@ -23,10 +23,10 @@ import torch
 from specdec.models.base import LanguageModel
 from specdec.models.hf import HFModel
 from specdec.models.static import (
-    CAPACITY_STEP,
     PREFILL_CHUNK,
     StaticCausalLM,
     StaticKVCache,
+    rounded_capacity,
 )
 
 
@@ -212,7 +212,7 @@ class StaticRows:
         return len(self.lengths)
 
     def cache_bytes(self, rows: int, positions: int) -> int:
-        return rows * _rounded(positions) * self.bytes_per_position
+        return rows * rounded_capacity(positions) * self.bytes_per_position
 
     def fits(self, prompt_length: int, positions: int) -> bool:
         if self.count + len(self.filling) >= self.max_rows:
@@ -383,11 +383,6 @@ class StaticRows:
     def _free_if_idle(self) -> None:
         if not self.lengths and not self.filling:
             self.cache = None
-
-
-def _rounded(positions: int) -> int:
-    """Positions as the cache allocates them (multiples of CAPACITY_STEP)."""
-    return -(-max(positions, 1) // CAPACITY_STEP) * CAPACITY_STEP
 
 
 def make_rows(model: LanguageModel, max_rows: int, max_bytes: int | None = None) -> Rows:

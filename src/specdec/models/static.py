@@ -416,7 +416,7 @@ class StaticCausalLM(HFModel):
 
     def new_cache(self, rows: int, capacity: int) -> StaticKVCache:
         """An empty cache for this model's layers (capacity rounded up), rotary covered."""
-        capacity = -(-max(capacity, 1) // CAPACITY_STEP) * CAPACITY_STEP
+        capacity = rounded_capacity(capacity)
         self.ensure_rotary(capacity)
         return StaticKVCache(len(self.layers), rows, self.kv_heads, self.head_dim, capacity,
                              CACHE_DTYPE, self.device)
@@ -494,3 +494,8 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin
+
+
+def rounded_capacity(positions: int) -> int:
+    """Positions as a cache allocates them: a multiple of CAPACITY_STEP, at least one step."""
+    return -(-max(positions, 1) // CAPACITY_STEP) * CAPACITY_STEP

@@ -23,10 +23,11 @@ import torch
 
 from specdec.models.attention import (
     KEY_BLOCK,
+    MIN_QUERY_ROWS,
     block_partials,
     block_scores,
     key_blocks,
-    pad_queries,
+    pad_rows,
     scan_blocks,
 )
 
@@ -99,11 +100,11 @@ def tree_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     n = layout.nodes
     groups = rows // n
     # the shared committed blocks: every node is a query row
-    head_q, _ = pad_queries(q, torch.zeros(1, rows, dtype=torch.long, device=q.device))
+    head_q = pad_rows(q, MIN_QUERY_ROWS, dim=2)
     padded = head_q.shape[2]
     # the tails: node i is row i, its query heads the rows of that row
     tail_q = q[0].view(heads, groups, n, dim).permute(2, 0, 1, 3)  # [N, H, G, D]
-    tail_q, _ = pad_queries(tail_q, layout.tail_positions.expand(n, groups))
+    tail_q = pad_rows(tail_q, MIN_QUERY_ROWS, dim=2)
     tail_rows = tail_q.shape[2]
     tail_k = key_blocks(keys[0][:, layout.gather].transpose(0, 1))  # [N, H, t, B, D]
     tail_v = key_blocks(values[0][:, layout.gather].transpose(0, 1))
@@ -135,7 +136,7 @@ def tree_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
 
 def _to_rows(per_node: torch.Tensor, padded: int) -> torch.Tensor:
     """[N, H, G, ...] per node -> [1, H, M', ...] in the shared rows' order (g * N + i),
-    padded like `pad_queries` (extra rows repeat the last)."""
+    padded like `pad_rows` (extra rows repeat the last)."""
     n, heads, groups = per_node.shape[:3]
     rows = per_node.permute(1, 2, 0, *range(3, per_node.ndim)).reshape(
         1, heads, groups * n, *per_node.shape[3:])
