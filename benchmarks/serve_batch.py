@@ -14,14 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
-
-import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 import serve_load  # noqa: E402
@@ -44,29 +40,11 @@ def parse() -> argparse.Namespace:
 
 
 def start(args: argparse.Namespace, batch: int) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [sys.executable, "-c", "import sys; from specdec.cli import main; sys.exit(main())",
-               "serve", "--target", args.target,
-               "--draft", args.draft, "--gamma", args.gamma, "--threads", str(args.threads),
-               "--device", args.device, "--max-batch-size", str(batch), "--max-queue", "256",
-               "--port", str(port), "--log-level", "warning", *args.extra.split()]
     log = open(Path(args.out) / f"serve_{batch}.log", "w")  # noqa: SIM115 (the server's life)
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise TimeoutError("server not healthy after 600 s")
+    return serve_load.start_server(
+        ["--target", args.target, "--draft", args.draft, "--gamma", args.gamma,
+         "--threads", str(args.threads), "--device", args.device, "--max-batch-size", str(batch),
+         "--max-queue", "256", *args.extra.split()], log, timeout=600)
 
 
 def main() -> int:

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import statistics
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
+import httpx
 import openai
 
 TOPICS = ["a binary search", "a linked list", "quicksort", "a web server", "JSON parsing",
@@ -112,6 +115,30 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as out:
             json.dump(summary, out, indent=2)
     return 0 if summary["errors"] == 0 else 1
+
+
+def start_server(serve_args: list[str], log, timeout: float) -> tuple[subprocess.Popen, str]:
+    """`specdec serve SERVE_ARGS` on a free loopback port, its output written to `log` (an
+    open file); returns the process and its URL once /health answers, or raises (killed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-c", "import sys; from specdec.cli import main; sys.exit(main())",
+               "serve", *serve_args, "--port", str(port), "--log-level", "warning"]
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise TimeoutError(f"server not healthy after {timeout:g} s")
 
 
 if __name__ == "__main__":

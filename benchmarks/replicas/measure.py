@@ -17,14 +17,10 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
-
-import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import serve_load  # noqa: E402
@@ -52,29 +48,14 @@ def parse() -> argparse.Namespace:
 
 
 def start(args: argparse.Namespace, name: str) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [sys.executable, "-c", "import sys; from specdec.cli import main; sys.exit(main())",
-               "serve", "--target", args.target, "--draft", args.draft, "--gamma", args.gamma,
-               "--max-batch-size", str(args.max_batch_size), "--max-queue", "256",
-               "--port", str(port), "--log-level", "warning", *SETUPS[name],
-               *args.extra.split()]
     log = open(Path(args.out) / f"serve_{name}.log", "w")  # noqa: SIM115 (the server's life)
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{name}: server exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise TimeoutError(f"{name}: server not healthy after 900 s")
+    try:
+        return serve_load.start_server(
+            ["--target", args.target, "--draft", args.draft, "--gamma", args.gamma,
+             "--max-batch-size", str(args.max_batch_size), "--max-queue", "256",
+             *SETUPS[name], *args.extra.split()], log, timeout=900)
+    except (RuntimeError, TimeoutError) as error:
+        raise type(error)(f"{name}: {error}") from None
 
 
 def warm_up(url: str) -> None:

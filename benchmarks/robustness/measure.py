@@ -20,46 +20,34 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import serve_load  # noqa: E402
 
 CODE = "def f{i}(x):\n    return [y * {i} for y in range(x) if y % 3 == {m}]\n\n"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def server(target: str, threads: int, *extra: str):
-    port = free_port()
-    command = [sys.executable, "-c", "import sys; from specdec.cli import main; sys.exit(main())",
-               "serve", "--target", target, "--threads", str(threads), "--port", str(port),
-               "--log-level", "warning", *extra]
+    """`specdec serve` of `target` for the block; its output shown if it does not start."""
     with tempfile.TemporaryFile(mode="w+") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.time() + 300
-            while time.time() < deadline and process.poll() is None:
-                try:
-                    if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.5)
-            else:
-                log.seek(0)
-                raise RuntimeError(f"the server did not start: {log.read()[-2000:]}")
+            process, url = serve_load.start_server(
+                ["--target", target, "--threads", str(threads), *extra], log, timeout=300)
+        except (RuntimeError, TimeoutError) as error:
+            log.seek(0)
+            raise RuntimeError(f"the server did not start ({error}): {log.read()[-2000:]}") \
+                from None
+        try:
             yield url, process.pid
         finally:
             process.terminate()
