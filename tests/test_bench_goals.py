@@ -3,6 +3,7 @@ are flagged; the bench CLI finds its questions from any install and checks --dra
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 import specdec
 from specdec.bench.goals import MIN_QUESTIONS, interval, judge
 from specdec.bench.suite import machine_load
-from specdec.bench.workloads import DEFAULT_QUESTIONS, load_questions
+from specdec.bench.workloads import DEFAULT_QUESTIONS, EDITING_QUESTIONS, load_questions
 from specdec.cli import main
 from specdec.machine import OtherJobsMeter, busy_cpu_seconds, cpu_count
 
@@ -103,6 +104,17 @@ def test_default_questions_ship_with_the_package():
     assert len(questions) == 240
     assert {q.category for q in questions} == {"conversation", "translation", "summarization",
                                                "qa", "math_reasoning", "rag"}
+
+
+def test_editing_workload_ships_twenty_edits_with_their_source():
+    questions = load_questions("editing")
+    assert len(questions) == 20
+    assert {q.category for q in questions} == {"code_edit", "doc_edit"}
+    rows = [json.loads(line) for line in EDITING_QUESTIONS.read_text().splitlines()]
+    assert all(r["license"] == "PSF-2.0" and r["source"].startswith("CPython ") for r in rows)
+    assert (EDITING_QUESTIONS.parent / "LICENSE-PSF-2.0.txt").is_file()
+    # an edit: the text to change is in the prompt, fenced
+    assert all("```" in q.text and "Return the complete updated" in q.text for q in questions)
 
 
 @pytest.mark.parametrize(("argv", "message"), [

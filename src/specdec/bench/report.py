@@ -100,8 +100,9 @@ def leaderboard(summaries: list[Summary]) -> list[str]:
         rows.append([method] + [_f(by[(method, c)].speedup, suffix="x") if (method, c) in by
                                 else "-" for c in categories] +
                     [_f(overall.speedup, suffix="x"), _f(overall.tokens_per_s, 1),
-                     _f(overall.tokens_per_call)])
-    return _table(["method"] + categories + ["overall", "tok/s", "tokens/call"], rows)
+                     _f(overall.tokens_per_call), _f(overall.mean_gamma)])
+    return _table(["method"] + categories + ["overall", "tok/s", "tokens/call", "nodes/call"],
+                  rows)
 
 
 def table2(summaries: list[Summary]) -> list[str]:
@@ -117,7 +118,7 @@ def theory_table(summaries: list[Summary]) -> list[str]:
              _f(s.predicted_speedup, suffix="x"), _f(s.decode_speedup, suffix="x"),
              _f(s.efficiency)]
             for s in summaries if s.category == OVERALL and s.alpha is not None]
-    return _table(["method", "temp", "accept frac", "alpha (sum min)", "mean gamma", "c", "v",
+    return _table(["method", "temp", "accept frac", "alpha (sum min)", "nodes/call", "c", "v",
                    "tokens/call", "predicted S", "decode speedup", "measured/predicted"], rows)
 
 

@@ -17,7 +17,7 @@ from specdec.bench.metrics import summarize
 from specdec.bench.report import write_outputs
 from specdec.bench.roofline import measure_roofline, packing_lines
 from specdec.bench.runner import Prompt, RunConfig, run
-from specdec.bench.workloads import CATEGORIES, Question, load_questions
+from specdec.bench.workloads import Question, load_questions
 from specdec.drafters.factory import build_drafter, build_gamma, parse_draft, split_gammas
 from specdec.errors import UsageError
 from specdec.machine import OtherJobsMeter, cpu_count, load_average
@@ -34,7 +34,7 @@ class BenchConfig:
     out: str
     drafts: list[str] = field(default_factory=lambda: ["ngram"])  # SPEC or SPEC@G1/G2
     gammas: list[int | str] = field(default_factory=lambda: [4, "auto"])
-    categories: list[str] = field(default_factory=lambda: list(CATEGORIES))
+    categories: list[str] | None = None  # None: every category of the question file
     per_category: int = 8
     max_new_tokens: int = 128
     temperatures: list[float] = field(default_factory=lambda: [0.0, 1.0])

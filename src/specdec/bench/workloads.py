@@ -1,4 +1,4 @@
-"""Spec-Bench questions as benchmark prompts (first turn only)."""
+"""Benchmark prompts: Spec-Bench questions or the editing workload (first turn only)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ MT_BENCH = frozenset({"writing", "roleplay", "reasoning", "math", "coding", "ext
                       "humanities"})
 # shipped with the package (Apache-2.0, see data/README.md): works from any install
 DEFAULT_QUESTIONS = Path(__file__).with_name("data") / "spec_bench_dev.jsonl"
+# 20 code and document edits from CPython's stdlib (PSF-2.0): most of an answer repeats its prompt
+EDITING_QUESTIONS = Path(__file__).with_name("data") / "editing.jsonl"
+WORKLOADS = {"spec-bench": DEFAULT_QUESTIONS, "editing": EDITING_QUESTIONS}
 MAX_QUESTIONS_BYTES = 64 * 1024 * 1024  # bound what a user-given file may make us read
 
 
@@ -29,15 +32,24 @@ def category_of(raw: str) -> str:
     return "conversation" if raw in MT_BENCH else raw
 
 
+def questions_path(name_or_path: str | Path) -> Path:
+    """A shipped workload's file by name (WORKLOADS), else the path as given."""
+    shipped = WORKLOADS.get(str(name_or_path))
+    path = shipped if shipped is not None else Path(name_or_path).expanduser()
+    if not path.is_file():
+        raise UsageError(f"--questions: no such file: {path} (or a workload: "
+                         f"{', '.join(WORKLOADS)})")
+    return path
+
+
 def load_questions(path: str | Path, categories: list[str] | None = None,
                    per_category: int | None = None) -> list[Question]:
-    """Questions from a Spec-Bench jsonl file, up to `per_category` of each category.
+    """Questions from a Spec-Bench jsonl file (or a WORKLOADS name), up to `per_category` of
+    each category; categories None: every category of the file.
 
     Lines need "question_id", "category" and "turns" (a list of strings; the first is used).
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UsageError(f"--questions: no such file: {path}")
+    path = questions_path(path)
     if path.stat().st_size > MAX_QUESTIONS_BYTES:
         raise UsageError(f"{path}: larger than {MAX_QUESTIONS_BYTES} bytes")
     wanted = None if categories is None else set(categories)

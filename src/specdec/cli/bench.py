@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from specdec.bench.workloads import CATEGORIES, DEFAULT_QUESTIONS
+from specdec.bench.workloads import CATEGORIES, questions_path
 from specdec.cli.options import add_runtime_arguments, runtime_options
 from specdec.errors import UsageError
 from specdec.machine import contention_warning
@@ -23,7 +23,7 @@ QUICK = {"drafts": "ngram", "categories": "qa,summarization", "per_category": 1,
          "max_new_tokens": 32, "gammas": "auto", "temperatures": "0", "no_llamacpp": True}
 QUICK_COST = ("2.4 min of CPU once the model is converted: 4.4 min measured here with "
               "--threads 1 while the load average was 5-6 on 2 cores")
-DEFAULTS = {"drafts": DEFAULT_DRAFTS, "categories": ",".join(CATEGORIES), "per_category": 8,
+DEFAULTS = {"drafts": DEFAULT_DRAFTS, "per_category": 8,
             "max_new_tokens": 128, "gammas": "4,auto", "temperatures": "0,1",
             "no_llamacpp": False}
 
@@ -36,14 +36,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--gammas", help="comma-separated gammas per drafter, integers or 'auto' "
                                     "(default 4,auto)")
     p.add_argument("--categories",
-                   help=f"comma-separated, of {', '.join(CATEGORIES)} (default all)")
+                   help=f"comma-separated, e.g. of Spec-Bench's {', '.join(CATEGORIES)} (default: "
+                        "all of the question file)")
     p.add_argument("--per-category", type=int, help="questions per category (default 8)")
     p.add_argument("--max-new-tokens", type=int, help="per generation (default 128)")
     p.add_argument("--temperatures", help="comma-separated (default 0,1)")
     p.add_argument("--repeats", type=int, default=1, help="repeat the whole run (spread)")
-    p.add_argument("--questions", default=str(DEFAULT_QUESTIONS),
-                   help="Spec-Bench jsonl file (default: the 240 dev questions shipped with "
-                        "specdec)")
+    p.add_argument("--questions", default="spec-bench",
+                   help="a shipped workload, spec-bench (the 240 Spec-Bench dev questions) or "
+                        "editing (20 code and document edits), or a Spec-Bench-style jsonl file "
+                        "(default spec-bench)")
     p.add_argument("--out", default="bench-out", help="output directory (default bench-out)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32", "float16"],
                    help="auto: bfloat16 where the CPU computes it natively, else float32")
@@ -75,7 +77,7 @@ def main(argv: list[str]) -> int:
         target=args.target, questions=args.questions, out=args.out,
         drafts=_list(args.drafts, "--drafts"), gammas=[_gamma(g) for g in _list(args.gammas,
                                                                                 "--gammas")],
-        categories=_list(args.categories, "--categories"),
+        categories=None if args.categories is None else _list(args.categories, "--categories"),
         per_category=_bounded(args.per_category, "--per-category", 1, 1000),
         max_new_tokens=_bounded(args.max_new_tokens, "--max-new-tokens", 1, 8192),
         temperatures=[_temperature(t) for t in _list(args.temperatures, "--temperatures")],
@@ -86,8 +88,7 @@ def main(argv: list[str]) -> int:
         max_minutes=None if args.max_minutes is None else
         float(_bounded(args.max_minutes, "--max-minutes", 0, 10080)))
     _check_drafts(config)
-    if not Path(config.questions).expanduser().is_file():
-        raise UsageError(f"--questions: no such file: {config.questions}")
+    questions_path(config.questions)  # a missing file fails before any model loads
     torch.set_num_threads(config.threads)
     warning = contention_warning(config.threads) if runtime.device.type == "cpu" else None
     if warning:
