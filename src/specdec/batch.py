@@ -217,8 +217,9 @@ class BatchDecoder:
         # a row's own acceptance, shrunk toward the batch's while it has little of its own
         alphas = [self.batch_policy.row_alpha(seq.stats.beta_sum, seq.stats.beta_count)
                   for seq in sequences]
-        # rows cap at what they may still emit; the batch policy chooses the common width
-        room = [max(seq.remaining - 1, 0) for seq in sequences]
+        # rows cap at what they may still emit and at their own max_draft_tokens; the batch
+        # policy chooses the common width
+        room = [seq.draft_room for seq in sequences]
         width = self.batch_policy.choose(alphas, room)
         return [min(width, r) for r in room]
 

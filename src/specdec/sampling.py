@@ -33,6 +33,9 @@ class SamplingParams:
     (seed, position, token), so the text depends on the seed and the target only (see
     specdec.noise); False = Algorithm 1's rejection rule (the highest acceptance); None =
     coupled exactly when a seed is given.
+    max_draft_tokens caps the tokens (tree nodes) drafted per step for this request, 0 = no
+    speculation, None = the decoder's own gamma; it changes speed only, never the text's
+    distribution (every rule above is exact whatever is drafted).
 
     Limits (a UsageError naming the field otherwise; NaN and infinities are refused
     everywhere): seed an integer in [-2**63, 2**64), stored modulo 2**64 (torch's and the
@@ -55,6 +58,7 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = field(default_factory=tuple)  # or a Mapping
     logprobs: int | None = None
     coupled: bool | None = None
+    max_draft_tokens: int | None = None
 
     def __post_init__(self) -> None:
         _check_number("temperature", self.temperature)
@@ -86,6 +90,12 @@ class SamplingParams:
             raise InvalidParameter("coupled",
                                    f"coupled must be true, false or None, got {self.coupled!r}")
         self._check_penalties()
+        cap = self.max_draft_tokens
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int)
+                                or not 0 <= cap <= MAX_DRAFT_TOKENS):
+            raise InvalidParameter("max_draft_tokens",
+                                   f"max_draft_tokens must be None or an integer in "
+                                   f"[0, {MAX_DRAFT_TOKENS}], got {cap!r}")
         lp = self.logprobs
         if lp is not None and (isinstance(lp, bool) or not isinstance(lp, int)
                                or not 0 <= lp <= MAX_LOGPROBS):
@@ -160,6 +170,7 @@ MAX_LOGPROBS = 20  # as the OpenAI API
 GREEDY_BELOW = 1e-5  # temperatures below this are greedy (vLLM's threshold)
 REPETITION_PENALTY_RANGE = (0.01, 100.0)  # logits scaled at most 100x: finite in float32
 MAX_LOGIT_BIAS = 1024
+MAX_DRAFT_TOKENS = 64  # per step, as --gamma's bound (drafters.factory.MAX_GAMMA)
 
 
 def _pairs(items: Iterable) -> Iterable[tuple]:

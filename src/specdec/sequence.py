@@ -92,9 +92,17 @@ class Sequence:
     def pending(self) -> int:
         return int(self.context[0, -1])
 
+    @property
+    def draft_room(self) -> int:
+        """Drafts this step may take: never past max_new_tokens (a step emits k + 1), never
+        past the request's own max_draft_tokens."""
+        cap = self.params.max_draft_tokens
+        room = max(self.remaining - 1, 0)
+        return room if cap is None else min(room, cap)
+
     def wanted_gamma(self) -> int:
-        """The policy's gamma, never drafting past max_new_tokens (a step emits k + 1)."""
-        return min(self.policy.choose(), self.remaining - 1)
+        """The policy's gamma within the room (draft_room)."""
+        return min(self.policy.choose(), self.draft_room)
 
     def propose(self, k: int, clock: StepClock) -> torch.Tensor:
         """Draft up to k tokens; returns them [1, k'] on the target's device."""

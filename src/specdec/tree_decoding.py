@@ -5,12 +5,12 @@ target verifies them (`verifies_trees`: the static runner) and the request has n
 (their per-node histories are not implemented). Everything else, and batched decoding
 (batch.py, the server), verifies lines: a tree drafter's `propose` gives its main line there.
 
-Per step: the policy's gamma is the node budget (and depth cap); the drafter proposes at
-most that many nodes; the pending token and the tree go through ONE `extend_tree` (a line
-through `extend`, compiled widths included); verify_tree.py decides the path; the runner keeps
-that path's keys and values (`accept_path`: moved, not recomputed). The policy observes the
-step as a line of `nodes` drafts of which the path was accepted, so the controller's measured
-cost per width is the cost of verifying that many nodes.
+Per step: the policy's gamma is the node budget (within the request's max_draft_tokens); a
+TreePolicy (`auto`: control/budget.py) also caps the depth, else the budget is the depth cap;
+the drafter proposes at most that many nodes; the pending token and the tree go through ONE
+`extend_tree` (a line through `extend`, compiled widths included); verify_tree.py decides the
+path; the runner keeps that path's keys and values (`accept_path`: moved, not recomputed). The
+policy observes the step's budget, verified nodes, accepted path length and times.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from collections.abc import Callable
 
 import torch
 
-from specdec.control.policy import FixedGamma, GammaPolicy, StepRecord
+from specdec.control.budget import tree_policy
+from specdec.control.policy import GammaPolicy, StepRecord, TreePolicy
 from specdec.drafters.tree import DraftTree, TreeDrafter
 from specdec.models.base import LanguageModel
 from specdec.models.device import StepClock
@@ -65,7 +66,7 @@ class TreeDecoder:
         self.drafter.begin(prompt_ids)
         t2 = clock.mark()
         params = resolve_seed(params)
-        policy = FixedGamma(self.gamma) if isinstance(self.gamma, int) else self.gamma()
+        policy = tree_policy(self.gamma)
         stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else
                                                  set(self.eos_ids))
         sequence = Sequence(prompt_ids, context, params, self.drafter, policy, stop_ids,
@@ -82,8 +83,10 @@ class TreeDecoder:
         seq = self.sequences[0]
         clock = self.clock
         budget = seq.wanted_gamma()
+        policy = seq.policy
+        depth = min(policy.depth_cap(), budget) if isinstance(policy, TreePolicy) else budget
         t0 = clock.mark()
-        tree = self._propose(seq, budget)
+        tree = self._propose(seq, budget, depth)
         t1 = clock.mark()
         # node 0 is the pending token (the context's last, not yet cached)
         parents = [-1] + [p + 1 for p in tree.parents]
@@ -99,17 +102,18 @@ class TreeDecoder:
             target.rollback(tree.size - len(path))
         else:
             target.accept_path([0, *path])
-        event = self._event(seq, tree, parents, path, next_token, logits, (t0, t1), (t1, t2))
+        event = self._event(seq, tree, parents, path, next_token, logits, (t0, t1), (t1, t2),
+                            budget)
         event = seq.advance(event)
         if seq.finished:
             self.sequences.clear()
         return [(seq, event)]
 
-    def _propose(self, seq: Sequence, budget: int) -> DraftTree:
+    def _propose(self, seq: Sequence, budget: int, depth: int) -> DraftTree:
         if budget <= 0:
             return DraftTree.empty()
         try:
-            tree = self.drafter.propose_tree(seq.context, budget, budget, seq.params,
+            tree = self.drafter.propose_tree(seq.context, budget, depth, seq.params,
                                              seq.generator)
         except Exception as error:  # a broken drafter costs speed, never correctness
             warnings.warn(f"drafter {self.drafter.name!r} failed ({error!r}); decoding this "
@@ -141,7 +145,7 @@ class TreeDecoder:
 
     def _event(self, seq: Sequence, tree: DraftTree, parents: list[int], path: list[int],
                next_token: int, logits: torch.Tensor, drafter_marks: tuple,
-               target_marks: tuple) -> StepEvent:
+               target_marks: tuple, budget: int) -> StepEvent:
         """The step's event and statistics (before `advance` cuts it at stop tokens)."""
         clock, stats = self.clock, seq.stats
         tokens = [seq.pending, *tree.tokens[0].tolist()]
@@ -161,7 +165,7 @@ class TreeDecoder:
         seq.last_drafter_s = drafter_s
         seq.policy.observe(StepRecord(drafted=tree.size, accepted=n, betas=betas,
                                       drafter_s=drafter_s, drafter_forwards=tree.forwards,
-                                      target_s=target_s))
+                                      target_s=target_s, budget=budget))
         event = StepEvent(accepted=accepted, rejected=[tokens[i] for i in tested],
                           next_token=next_token, bonus=not tested)
         if seq.params.logprobs is not None:  # the verify forward's logits: no extra forward

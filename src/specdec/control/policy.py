@@ -16,6 +16,7 @@ class StepRecord:
     drafter_s: float  # time spent proposing
     drafter_forwards: int  # drafter model forwards (0 for model-free drafters)
     target_s: float  # time of the one target forward over k + 1 tokens (and its rollback)
+    budget: int | None = None  # tree steps: the node budget the drafter was given
 
 
 @runtime_checkable
@@ -25,6 +26,14 @@ class GammaPolicy(Protocol):
     def choose(self) -> int: ...
 
     def observe(self, step: StepRecord) -> None: ...
+
+
+@runtime_checkable
+class TreePolicy(GammaPolicy, Protocol):
+    """A policy for tree steps: choose() gives the node budget, depth_cap() the deepest
+    depth worth drafting at that budget."""
+
+    def depth_cap(self) -> int: ...
 
 
 @dataclass

@@ -119,13 +119,14 @@ def build_drafter(spec: str, target: LanguageModel,
 
 
 def build_gamma(value: str | int) -> int | Callable[[], GammaPolicy]:
-    """An integer gamma, or for 'auto' a factory of GammaController (one per generation;
-    the controllers of one factory share their measured model timings)."""
+    """An integer gamma, or for 'auto' a factory of controllers, one per generation: the line
+    controller (GammaController), or for tree drafts the node-budget controller
+    (control.budget.AutoPolicies); a factory's controllers share their measured timings."""
     text = str(value).strip().lower()
     if text == "auto":
-        from specdec.control.auto import auto_gamma
+        from specdec.control.budget import AutoPolicies
 
-        return auto_gamma()
+        return AutoPolicies()
     try:
         gamma = int(text)
     except ValueError:

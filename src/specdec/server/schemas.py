@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from specdec.errors import InvalidParameter
-from specdec.sampling import MAX_LOGIT_BIAS, MAX_LOGPROBS, SamplingParams
+from specdec.sampling import MAX_DRAFT_TOKENS, MAX_LOGIT_BIAS, MAX_LOGPROBS, SamplingParams
 
 MAX_STOP_STRINGS = 4  # as the OpenAI API
 MAX_STOP_LENGTH = 256
@@ -41,6 +41,23 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class Speculative(BaseModel):
+    """Per-request control of speculation (extension, after llama.cpp's `speculative.n_max`).
+
+    Speed only: the text's distribution is the same whatever is drafted. Unknown keys are
+    refused (a misspelt cap must not be silently ignored).
+    """
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    enabled: bool = True  # false: plain decoding for this request (as max_draft_tokens 0)
+    # at most this many tokens (tree nodes) drafted per step; null: the server's own gamma
+    max_draft_tokens: int | None = Field(default=None, ge=0, le=MAX_DRAFT_TOKENS)
+
+    def cap(self) -> int | None:
+        """SamplingParams.max_draft_tokens: 0 when disabled."""
+        return 0 if not self.enabled else self.max_draft_tokens
+
+
 class _Sampling(BaseModel):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
@@ -65,6 +82,7 @@ class _Sampling(BaseModel):
     frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
     repetition_penalty: float = Field(default=1.0, gt=0)  # extension (vLLM, transformers)
     logit_bias: dict[str, float] | None = Field(default=None, max_length=MAX_LOGIT_BIAS)
+    speculative: Speculative | None = None  # extension: per-request speculation control
 
     @field_validator("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty",
                      "repetition_penalty")
@@ -106,7 +124,8 @@ class _Sampling(BaseModel):
             ignore_eos=self.ignore_eos, repetition_penalty=self.repetition_penalty,
             frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty,
             logit_bias=_logit_bias(self.logit_bias), logprobs=self.top_logprobs_wanted(),
-            coupled=self.coupled)
+            coupled=self.coupled,
+            max_draft_tokens=None if self.speculative is None else self.speculative.cap())
 
 
 class CompletionRequest(_Sampling):
