@@ -13,7 +13,7 @@ from specdec import SamplingParams, SpeculativeDecoder
 from specdec.batch import RowFailure
 from specdec.drafters.tree import DraftTree
 from specdec.models import wrap
-from specdec.models.rows import StaticRows, make_rows
+from specdec.models.rows import SingleRow, StaticRows, make_rows
 from test_isolation import run
 from tiny import tiny_llama
 from tree_fixtures import RandomTrees
@@ -185,3 +185,17 @@ def test_a_row_failing_in_its_verification_leaves_alone(target, monkeypatch):
     assert failed == [2]
     for i in (0, 1, 3):
         assert tokens[i] == decoder.generate(PROMPTS[i], params[i]).tokens, i
+
+
+def test_one_row_over_the_runners_own_cache_verifies_trees(target):
+    """`serve --max-batch-size 1` and unforkable drafters: SingleRow passes trees through to
+    the runner (and a line-only runner keeps lines)."""
+    params = _params("greedy", 0, LENGTHS[0])
+    decoder = SpeculativeDecoder(target, _drafter(target), GAMMA)
+    loop = decoder.batch(SingleRow(target))
+    sequence = loop.add(torch.tensor([PROMPTS[0]]), params)
+    tokens, failed = run(loop, [sequence])
+    assert not failed and tokens[0] == decoder.generate(PROMPTS[0], params).tokens
+    assert sequence.stats.tree_steps > 0
+    assert SingleRow(target).verifies_trees
+    assert not SingleRow(wrap(tiny_llama(vocab_size=VOCAB), runtime="dynamic")).verifies_trees
