@@ -1,5 +1,6 @@
 """Batched tree verification: each row's own tree, one forward for all rows, every row's
-tokens those of the same request decoded alone with TreeDecoder (float32, tiny llama).
+tokens those of the same request decoded alone (`generate`: one row on the runner's own cache,
+StaticCausalLM.extend_tree/accept_path) (float32, tiny llama).
 
 Rows join and leave mid-way, line rows (penalties) share the tree steps, and a row whose own
 work fails leaves alone while the others' tokens stay the same."""
@@ -82,13 +83,13 @@ def test_rows_verify_each_rows_tree_as_it_is_verified_alone(target):
                                         ("sample", 1)])
 def test_batched_trees_equal_each_sequence_alone(target, rule, seed):
     """3 rows at a time over 4 prompts (the 4th joins when the first leaves): every row's
-    tokens equal TreeDecoder's for that prompt alone, trees verified in the batch."""
+    tokens equal those of that prompt alone, trees verified in the batch."""
     params = [_params(rule, seed + i, n) for i, n in enumerate(LENGTHS)]
     decoder = SpeculativeDecoder(target, _drafter(target), GAMMA)
     batched = decoder.generate_batch(PROMPTS, params, max_batch_size=3)
     plain = SpeculativeDecoder(target, None, 0)
     for prompt, p, result in zip(PROMPTS, params, batched, strict=True):
-        alone = decoder.generate(prompt, p)  # TreeDecoder: one sequence
+        alone = decoder.generate(prompt, p)  # one sequence
         assert result.tokens == alone.tokens
         if rule != "sample":  # and the text of plain decoding
             assert result.tokens == plain.generate(prompt, p).tokens

@@ -6,14 +6,15 @@ row proposes its own tree with its own budget (tree_decoding.propose_tree); ever
 proposes its line (Sequence.propose), which goes in as a chain. The blocks (the pending token,
 then the nodes) are padded to a common width and verified in one forward: Rows.extend_tree
 with each row's parents (Rows.extend when every block is a chain). A tree row is judged by
-its own rule with TreeDecoder's code (tree_decoding.judge_tree), a line row by Sequence.judge,
-as in a line step. Each row's cache keeps its accepted path (Rows.accept_paths: moved once,
-the rest forgotten). A row whose own work raises leaves alone (RowFailure); a drafter that
-raises costs its row speed only (no drafts that step).
+its own rule (tree_decoding.judge_tree), a line row by Sequence.judge, as in a line step.
+Each row's cache keeps its accepted path (Rows.accept_paths: moved once, the rest
+forgotten). A row whose own work raises leaves alone (RowFailure); a drafter that raises
+costs its row speed only (no drafts that step).
 
 A node's logits are the bits of the line extend of its root path (models/tree_attention.py),
 and a row's logits do not depend on the rows beside it: a row's tokens are those it gets when
-decoded alone (TreeDecoder), for every rule.
+decoded alone (SpeculativeDecoder.stream: this step over one row on the runner's own cache,
+StaticCausalLM.extend_tree), for every rule.
 """
 
 from __future__ import annotations

@@ -1,35 +1,32 @@
-"""The step loop for tree drafts (batch 1): one target forward verifies a whole tree.
+"""One sequence's part of a tree step: propose its tree, lay it out, verify it.
 
-Used by SpeculativeDecoder.stream when the drafter proposes trees (drafters/tree.py), the
-target verifies them (`verifies_trees`: the static runner) and the request has no penalties
-(their per-node histories are not implemented); everything else verifies lines (a tree
-drafter's `propose` gives its main line). Batched decoding (batch.py, the server) verifies
-each such row's tree in its shared forward (batch_trees.py) with this module's per-sequence
-functions: `propose_tree`, `tree_block`, `judge_tree`.
+A request decodes with trees (`uses_trees`) when its drafter proposes trees (drafters/tree.py),
+the rows verify them (`verifies_trees`: the static runner) and it has no penalties (their
+per-node histories are not implemented); everything else verifies lines (a tree drafter's
+`propose` gives its main line). The step itself, one target forward for every row of a batch
+(one row for SpeculativeDecoder.stream), is batch_trees.py; these functions are each row's
+part of it.
 
 Per step: the policy's gamma is the node budget (and depth cap); the drafter proposes at
-most that many nodes; the pending token and the tree go through ONE `extend_tree` (a line
-through `extend`, compiled widths included); verify_tree.py decides the path; the runner keeps
-that path's keys and values (`accept_path`: moved, not recomputed). The policy observes the
-step as a line of `nodes` drafts of which the path was accepted, so the controller's measured
-cost per width is the cost of verifying that many nodes.
+most that many nodes; the pending token and the tree are verified in the step's forward;
+verify_tree.py decides the path; the cache keeps that path's keys and values (moved, not
+recomputed). The policy observes the step as a line of `nodes` drafts of which the path was
+accepted, so the controller's measured cost per width is the cost of verifying that many
+nodes.
 """
 
 from __future__ import annotations
 
-import time
 import warnings
-from collections.abc import Callable
 
 import torch
 
-from specdec.control.policy import FixedGamma, GammaPolicy, StepRecord
+from specdec.control.policy import StepRecord
 from specdec.drafters.tree import DraftTree, TreeDrafter
 from specdec.models.base import LanguageModel
 from specdec.models.device import StepClock
 from specdec.models.rows import Rows
 from specdec.models.tree_attention import is_chain, tree_depths
-from specdec.noise import resolve_seed
 from specdec.sampling import SamplingParams, adjusted_probs, token_logprobs
 from specdec.sequence import Sequence, StepEvent
 from specdec.verify_tree import (
@@ -46,64 +43,7 @@ def uses_trees(target: LanguageModel | Rows, drafter: object, params: SamplingPa
     return isinstance(drafter, TreeDrafter) and target.verifies_trees and not params.penalized
 
 
-class TreeDecoder:
-    """Step-level decoding of one sequence with tree drafts (BatchDecoder's interface)."""
-
-    def __init__(self, target: LanguageModel, drafter: TreeDrafter,
-                 gamma: int | Callable[[], GammaPolicy], eos_ids: frozenset[int],
-                 vocab_size: int, reserve: int):
-        self.target, self.drafter, self.gamma = target, drafter, gamma
-        self.eos_ids, self.vocab_size, self.reserve = eos_ids, vocab_size, reserve
-        self.clock = StepClock(target.device)
-        self.sequences: list[Sequence] = []
-
-    def add(self, prompt_ids: torch.Tensor, params: SamplingParams) -> Sequence:
-        if self.sequences:
-            raise RuntimeError("tree decoding runs one sequence at a time")
-        start = time.perf_counter()
-        clock = self.clock
-        t0 = clock.mark()
-        context = self.target.prefill(prompt_ids, reserve=params.max_new_tokens + self.reserve)
-        t1 = clock.mark()
-        self.drafter.begin(prompt_ids)
-        t2 = clock.mark()
-        params = resolve_seed(params)
-        policy = FixedGamma(self.gamma) if isinstance(self.gamma, int) else self.gamma()
-        stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else
-                                                 set(self.eos_ids))
-        sequence = Sequence(prompt_ids, context, params, self.drafter, policy, stop_ids,
-                            self.target.device, self.vocab_size, start)
-        sequence.stats.target_s += clock.seconds(t0, t1)
-        sequence.stats.drafter_s += clock.seconds(t1, t2)
-        sequence.stats.prefill_s = clock.seconds(t0, t2)
-        self.sequences.append(sequence)
-        return sequence
-
-    def step(self) -> list[tuple[Sequence, StepEvent]]:
-        if not self.sequences:
-            return []
-        seq = self.sequences[0]
-        clock = self.clock
-        t0 = clock.mark()
-        tree = propose_tree(seq, seq.wanted_gamma())
-        t1 = clock.mark()
-        tokens, parents = tree_block(seq, tree)
-        line = is_chain(parents)
-        target = self.target
-        logits = target.extend(tokens) if line else target.extend_tree(tokens, parents)
-        t2 = clock.mark()
-        event, kept = judge_tree(seq, tree, tokens, parents, logits, clock, (t0, t1), (t1, t2))
-        if line:
-            target.rollback(len(parents) - len(kept))
-        else:
-            target.accept_path(kept)
-        event = seq.advance(event)
-        if seq.finished:
-            self.sequences.clear()
-        return [(seq, event)]
-
-
-# --- one sequence's part of a tree step, shared with batched tree steps (batch_trees.py)
+# --- one sequence's part of a tree step (batch_trees.py runs the step for all rows)
 
 
 def propose_tree(seq: Sequence, budget: int) -> DraftTree:
