@@ -98,3 +98,21 @@ def test_cpu_server_picks_float32_when_it_batches_without_packed_bf16() -> None:
     assert serve_dtype("auto", "cpu", 1, no_packing) is None  # load_model's choice
     assert serve_dtype("auto", "cuda", 8, no_packing) is None
     assert serve_dtype("bfloat16", "cpu", 8, no_packing) == "bfloat16"  # the user's choice
+
+
+def test_suffix_trees_in_the_batch_give_plain_greedy_text(pair) -> None:
+    """`--draft suffix`: concurrent requests share steps that verify each row's suffix tree
+    (batch_trees.py); every client gets plain greedy's text, with drafts accepted."""
+    target, _ = pair
+    jobs = [(f"{'abcab' * (2 + i)} {i}: abcab", 24 + 4 * i) for i in range(4)]
+    want = alone(target, jobs)
+    with serve("--target", str(target), "--draft", "suffix", "--gamma", "6",
+               "--dtype", "float32", "--threads", "1", "--served-model-name", "tiny",
+               "--max-batch-size", "4") as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0,
+                               timeout=120)
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            got = list(pool.map(lambda job: stream(client, *job), jobs))
+        assert got == want
+        assert metric(url, "specdec_accepted_tokens_total") > 0
+        assert metric(url, "specdec_batch_size_sum") > metric(url, "specdec_batch_size_count")

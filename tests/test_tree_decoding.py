@@ -130,10 +130,12 @@ def test_lines_elsewhere_penalties_and_dynamic_runner(target):
     assert out.stats.tree_steps == 0 and out.tokens == _plain(target, prompt, greedy).tokens
 
 
-def test_batched_decoding_uses_the_main_line(target):
+def test_batched_suffix_decoding_equals_plain(target):
+    """Batch rows verify the suffix drafter's trees (tests/test_batch_trees.py); greedy text is
+    plain greedy's."""
     prompts = PROMPTS[:2]
     params = SamplingParams(temperature=0, max_new_tokens=24, ignore_eos=True)
     results = SpeculativeDecoder(target, SuffixDrafter(), 6).generate_batch(prompts, params)
     for prompt, result in zip(prompts, results, strict=True):
         assert result.tokens == _plain(target, prompt, params).tokens
-        assert result.stats.tree_steps == 0
+    assert sum(r.stats.accepted for r in results) > 0

@@ -14,18 +14,26 @@ class RandomTrees(Drafter):
     accepted paths run through later children and their keys and values must be moved."""
 
     def __init__(self, vocab: int, nodes: int = 8, seed: int = 0,
-                 truth: list[int] | None = None, sampled: bool = False):
+                 truth: list[int] | None = None, sampled: bool = False,
+                 truths: dict[tuple[int, ...], list[int]] | None = None):
         """sampled: report the tokens as drawn i.i.d. from the uniform law (they are, without
-        `truth`), so verification uses q = 1/vocab instead of one-hot."""
+        `truth`), so verification uses q = 1/vocab instead of one-hot. truths: the truth per
+        prompt (for batches: each row's fork looks its prompt up at `begin`)."""
         self.vocab, self.nodes, self.seed, self.truth = vocab, nodes, seed, truth
-        self.sampled = sampled
+        self.sampled, self.truths = sampled, truths
         self.name = "random-trees"
         self.prompt_length = 0
         self.generator = torch.Generator()
 
+    def fork(self) -> RandomTrees:
+        return RandomTrees(self.vocab, self.nodes, self.seed, self.truth, self.sampled,
+                           self.truths)
+
     def begin(self, prompt_ids: torch.Tensor) -> None:
         self.prompt_length = prompt_ids.shape[1]
         self.generator.manual_seed(self.seed)
+        if self.truths is not None:
+            self.truth = self.truths[tuple(prompt_ids[0].tolist())]
 
     def propose(self, context, gamma, params, generator, history=None) -> Proposal:
         return self.propose_tree(context, gamma, gamma, params, generator).line()

@@ -3,26 +3,31 @@
 Each step every active sequence drafts its own gamma_i tokens; ONE target forward verifies all
 of them (blocks padded to a common width); each sequence accepts its own count with its own
 random generator and rolls back its own positions; a finished sequence leaves without
-disturbing the others. Batch 1 (SpeculativeDecoder.stream) is this loop with one row.
+disturbing the others. Batch 1 (SpeculativeDecoder.stream) is this loop with one row. Rows
+whose drafter proposes trees verify their trees in that same single forward (batch_trees.py).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from specdec.batch_trees import step_trees
 from specdec.control.batch import BatchGammaController
+from specdec.control.budget import tree_policy
 from specdec.control.policy import FixedGamma, GammaPolicy
 from specdec.drafters.base import Drafter
 from specdec.models.device import StepClock
 from specdec.models.rows import Joining, Rows
 from specdec.noise import resolve_seed
+from specdec.row_failure import RowFailure
+from specdec.row_failure import guarded as _guarded
 from specdec.sampling import SamplingParams
 from specdec.sequence import Sequence, StepEvent
+from specdec.tree_decoding import uses_trees
 
 # cache positions a step may write past the output: the pending token, up to 64 drafts and
 # the padding of a compiled width (a hint; runners grow when it is exceeded)
@@ -140,7 +145,9 @@ class BatchDecoder:
     def _sequence(self, ids: torch.Tensor, context: torch.Tensor, params: SamplingParams,
                   drafter: Drafter | None, start: float) -> Sequence:
         params = resolve_seed(params)  # the coupled rule without a seed needs one noise
-        policy = FixedGamma(self.gamma) if isinstance(self.gamma, int) else self.gamma()
+        # a tree row gets the tree policy (`auto`: the node-budget controller)
+        policy = tree_policy(self.gamma) if uses_trees(self.rows, drafter, params) else \
+            FixedGamma(self.gamma) if isinstance(self.gamma, int) else self.gamma()
         stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else
                                                  set(self.eos_ids))
         return Sequence(ids, context, params, drafter, policy, stop_ids, self.rows.device,
@@ -166,9 +173,11 @@ class BatchDecoder:
         sequences = list(self.sequences)
         if not sequences:
             return []
+        if any(uses_trees(self.rows, s.drafter, s.params) for s in sequences):
+            return step_trees(self, sequences)  # a tree for each such row (batch_trees.py)
         clock = self.clock
         started = time.perf_counter()
-        gammas = self._gammas(sequences)
+        gammas = self.gammas(sequences)
         failures: dict[int, Exception] = {}
         drafts = [_guarded(failures, i, seq.propose, k, clock) for i, (seq, k) in
                   enumerate(zip(sequences, gammas, strict=True))]
@@ -193,6 +202,13 @@ class BatchDecoder:
                                   sum(s.last_drafter_s for s in sequences),
                                   sum(s.last_betas for s in sequences),
                                   sum(s.last_beta_count for s in sequences))
+        return self.conclude(sequences, events, failures, width > 1, started)
+
+    def conclude(self, sequences: list[Sequence], events: list[StepEvent | None],
+                 failures: dict[int, Exception], drafted: bool,
+                 started: float) -> list[tuple[Sequence, StepEvent | RowFailure]]:
+        """The end of a step: each row's event cut and appended (`advance`); failed and
+        finished rows leave; the batch policy sees the step (drafted: any drafts in it)."""
         out: list[tuple[Sequence, StepEvent | RowFailure]] = []
         for i, (seq, event) in enumerate(zip(sequences, events, strict=True)):
             if event is not None:
@@ -201,16 +217,18 @@ class BatchDecoder:
                 out.append((seq, RowFailure(failures[i])))
                 self.remove(seq)
                 continue
+            assert event is not None
             out.append((seq, event))
             if seq.finished:
                 self.remove(seq)
-        self.batch_policy.observe_step(len(sequences), width > 1,
+        self.batch_policy.observe_step(len(sequences), drafted,
                                        sum(len(e.tokens) for _, e in out
                                            if isinstance(e, StepEvent)),
                                        time.perf_counter() - started)
         return out
 
-    def _gammas(self, sequences: list[Sequence]) -> list[int]:
+    def gammas(self, sequences: list[Sequence]) -> list[int]:
+        """Each row's draft budget this step (its own policy's, or the batch policy's)."""
         if len(sequences) == 1 or isinstance(self.gamma, int):
             # fixed gamma, or alone: the row's own policy decides
             return [seq.wanted_gamma() for seq in sequences]
@@ -231,24 +249,7 @@ class BatchDecoder:
         return self._prototype.fork()  # ValueError when it cannot
 
 
-@dataclass
-class RowFailure:
-    """A row that left the batch alone because its own work raised `error`."""
-
-    error: Exception
-
-
 _NO_DRAFTS = torch.zeros(1, 0, dtype=torch.long)
-
-
-def _guarded(failures: dict[int, Exception], row: int, work: Callable[..., Any],
-             *args: Any) -> Any:
-    """work(*args), or None with the error recorded as row's failure."""
-    try:
-        return work(*args)
-    except Exception as error:
-        failures[row] = error
-        return None
 
 
 def forks(drafter: Any) -> bool:

@@ -24,7 +24,6 @@ from specdec.models.static import StaticCausalLM
 from specdec.sampling import SamplingParams
 from specdec.sequence import StepEvent
 from specdec.stats import GenerationStats
-from specdec.tree_decoding import TreeDecoder, uses_trees
 
 __all__ = ["DRAFT_RESERVE", "GenerationResult", "SpeculativeDecoder", "StepEvent"]
 
@@ -76,15 +75,11 @@ class SpeculativeDecoder:
         """Yield one StepEvent per target call until a stop token or max_new_tokens.
 
         A tree drafter (`--draft suffix`) on a target that verifies trees gets a tree per
-        step (tree_decoding.py); elsewhere drafts are lines."""
+        step (batch_trees.py, one row); elsewhere drafts are lines."""
         params = params or SamplingParams()
         prompt_ids = self.encode(prompt)
         self.check(prompt_ids, params)
-        loop: BatchDecoder | TreeDecoder = self.batch(SingleRow(self.target))
-        if uses_trees(self.target, self.drafter, params):  # one forward verifies a tree
-            loop = TreeDecoder(self.target, self.drafter,  # type: ignore[arg-type]
-                               self.gamma, self.target.eos_token_ids, self.target.vocab_size,
-                               DRAFT_RESERVE)
+        loop = self.batch(SingleRow(self.target))
         with torch.inference_mode():
             loop.add(prompt_ids, params)
             while loop.sequences:

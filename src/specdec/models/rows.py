@@ -28,6 +28,7 @@ from specdec.models.static import (
     StaticKVCache,
     rounded_capacity,
 )
+from specdec.models.tree_attention import tree_layout
 
 
 @runtime_checkable
@@ -56,6 +57,21 @@ class Rows(Protocol):
 
     def rollback(self, counts: list[int]) -> None:
         """Drop the last counts[i] cached positions of row i."""
+        ...
+
+    # Whether extend_tree verifies branching trees; False: lines only (use extend)
+    verifies_trees: bool
+
+    def extend_tree(self, tokens: torch.Tensor, parents: list[list[int]]) -> torch.Tensor:
+        """Feed one token tree per row, tokens [count, N], in ONE forward; logits
+        [count, N, V]. parents[i]: row i's parent per node (LanguageModel.extend_tree), at
+        most N; the nodes past them are padding (their logits mean nothing). Every row's
+        cached length grows by N until `accept_paths`."""
+        ...
+
+    def accept_paths(self, paths: list[list[int]]) -> None:
+        """After extend_tree: row i keeps paths[i] (a root path of its tree, in order) as its
+        next positions, its keys and values moved once; the other nodes are forgotten."""
         ...
 
     def remove(self, index: int) -> None:
@@ -148,6 +164,18 @@ class SingleRow:
     def rollback(self, counts: list[int]) -> None:
         self.model.rollback(counts[0])
 
+    @property
+    def verifies_trees(self) -> bool:
+        return self.model.verifies_trees
+
+    def extend_tree(self, tokens: torch.Tensor, parents: list[list[int]]) -> torch.Tensor:
+        if len(parents) != 1:
+            raise ValueError(f"extend_tree needs one tree per row: {len(parents)} for 1")
+        return self.model.extend_tree(tokens, padded_parents(parents[0], tokens.shape[1]))
+
+    def accept_paths(self, paths: list[list[int]]) -> None:
+        self.model.accept_path(paths[0])
+
     def remove(self, index: int) -> None:
         self._active = False
 
@@ -202,6 +230,7 @@ class StaticRows:
         self.max_bytes = max_bytes
         self.device = model.device
         self.lengths: list[int] = []  # cached positions per row
+        self.tree_starts: list[int] | None = None  # each row's last tree's first slot
         self.reserved: list[int] = []  # positions each row may reach
         self.filling: list[Joining] = []  # prefills in pieces, not yet rows
         self.cache: StaticKVCache | None = None
@@ -254,6 +283,7 @@ class StaticRows:
             self.model.forward_rows(ids[:, start:stop], positions, stop, rows, keep=0)
         self.lengths.extend(lengths)
         self.reserved.extend(reach)
+        self.tree_starts = None  # rows changed: a tree before this is not kept any more
         return prompts
 
     def start(self, prompt_ids: torch.Tensor, reserve: int = 0) -> Joining:
@@ -293,6 +323,7 @@ class StaticRows:
             mine[index, :, :length] = theirs[0, :, :length]
         self.lengths.append(length)
         self.reserved.append(joining.positions)
+        self.tree_starts = None
         self.abandon(joining)
         return joining.prompt_ids
 
@@ -316,7 +347,42 @@ class StaticRows:
                                          self.cache.view(0, rows), keep=width)
         assert logits is not None
         self.lengths = [n + width for n in self.lengths]
+        self.tree_starts = None
         return logits.float()
+
+    verifies_trees = True
+
+    @torch.inference_mode()
+    def extend_tree(self, tokens: torch.Tensor, parents: list[list[int]]) -> torch.Tensor:
+        rows, width = tokens.shape
+        if rows != self.count or len(parents) != rows:
+            raise ValueError(f"extend_tree needs one tree per row: {rows} blocks, "
+                             f"{len(parents)} trees, {self.count} rows")
+        end = max(self.lengths) + width
+        self._ensure_shape(rows, end)
+        assert self.cache is not None
+        layouts = [tree_layout(padded_parents(p, width), start, self.device)
+                   for p, start in zip(parents, self.lengths, strict=True)]
+        logits = self.model.forward_tree(tokens.to(self.device), layouts, end,
+                                         self.cache.view(0, rows))
+        self.tree_starts = list(self.lengths)
+        self.lengths = [n + width for n in self.lengths]
+        return logits.float()
+
+    @torch.inference_mode()
+    def accept_paths(self, paths: list[list[int]]) -> None:
+        starts = self.tree_starts
+        if starts is None:
+            raise RuntimeError("accept_paths() needs a tree extend before it")
+        if len(paths) != self.count:
+            raise ValueError(f"accept_paths needs a path per row: {len(paths)} for {self.count}")
+        for row, (start, nodes) in enumerate(zip(starts, paths, strict=True)):
+            if any(not 0 <= node < self.lengths[row] - start for node in nodes):
+                raise ValueError(f"nodes {nodes} are not in row {row}'s last tree")
+        assert self.cache is not None
+        self.cache.keep_paths(starts, paths)
+        self.lengths = [start + len(nodes) for start, nodes in zip(starts, paths, strict=True)]
+        self.tree_starts = None
 
     def rollback(self, counts: list[int]) -> None:
         if len(counts) != self.count:
@@ -325,6 +391,7 @@ class StaticRows:
             if n < 0 or n > self.lengths[i]:
                 raise ValueError(f"cannot roll back {n} of row {i}'s {self.lengths[i]} positions")
         self.lengths = [length - n for length, n in zip(self.lengths, counts, strict=True)]
+        self.tree_starts = None
 
     @torch.inference_mode()
     def remove(self, index: int) -> None:
@@ -338,6 +405,7 @@ class StaticRows:
             self.reserved[index] = self.reserved[last]
         self.lengths.pop()
         self.reserved.pop()
+        self.tree_starts = None
         self._free_if_idle()
 
     def _check_budget(self, rows: int, reach: list[int]) -> None:
@@ -383,6 +451,14 @@ class StaticRows:
     def _free_if_idle(self) -> None:
         if not self.lengths and not self.filling:
             self.cache = None
+
+
+def padded_parents(parents: list[int], width: int) -> list[int]:
+    """A tree's parents padded to `width` nodes; the padding nodes are roots (their outputs
+    are dropped; each attends to the context and itself only, so no real node sees them)."""
+    if len(parents) > width:
+        raise ValueError(f"{len(parents)} parents for {width} tree nodes")
+    return [*parents, *[-1] * (width - len(parents))]
 
 
 def make_rows(model: LanguageModel, max_rows: int, max_bytes: int | None = None) -> Rows:

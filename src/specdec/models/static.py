@@ -34,7 +34,7 @@ from transformers import PreTrainedModel
 from specdec.models.attention import blocked_attention, causal_mask, key_span, query_chunk
 from specdec.models.hf import HFModel
 from specdec.models.packing import PackReport, pack_decoder, single, stacked_parts
-from specdec.models.tree_attention import TreeLayout, tree_attention, tree_layout
+from specdec.models.tree_attention import TreeLayout, tree_layout, tree_rows_attention
 
 STATIC_ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral")
 DEFAULT_WIDTHS = (1, 2, 4, 8, 16)
@@ -99,6 +99,21 @@ class StaticKVCache:
         part.keys = [k[start:stop] for k in self.keys]
         part.values = [v[start:stop] for v in self.values]
         return part
+
+    def keep_paths(self, starts: list[int], paths: list[list[int]]) -> None:
+        """Row r's tree nodes paths[r] (node i at slot starts[r] + i, a root path in order)
+        moved to consecutive slots from starts[r]: one gather and one write per tensor for
+        every row (the gather copies the sources first: overlapping moves are safe)."""
+        moves = [(row, start + i, start + node)
+                 for row, (start, nodes) in enumerate(zip(starts, paths, strict=True))
+                 for i, node in enumerate(nodes) if node != i]
+        if not moves:
+            return
+        device = self.keys[0].device
+        row, target, source = (torch.tensor(column, device=device)
+                               for column in zip(*moves, strict=True))
+        for tensor in self.keys + self.values:
+            tensor[row, :, target] = tensor[row, :, source]
 
     def move_row(self, source: int, target: int, length: int) -> None:
         """Copy row `source`'s first `length` positions over row `target`."""
@@ -224,18 +239,17 @@ class StaticCausalLM(HFModel):
         line extend of its root path."""
         rows, n = tokens.shape
         if rows != 1:
-            raise ValueError(f"tree verification runs one row, got {rows}")
+            raise ValueError(f"tree verification runs one row here, got {rows} (batch rows: "
+                             "models/rows.py)")
         if len(parents) != n:
             raise ValueError(f"{len(parents)} parents for {n} tree nodes")
         start = self._length
         self._ensure_capacity(1, start + n)
         layout = tree_layout(parents, start, self.device)
-        hidden = self._layers(self.to_device(tokens), layout.positions,
-                              *self._rotary(layout.positions), end=start + n,
-                              cache=self.cache, tree=layout)
+        logits = self.forward_tree(self.to_device(tokens), [layout], start + n, self.cache)
         self._length += n
         self._tree_start = start
-        return self.head(self.norm(hidden)).float()
+        return logits.float()
 
     @torch.inference_mode()
     def accept_path(self, nodes: list[int]) -> None:
@@ -246,13 +260,8 @@ class StaticCausalLM(HFModel):
             raise RuntimeError("accept_path() needs a tree extend before it")
         if any(not 0 <= node < self._length - start for node in nodes):
             raise ValueError(f"nodes {nodes} are not in the last tree")
-        moved = [(i, node) for i, node in enumerate(nodes) if node != i]
-        if moved and self.cache is not None:
-            target = torch.tensor([start + i for i, _ in moved], device=self.device)
-            source = torch.tensor([start + node for _, node in moved], device=self.device)
-            for tensor in self.cache.keys + self.cache.values:
-                # the gather copies the sources first: overlapping moves are safe
-                tensor.index_copy_(2, target, tensor.index_select(2, source))
+        if self.cache is not None:
+            self.cache.keep_paths([start], [nodes])
         self._length = start + len(nodes)
         self._tree_start = None
 
@@ -292,6 +301,15 @@ class StaticCausalLM(HFModel):
             return None
         return self.head(self.norm(hidden[:, -keep:]))
 
+    def forward_tree(self, ids: torch.Tensor, layouts: list[TreeLayout], end: int,
+                     cache: StaticKVCache | None) -> torch.Tensor:
+        """Eager forward of one token tree per row of ids [R, N] (row r's nodes laid out by
+        layouts[r]) over `cache`'s rows; logits of every node [R, N, V]."""
+        positions = torch.cat([layout.positions for layout in layouts])  # [R, N]
+        hidden = self._layers(ids, positions, *self._rotary(positions), end=end,
+                              cache=cache or self.cache, trees=layouts)
+        return self.head(self.norm(hidden))
+
     def _full(self, ids: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
               sin: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
         """The compiled step: attends over the whole buffer, logits at every position."""
@@ -323,31 +341,34 @@ class StaticCausalLM(HFModel):
 
     def _layers(self, ids: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
                 sin: torch.Tensor, end: int | None, cache: StaticKVCache | None,
-                tree: TreeLayout | None = None) -> torch.Tensor:
+                trees: list[TreeLayout] | None = None) -> torch.Tensor:
         """positions [R, w]: R = 1 (every row at the same positions) or one per row; keys at
-        slots < end (None: the whole buffer, for compiled steps). tree: the tokens are a
-        tree's nodes (one row), written at tree.slots."""
+        slots < end (None: the whole buffer, for compiled steps). trees: each row's tokens
+        are a tree's nodes, written at its layout's slots."""
         assert cache is not None
         hidden = self.embed(ids)
-        # the query heads sharing a key head are stacked as rows (see _attention); the mask
-        # and the query chunking are the same for every layer: decided once here
+        # the query heads sharing a key head are stacked as rows (see _attention); the mask,
+        # the slots written and the query chunking are the same for every layer: decided
+        # once here
         capacity = cache.capacity
         span = capacity if end is None else key_span(end, capacity)
-        hidden_keys = causal_mask(positions.repeat(1, self.groups), span)
+        slots = positions if trees is None else torch.stack([t.slots for t in trees])
+        hidden_keys = None if trees is not None else \
+            causal_mask(positions.repeat(1, self.groups), span)
         # compiled steps are a few tokens wide: no chunking (which would guard on capacity)
         chunk = None if end is None else query_chunk(ids.shape[0], self.kv_heads, span)
         for index, (layer, block) in enumerate(zip(self.layers, self._blocks, strict=True)):
             attended = self._attention(cache, index, layer.self_attn, block,
-                                       layer.input_layernorm(hidden), positions, cos, sin,
-                                       span, hidden_keys, chunk, tree)
+                                       layer.input_layernorm(hidden), slots, cos, sin,
+                                       span, hidden_keys, chunk, trees)
             hidden = hidden + attended
             hidden = hidden + block.mlp(layer.post_attention_layernorm(hidden))
         return hidden
 
     def _attention(self, cache: StaticKVCache, index: int, attn: Any, block: _Projections,
-                   x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
-                   sin: torch.Tensor, span: int, hidden_keys: torch.Tensor,
-                   chunk: int | None, tree: TreeLayout | None = None) -> torch.Tensor:
+                   x: torch.Tensor, slots: torch.Tensor, cos: torch.Tensor,
+                   sin: torch.Tensor, span: int, hidden_keys: torch.Tensor | None,
+                   chunk: int | None, trees: list[TreeLayout] | None = None) -> torch.Tensor:
         rows, width, _ = x.shape
         shape = (rows, width, -1, self.head_dim)
         q, k, v = block.qkv(x)
@@ -361,23 +382,23 @@ class StaticCausalLM(HFModel):
         q, k = qk[:, :heads], qk[:, heads:]
         v = v.reshape(shape).transpose(1, 2).float()
         keys, values = cache.keys[index], cache.values[index]
-        if tree is not None or positions.shape[0] == 1:  # every row writes the same slots
-            slots = positions[0] if tree is None else tree.slots
-            keys.index_copy_(2, slots, k)
-            values.index_copy_(2, slots, v)
-        else:  # ragged rows: each writes at its own positions
-            slots = positions[:, None, :, None].expand_as(k)
-            keys.scatter_(2, slots, k)
-            values.scatter_(2, slots, v)
+        if slots.shape[0] == 1:  # every row writes the same slots
+            keys.index_copy_(2, slots[0], k)
+            values.index_copy_(2, slots[0], v)
+        else:  # ragged rows: each writes at its own slots
+            index = slots[:, None, :, None].expand_as(k)
+            keys.scatter_(2, index, k)
+            values.scatter_(2, index, v)
         keys, values = keys[:, :, :span], values[:, :, :span]
         # grouped-query attention without repeating keys: the query heads that share a key
         # head become extra query rows of that head, [B, H_kv, groups * width, D]
         groups = self.groups
         q = q.reshape(rows, self.kv_heads, groups * width, self.head_dim)
-        if tree is None:
+        if trees is None:
+            assert hidden_keys is not None
             out = blocked_attention(q, keys, values, hidden_keys, attn.scaling, chunk)
         else:
-            out = tree_attention(q, keys, values, tree, attn.scaling)
+            out = tree_rows_attention(q, keys, values, trees, attn.scaling)
         out = out.reshape(rows, self.kv_heads * groups, width, self.head_dim).transpose(1, 2)
         return block.o(out.reshape(rows, width, -1).to(x.dtype))  # from float32 attention
 

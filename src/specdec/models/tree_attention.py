@@ -134,6 +134,18 @@ def tree_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     return scan_blocks(total, partial)[:, :, :rows].to(q.dtype)
 
 
+def tree_rows_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                        layouts: list[TreeLayout], scale: float) -> torch.Tensor:
+    """tree_attention for batch rows, row r's tree laid out by layouts[r] (q [R, H, G * N, D],
+    keys and values [R, H, L, D]): row by row, so that each node's arithmetic is that of its
+    tree alone (and of the line of its root path). The rows' other work (projections, MLPs)
+    is one batched forward; only this part runs per row."""
+    if len(layouts) == 1:
+        return tree_attention(q, keys, values, layouts[0], scale)
+    return torch.cat([tree_attention(q[r:r + 1], keys[r:r + 1], values[r:r + 1], layout, scale)
+                      for r, layout in enumerate(layouts)])
+
+
 def _to_rows(per_node: torch.Tensor, padded: int) -> torch.Tensor:
     """[N, H, G, ...] per node -> [1, H, M', ...] in the shared rows' order (g * N + i),
     padded like `pad_rows` (extra rows repeat the last)."""

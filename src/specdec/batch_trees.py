@@ -1,0 +1,113 @@
+"""A batch step with trees: each row verifies its own tree, all rows in ONE target forward.
+
+BatchDecoder.step hands its step here when any row decodes with trees
+(tree_decoding.uses_trees: a tree drafter, rows that verify trees, no penalties). Each such
+row proposes its own tree with its own budget (tree_decoding.propose_tree); every other row
+proposes its line (Sequence.propose), which goes in as a chain. The blocks (the pending token,
+then the nodes) are padded to a common width and verified in one forward: Rows.extend_tree
+with each row's parents (Rows.extend when every block is a chain). A tree row is judged by
+its own rule (tree_decoding.judge_tree), a line row by Sequence.judge, as in a line step.
+Each row's cache keeps its accepted path (Rows.accept_paths: moved once, the rest
+forgotten). A row whose own work raises leaves alone (RowFailure); a drafter that raises
+costs its row speed only (no drafts that step).
+
+A node's logits are the bits of the line extend of its root path (models/tree_attention.py),
+and a row's logits do not depend on the rows beside it: a row's tokens are those it gets when
+decoded alone (SpeculativeDecoder.stream: this step over one row on the runner's own cache,
+StaticCausalLM.extend_tree), for every rule.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from specdec.drafters.tree import DraftTree
+from specdec.models.device import StepClock
+from specdec.models.rows import Rows
+from specdec.models.tree_attention import is_chain
+from specdec.row_failure import RowFailure, guarded
+from specdec.sequence import Sequence, StepEvent
+from specdec.tree_decoding import judge_tree, propose_tree, tree_block, uses_trees
+
+if TYPE_CHECKING:
+    from specdec.batch import BatchDecoder
+
+
+@dataclass
+class _RowDraft:
+    """A row's block: tokens [1, n] (node 0 the pending token) and their parents; `tree` is
+    None for a line row (its proposal stays in its Sequence until `judge`)."""
+
+    tokens: torch.Tensor
+    parents: list[int]
+    tree: DraftTree | None = None
+    drafter_marks: tuple[Any, Any] | None = None
+    budget: int = 0  # the node budget the drafter was given
+
+
+_NOTHING = _RowDraft(torch.zeros(1, 1, dtype=torch.long), [-1])  # a row that failed to draft
+
+
+def step_trees(decoder: BatchDecoder,
+               sequences: list[Sequence]) -> list[tuple[Sequence, StepEvent | RowFailure]]:
+    """One step of `sequences` (decoder's rows, in order), trees where the rows use them."""
+    rows, clock = decoder.rows, decoder.clock
+    started = time.perf_counter()
+    failures: dict[int, Exception] = {}
+    drafts = [guarded(failures, i, _draft, seq, budget, rows, clock) or _NOTHING
+              for i, (seq, budget) in enumerate(zip(sequences, decoder.gammas(sequences),
+                                                    strict=True))]
+    width = max(len(d.parents) for d in drafts)
+    block = torch.zeros(len(sequences), width, dtype=torch.long)
+    for i, d in enumerate(drafts):
+        block[i, : len(d.parents)] = d.tokens[0]
+    line = all(is_chain(d.parents) for d in drafts)
+    t0 = clock.mark()
+    logits = rows.extend(block) if line else rows.extend_tree(block, [d.parents for d in drafts])
+    marks = (t0, clock.mark())
+    judged = [None if i in failures else
+              guarded(failures, i, _judge, seq, d, logits[i:i + 1, : len(d.parents)], clock,
+                      marks)
+              for i, (seq, d) in enumerate(zip(sequences, drafts, strict=True))]
+    # each row keeps its accepted path (a failed row keeps its root: it leaves below)
+    kept = [[0] if j is None else j[1] for j in judged]
+    if line:
+        rows.rollback([width - len(path) for path in kept])
+    else:
+        rows.accept_paths(kept)
+    decoder.batch_policy.observe(len(sequences) * width, clock.seconds(*marks),
+                                 sum(len(d.parents) - 1 for d in drafts),
+                                 sum(s.last_drafter_s for s in sequences),
+                                 sum(s.last_betas for s in sequences),
+                                 sum(s.last_beta_count for s in sequences))
+    return decoder.conclude(sequences, [None if j is None else j[0] for j in judged], failures,
+                            width > 1, started)
+
+
+def _draft(seq: Sequence, budget: int, rows: Rows, clock: StepClock) -> _RowDraft:
+    """The row's tree (a tree row) or its line as a chain."""
+    if not uses_trees(rows, seq.drafter, seq.params):
+        line = seq.propose(budget, clock)
+        k = line.shape[1]
+        return _RowDraft(torch.cat([torch.tensor([[seq.pending]]), line.cpu()], dim=1),
+                         list(range(-1, k)))
+    t0 = clock.mark()
+    tree = propose_tree(seq, budget)
+    marks = (t0, clock.mark())
+    tokens, parents = tree_block(seq, tree)
+    return _RowDraft(tokens, parents, tree, marks, budget)
+
+
+def _judge(seq: Sequence, draft: _RowDraft, logits: torch.Tensor, clock: StepClock,
+           marks: tuple[Any, Any]) -> tuple[StepEvent, list[int]]:
+    """The row's event and the nodes its cache keeps (root first)."""
+    if draft.tree is None:
+        event = seq.judge(logits, marks, clock)
+        return event, list(range(len(event.accepted) + 1))
+    assert draft.drafter_marks is not None
+    return judge_tree(seq, draft.tree, draft.tokens, draft.parents, logits, clock,
+                      draft.drafter_marks, marks, draft.budget)
