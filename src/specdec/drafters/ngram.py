@@ -69,14 +69,8 @@ class NgramDrafter(Drafter):
 
         Sets last_match to that suffix's length (0 when nothing matched).
         """
-        tokens = self.tokens
-        self.last_match = 0
-        for n in range(min(self.max_n, len(tokens) - 1), self.min_n - 1, -1):
-            starts = self.index[n].get(tuple(tokens[-n:]))
-            if starts is not None:
-                self.last_match = n
-                return starts[-1]
-        return None
+        found = self.matches(1)
+        return found[0][0] if found else None
 
     def matches(self, limit: int) -> list[tuple[int, int]]:
         """(start, n) of up to `limit` earlier occurrences of the context's suffixes: the
@@ -86,6 +80,8 @@ class NgramDrafter(Drafter):
         found: list[tuple[int, int]] = []
         seen: set[int] = set()
         for n in range(min(self.max_n, len(tokens) - 1), self.min_n - 1, -1):
+            if len(found) == limit:
+                break
             for start in reversed(self.index[n].get(tuple(tokens[-n:]), ())):
                 if start not in seen and len(found) < limit:  # a longer match ends here too
                     seen.add(start)
