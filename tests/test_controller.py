@@ -30,9 +30,10 @@ def _brute_force_gamma(alpha: float, c: float, max_gamma: int) -> int:
 
 
 def _feed(controller: GammaController, alpha: float, c: float, steps: int = 200) -> None:
-    """Steps with every beta = alpha, drafter c per drafted token, target a + b*k."""
+    """Steps with every beta = alpha, drafter c per drafted token, target a + b*k; k = 0 is a
+    plain step (the controller measures those itself, about one step in 120)."""
     for i in range(steps):
-        k = 1 + i % 6  # several draft lengths so the verify-cost line is identifiable
+        k = i % 7  # several draft lengths so the verify-cost line is identifiable
         controller.observe(StepRecord(
             drafted=k, accepted=0, betas=[alpha] * k, drafter_s=c * TARGET_S * k,
             drafter_forwards=k, target_s=TARGET_S * (1 + SLOPE * k)))
@@ -56,7 +57,7 @@ def test_fixed_drafter_cost_per_step_is_not_charged_per_token(alpha, fixed, per_
     E / (k*d1 + v(k) + d0), not E / (k * mean cost per token + v(k))."""
     controller = GammaController(ControllerConfig(max_gamma=16))
     for i in range(200):
-        k = 1 + i % 6
+        k = i % 7
         controller.observe(StepRecord(k, 0, [alpha] * k, TARGET_S * (fixed + per_token * k), k,
                                       TARGET_S * (1 + SLOPE * k)))
     assert controller.c == pytest.approx(per_token, rel=1e-6)
@@ -70,7 +71,7 @@ def test_fixed_drafter_cost_per_step_is_not_charged_per_token(alpha, fixed, per_
 
 def _step_shaped(k: int) -> float:
     """Verify cost of a float32 target on this CPU: flat up to 3 tokens, then a jump."""
-    return 1.1 if k <= 2 else 2.05 + 0.05 * (k - 3)
+    return 1.0 if k == 0 else 1.1 if k <= 2 else 2.05 + 0.05 * (k - 3)
 
 
 @pytest.mark.parametrize(("alpha", "c"), [(0.93, 0.36), (0.95, 0.2), (0.85, 0.36)])
@@ -78,7 +79,7 @@ def test_observed_widths_use_their_own_cost_not_the_line(alpha, c):
     """A line through step-shaped costs picks 3, 5 or 1 drafts here; the measured widths say 2."""
     controller = GammaController(ControllerConfig(max_gamma=16))
     for i in range(200):
-        k = 1 + i % 6
+        k = i % 7
         controller.observe(StepRecord(k, 0, [alpha] * k, c * TARGET_S * k, k,
                                       TARGET_S * _step_shaped(k)))
     costs = controller.verify_costs()
@@ -127,6 +128,60 @@ def test_recovers_when_the_drafter_becomes_good():
         controller.observe(StepRecord(gamma, gamma, [1.0] * gamma, 0.3 * TARGET_S * gamma,
                                       gamma, TARGET_S * (1 + SLOPE * gamma)))
     assert controller.choose() > 2
+
+
+def _drive(controller: GammaController, steps: int, cost,
+           widest: int = 4) -> tuple[list[int], float]:
+    """Steps at the controller's gamma; the drafter proposes at most `widest` tokens (so every
+    speculating step verifies the same width), 2 of them accepted, betas 0.6; a pass over k
+    drafts takes cost(k) seconds. The gammas chosen, and the last 200 steps' tokens per
+    second over plain decoding's."""
+    chosen, tokens, seconds = [], [], []
+    for _ in range(steps):
+        gamma = controller.choose()
+        k = min(gamma, widest)
+        accepted = min(2, k)
+        controller.observe(StepRecord(k, accepted, [0.6] * k, 1e-5 * k, 0, cost(k)))
+        chosen.append(gamma)
+        tokens.append(accepted + 1)
+        seconds.append(cost(k))
+    return chosen, sum(tokens[-200:]) / sum(seconds[-200:]) * cost(0)
+
+
+def test_plain_cost_is_measured_not_extrapolated_from_wide_passes():
+    """Width k costs a + b*k with b = a (each draft as dear as a token), and only k = 4 is
+    seen while speculating: a line through that one width with the prior slope puts the plain
+    cost at 5a / 1.12 (4.5x off), so 4 drafts (~2.3 tokens for 5a) look 2x faster than plain
+    when they are 2x slower. The controller measures a plain step instead and stops drafting."""
+    def cost(k: int) -> float:
+        return TARGET_S * (1 + k)
+
+    blind = GammaController(ControllerConfig(plain_weight=0.0))  # the old behaviour
+    chosen, speed = _drive(blind, 300, cost)
+    assert min(chosen) > 0  # never measured plain: speculates at 0.6x plain's speed throughout
+    assert speed < 0.65
+    assert blind._target_line()[0] == pytest.approx(5 * TARGET_S / 1.12, rel=1e-6)
+
+    controller = GammaController()
+    chosen, speed = _drive(controller, 300, cost)
+    a, b = controller._target_line()
+    assert a == pytest.approx(TARGET_S, rel=1e-6) and b == pytest.approx(TARGET_S, rel=1e-6)
+    assert controller.verify_costs()[4] == pytest.approx(5.0, rel=1e-6)
+    assert chosen[1] == 0  # the second step measures plain (the first had no baseline yet)
+    last = chosen[-200:]
+    assert last.count(0) >= 0.85 * len(last)  # plain, with probes now and then
+    assert max(last) <= controller.config.probe_gamma
+    assert speed >= 0.95  # never slower than plain beyond the probes
+
+
+def test_plain_is_remeasured_about_once_in_120_speculating_steps():
+    """Cheap width (speculation pays): a plain step only when the 1-token time has faded."""
+    controller = GammaController()
+    chosen, speed = _drive(controller, 500, lambda k: TARGET_S * (1 + 0.02 * k), widest=16)
+    assert speed > 2.0
+    plain = [i for i, g in enumerate(chosen) if g == 0]
+    assert 3 <= len(plain) <= 6  # steps 1, ~121, ~241, ...: < 1.5% of the steps
+    assert controller._target_line()[0] == pytest.approx(TARGET_S, rel=1e-6)
 
 
 def test_empty_proposals_do_not_move_alpha():

@@ -36,7 +36,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="registry name, transformers directory or .gguf "
                         f"(default {DEFAULT_TARGET})")
     p.add_argument("--draft", default=DEFAULT_DRAFTER,
-                   help="drafter: none | ngram | ngram:MIN:MAX | suffix[:global] (trees) | "
+                   help="drafter: none | ngram | ngram:MIN:MAX | ngram:tree[:MIN:MAX] (trees) | "
+                        "suffix[:global] (trees) | "
                         "unigram:FILE | bigram:FILE | "
                         "MODEL[@int8|@int4] | self[@int8|@int4][@vocab=N] | ngram+MODEL | "
                         f"ngram+self[@...] (default {DEFAULT_DRAFTER}; docs/drafters.md)")

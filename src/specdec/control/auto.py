@@ -11,6 +11,17 @@ mistaken for a per-token cost that would push gamma down.
 When that is 0 (no speedup possible) it decodes plainly and probes with a short draft now and
 then, backing off while probes keep failing.
 
+The cost that speculation must beat is a plain step's, so it is measured, not extrapolated: a
+controller that always speculates never times a 1-token pass, and the intercept of a line fitted
+to wide passes only (one width, where the prior slope is assumed, or a stale wide point) can be
+many times off, making a gamma that is slower than plain look faster. So the times of widths not
+verified lately fade (`stale_decay` per step: the line follows the widths in use when costs
+change), a plain step is taken whenever the 1-token time's weight has faded below
+`plain_weight` (about one step in 120 while speculating; steps where the drafter found nothing
+measure it too), and the cost line is anchored at the measured 1-token time (a = that time, b
+the weighted least-squares slope through it). The tree budget controller (control/budget.py)
+extends this class and inherits all three.
+
 Where a block width has been observed, v takes that width's own measured time instead of the
 line: a forward's cost need not be linear in its width (float32 on this CPU: 2 and 3 tokens
 cost 1.1 one-token passes, 4 tokens 2.05). The timings describe the models, not the request,
@@ -41,6 +52,8 @@ class ControllerConfig:
     probe_every: int = 8  # plain steps before the first probe; doubles after each failed one
     max_probe_every: int = 64
     observed_weight: float = 1.0  # decayed observations of a width before its own time is used
+    stale_decay: float = 0.99  # per step, for the target times of widths not verified then
+    plain_weight: float = 0.3  # a plain step when the 1-token time's weight fades below this
 
 
 @dataclass
@@ -87,11 +100,27 @@ class GammaController:
         else:
             self.plain_steps = 0
             self.probe_every = self.config.probe_every
+        if gamma > 0 and self.plain_is_stale():
+            gamma, self.probing = 0, False  # measure plain decoding: the baseline to beat
         self.last_gamma = gamma
         return gamma
 
+    def plain_is_stale(self) -> bool:
+        """Whether the 1-token time needs measuring (after the first step: that step's own
+        plain time, or its drafts' width, tells the line where it stands)."""
+        times = self.costs.target_time
+        weight = times[0].weight if 0 in times else 0.0
+        return bool(times) and weight < self.config.plain_weight  # plain_weight 0: never
+
     def observe(self, step: StepRecord) -> None:
         decay = self.config.decay
+        # timings of widths not seen lately fade, so the cost line follows the widths in use
+        # when the machine's costs change (a width's time updates only when it is verified;
+        # stale ones would pin the line) and the plain time's weight tells when to re-measure
+        for width, seconds in self.costs.target_time.items():
+            if width != step.drafted:
+                seconds.total *= self.config.stale_decay
+                seconds.weight *= self.config.stale_decay
         self.costs.target_time.setdefault(step.drafted, Smoothed()).add(step.target_s, 1, decay)
         if step.drafted == 0:
             return  # nothing drafted (plain step, or the drafter found nothing): no alpha info
@@ -139,7 +168,12 @@ class GammaController:
         return optimal_gamma(self.alpha, self.c, self.config.max_gamma, costs)
 
     def _target_line(self) -> tuple[float, float]:
-        """(a, b) with target time ~ a + b*k, weighted least squares over the observed k."""
+        """(a, b) with target time ~ a + b*k: a is the measured 1-token time where there is
+        one (the baseline; a fit's intercept can be pulled far off by wide points), b the
+        weighted least-squares slope through it; without one, a weighted fit over the k."""
+        plain = self.costs.target_time.get(0)
+        if plain is not None and plain.weight > 1e-9:
+            return self._line_through(max(plain.mean(0.0), 1e-9))
         points = observations(self.costs.target_time)
         slope_prior = self.config.verify_slope
         fit = fit_line(points)
@@ -150,6 +184,14 @@ class GammaController:
         if fit[1] < 0:  # longer passes cannot be cheaper: a flat line through the mean
             return max(means(points)[1], 1e-9), 0.0
         return fit
+
+    def _line_through(self, a: float) -> tuple[float, float]:
+        """(a, b): the weighted least-squares slope b >= 0 of the wide passes through (0, a)."""
+        points = [(k, t, w) for k, t, w in observations(self.costs.target_time) if k > 0]
+        moment = sum(w * k * k for k, _, w in points)
+        if moment <= 1e-12:
+            return a, self.config.verify_slope * a
+        return a, max(sum(w * k * (t - a) for k, t, w in points) / moment, 0.0)
 
     def _drafter_line(self) -> tuple[float, float]:
         """(d0, d1) with drafter time per step ~ d0 + d1*k, both >= 0."""

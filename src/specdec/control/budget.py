@@ -25,10 +25,11 @@ probes. The depth cap is one past the deepest depth the chosen budget's paths re
 them on width instead; reaching the cap raises it by one at the next step.
 
 Costs change (load, context length), and a width's time is only updated when that width is
-verified: the time of a width not verified lately fades (`stale_decay`), so the cost line follows
-the widths in use, and a plain step is taken whenever the 1-token time has faded below
-`plain_weight` (about one step in 120 while speculating), so the baseline that speculation must
-beat is measured, not extrapolated from wide forwards.
+verified: as in the line controller (auto.py, which this class extends), the time of a width not
+verified lately fades (`stale_decay`), so the cost line follows the widths in use, and a plain
+step is taken whenever the 1-token time has faded below `plain_weight` (about one step in 120
+while speculating), so the baseline that speculation must beat is measured, not extrapolated
+from wide forwards.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from dataclasses import dataclass, field
 
 from specdec.control.auto import ControllerConfig, GammaController, ModelCosts
 from specdec.control.policy import FixedGamma, GammaPolicy, StepRecord
-from specdec.control.smoothing import observations
 from specdec.theory import expected_tokens
 
 
@@ -50,8 +50,6 @@ class BudgetConfig(ControllerConfig):
     budget_prior_steps: float = 2.0  # steps of the line model behind a budget's measurements
     min_reach: float = 0.05  # depths reached less often than this are not drafted
     min_cap_steps: float = 2.0  # a budget's measured steps before its depth cap applies
-    stale_decay: float = 0.99  # per step, for the target times of widths not verified then
-    plain_weight: float = 0.3  # a plain step when the 1-token time's weight fades below this
 
 
 @dataclass
@@ -86,26 +84,11 @@ class BudgetController(GammaController):
         self.stats: dict[int, BudgetStats] = {}
 
     def observe(self, step: StepRecord) -> None:
-        # timings of widths not seen lately fade, so the fitted cost line follows the
-        # widths in use when the machine's costs change (a width's time updates only when
-        # that width is verified; stale ones would pin the line's intercept)
-        stale = self.config.stale_decay
-        for width, seconds in self.costs.target_time.items():
-            if width != step.drafted:
-                seconds.total *= stale
-                seconds.weight *= stale
         super().observe(step)
         budget = self.last_gamma if step.budget is None else step.budget
         if budget > 0:
             self.stats.setdefault(budget, BudgetStats()).add(step.drafted, step.accepted,
                                                              self.config.decay)
-
-    def choose(self) -> int:
-        budget = super().choose()
-        plain = self.costs.target_time.get(0)
-        if budget > 0 and (plain is None or plain.weight < self.config.plain_weight):
-            budget = self.last_gamma = 0  # measure plain decoding: the baseline to beat
-        return budget
 
     def depth_cap(self) -> int:
         """The depth cap for the budget choose() last returned."""
@@ -117,20 +100,6 @@ class BudgetController(GammaController):
         return max(1, min(budget, max(reached, default=0) + 1))
 
     # --- the model ------------------------------------------------------------------------
-
-    def _target_line(self) -> tuple[float, float]:
-        """(a, b) with target time ~ a + b*k: a is the measured 1-token time where there is
-        one (the baseline; a fit's intercept can be pulled far off by one stale wide point),
-        b the weighted least-squares slope through it."""
-        plain = self.costs.target_time.get(0)
-        if plain is None or plain.weight <= 1e-9:
-            return super()._target_line()
-        a = max(plain.mean(0.0), 1e-9)
-        points = [(k, t, w) for k, t, w in observations(self.costs.target_time) if k > 0]
-        moment = sum(w * k * k for k, _, w in points)
-        if moment <= 1e-12:
-            return a, self.config.verify_slope * a
-        return a, max(sum(w * k * (t - a) for k, t, w in points) / moment, 0.0)
 
     def expected_accepted(self, budget: int) -> float:
         """E_B: measured accepted tokens per step, shrunk toward a line of `budget` drafts."""

@@ -1,6 +1,7 @@
 """Build a drafter and a gamma policy from the short specs the CLI, server and bench accept.
 
-Drafter specs:  none | ngram | ngram:MIN:MAX | suffix[:OPTIONS] | unigram:FILE | bigram:FILE
+Drafter specs:  none | ngram | ngram:MIN:MAX | ngram:tree[:MIN:MAX] | suffix[:OPTIONS]
+                | unigram:FILE | bigram:FILE
                 | MODEL | self
                 | LOOKUP+MODEL | LOOKUP+self          (LOOKUP: ngram or ngram:MIN:MAX)
 MODEL is anything the loader accepts (a registry name or a local path); MODEL and self take
@@ -26,7 +27,8 @@ from specdec.models.base import LanguageModel, check_same_vocabulary
 MAX_GAMMA = 64
 MAX_VOCAB = 10_000_000  # bound on @vocab=N
 SELF = "self"
-KINDS = ("none", "ngram", "ngram:MIN:MAX", "suffix[:global][:nodes=N]", "unigram:FILE",
+KINDS = ("none", "ngram", "ngram:MIN:MAX", "ngram:tree[:MIN:MAX]", "suffix[:global][:nodes=N]",
+         "unigram:FILE",
          "bigram:FILE", "MODEL[@int8|@int4]",
          "self[@int8|@int4][@vocab=N]", "ngram+MODEL[@...]", "ngram+self[@...]")
 MODEL_FREE = ("none", "ngram", "unigram", "bigram", "suffix")
@@ -54,7 +56,9 @@ def parse_draft(spec: str) -> DraftSpec:
     lookup = None
     head, plus, rest = spec.partition("+")
     if plus and head.split(":", 1)[0] == "ngram" and not Path(spec).exists():
-        _ngram_args(head.partition(":")[2])  # validates
+        if _ngram_args(head.partition(":")[2])[0]:  # validates
+            raise UsageError(f"--draft {head}+MODEL: the lookup before '+' drafts lines; "
+                             "use ngram or ngram:MIN:MAX")
         if not rest.strip():
             raise UsageError(f"--draft {head}+MODEL needs a model name or path after '+'")
         lookup, spec = head, rest.strip()
@@ -153,20 +157,26 @@ def _options(name: str, options: list[str]) -> tuple[int | None, int | None]:
     return bits, vocab
 
 
-def _ngram_args(arg: str) -> tuple[int, int] | None:
-    if not arg:
-        return None
-    parts = arg.split(":")
+def _ngram_args(arg: str) -> tuple[bool, tuple[int, int] | None]:
+    """'' | MIN:MAX | tree | tree:MIN:MAX -> (trees?, sizes or None for the defaults)."""
+    parts = arg.split(":") if arg else []
+    tree = bool(parts) and parts[0].strip().lower() == "tree"
+    parts = parts[1:] if tree else parts
+    if not parts:
+        return tree, None
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise UsageError(f"--draft ngram:MIN:MAX needs two integers, got 'ngram:{arg}'")
-    return int(parts[0]), int(parts[1])
+        raise UsageError("--draft ngram:MIN:MAX needs two integers (ngram:tree:MIN:MAX "
+                         f"likewise), got 'ngram:{arg}'")
+    return tree, (int(parts[0]), int(parts[1]))
 
 
 def _ngram(arg: str) -> Drafter:
     from specdec.drafters.ngram import NgramDrafter
+    from specdec.drafters.ngram_tree import NgramTreeDrafter
 
-    sizes = _ngram_args(arg)
-    return NgramDrafter() if sizes is None else NgramDrafter(*sizes)
+    tree, sizes = _ngram_args(arg)
+    kind = NgramTreeDrafter if tree else NgramDrafter
+    return kind() if sizes is None else kind(*sizes)
 
 
 def _suffix(arg: str) -> Drafter:
