@@ -1,8 +1,9 @@
 """The decoding loop over rows: sequences join and leave between steps (continuous batching).
 
-Each step every active sequence drafts its own gamma_i tokens; ONE target forward verifies all
-of them (blocks padded to a common width); each sequence accepts its own count with its own
-random generator and rolls back its own positions; a finished sequence leaves without
+Each step every active sequence drafts its own gamma_i tokens; ONE target forward scores all
+of them (blocks padded to a common width); ONE vectorized call verifies every row with its own
+rule and randomness (verify_rows.py), read back in one host sync; each sequence rolls back
+its own positions; a finished sequence leaves without
 disturbing the others. Batch 1 (SpeculativeDecoder.stream) is this loop with one row.
 """
 
@@ -23,6 +24,7 @@ from specdec.models.rows import Joining, Rows
 from specdec.noise import resolve_seed
 from specdec.sampling import SamplingParams
 from specdec.sequence import Sequence, StepEvent
+from specdec.verify_rows import RowCheck, RowResult, verify_checks
 
 # cache positions a step may write past the output: the pending token, up to 64 drafts and
 # the padding of a compiled width (a hint; runners grow when it is exceeded)
@@ -181,10 +183,12 @@ class BatchDecoder:
         t0 = clock.mark()
         logits = self.rows.extend(block)  # p_1..p_{k+1} of every row, one forward
         marks = (t0, clock.mark())
-        events = [None if i in failures else
-                  _guarded(failures, i, seq.judge, logits[i:i + 1, : d.shape[1] + 1], marks,
-                           clock)
+        checks = [None if i in failures else
+                  _guarded(failures, i, seq.prepare, logits[i:i + 1, : d.shape[1] + 1])
                   for i, (seq, d) in enumerate(zip(sequences, drafts, strict=True))]
+        verdicts = _verify(checks, failures)  # every row at once: one host sync
+        events = [None if v is None else _guarded(failures, i, seq.judge, v, marks, clock)
+                  for i, (seq, v) in enumerate(zip(sequences, verdicts, strict=True))]
         # drop each row's rejected drafts and padding: x_1..x_n stay cached (a failed row
         # keeps its block: it leaves below)
         self.rows.rollback([0 if e is None else width - 1 - len(e.accepted) for e in events])
@@ -248,6 +252,26 @@ def _guarded(failures: dict[int, Exception], row: int, work: Callable[..., Any],
     except Exception as error:
         failures[row] = error
         return None
+
+
+def _verify(checks: list[RowCheck | None],
+            failures: dict[int, Exception]) -> list[RowResult | None]:
+    """Every checked row's verdict in one vectorized call. Should that call raise, each row
+    is verified alone (a row's verdict does not depend on the others), so that only a row
+    whose own inputs break it fails."""
+    live = [i for i, check in enumerate(checks) if check is not None]
+    try:
+        results = verify_checks([checks[i] for i in live])  # type: ignore[misc]
+    except Exception:
+        results = [_guarded(failures, i, _verify_one, checks[i]) for i in live]
+    verdicts: list[RowResult | None] = [None] * len(checks)
+    for i, result in zip(live, results, strict=True):
+        verdicts[i] = result
+    return verdicts
+
+
+def _verify_one(check: RowCheck) -> RowResult:
+    return verify_checks([check])[0]
 
 
 def forks(drafter: Any) -> bool:

@@ -3,8 +3,9 @@
 A Sequence owns everything that is per request: sampling parameters, random generator, gamma
 policy, drafter, context, penalties history and statistics. The target forward that verifies
 its drafts is not here: the loop (batch.py) runs one forward for all sequences of a step and
-hands each its rows of logits. The target's cache holds the context minus its last (pending)
-token; after verification it is cut back to the accepted prefix.
+hands each its rows of logits; the verification of every row is one vectorized call
+(verify_rows.py) between `prepare` and `judge`. The target's cache holds the context minus
+its last (pending) token; after verification it is cut back to the accepted prefix.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from specdec.control.policy import GammaPolicy, StepRecord
 from specdec.drafters.base import Drafter, Proposal
 from specdec.models.device import StepClock
-from specdec.noise import position_range
+from specdec.noise import stream_key
 from specdec.sampling import (
     SamplingParams,
     TokenHistory,
@@ -30,7 +31,7 @@ from specdec.sampling import (
     token_logprobs,
 )
 from specdec.stats import GenerationStats
-from specdec.verify import Verdict, overlap, verify, verify_coupled, verify_greedy
+from specdec.verify_rows import RowCheck, RowResult
 
 
 @dataclass
@@ -59,10 +60,13 @@ class _Step:
     proposal: Proposal
     drafts: torch.Tensor  # on the target's device
     drafter_marks: tuple[Any, Any]
+    raw: torch.Tensor | None = None  # the target's logits [1, k + 1, V] (for logprobs)
+    counted_betas: bool = False  # betas from what happened, not from p and q
 
 
 class Sequence:
-    """A request's decoding state; `propose`, then `judge` the target's logits, then `advance`."""
+    """A request's decoding state; `propose`, `prepare` the target's logits (verified with
+    the step's other rows), `judge` the verdict, then `advance`."""
 
     def __init__(self, prompt_ids: torch.Tensor, context: torch.Tensor, params: SamplingParams,
                  drafter: Drafter | None, policy: GammaPolicy, stop_ids: set[int],
@@ -74,6 +78,9 @@ class Sequence:
         self.stop_ids = stop_ids
         self.device = device
         self.generator = make_generator(params.seed, device)
+        self.rule = "greedy" if params.greedy else "coupled" if params.coupled_rule else \
+            "sample"
+        self.key = _row_key(self.rule, params, self.generator)
         self.stats = GenerationStats(prompt_tokens=prompt_ids.shape[1])
         self.start = start
         self.finished = False
@@ -120,42 +127,44 @@ class Sequence:
         self._step = _Step(proposal, drafts, (t0, clock.mark()))
         return drafts
 
-    def judge(self, logits: torch.Tensor, forward_marks: tuple[Any, Any],
+    def prepare(self, logits: torch.Tensor) -> RowCheck:
+        """The proposal's verification inputs against the target's logits [1, k + 1, V]
+        (p_1..p_{k+1}): penalties and filters applied, on the target's device. The loop
+        verifies every row's check together (verify_rows.verify_checks), then `judge`s."""
+        assert self._step is not None, "prepare() without propose()"
+        step, params = self._step, self.params
+        drafts = step.drafts
+        k = drafts.shape[1]
+        step.raw = logits
+        if self.history is not None:  # position i sees the history plus drafts x_1..x_{i-1}
+            logits = penalize(logits, params, self.history, drafts)
+        target_probs = adjusted_probs(logits, params)  # greedy: one-hot at the argmax
+        q = None if params.greedy or step.proposal.probs is None else \
+            step.proposal.probs.to(self.device)
+        if q is not None and q.shape != target_probs[:, :k].shape:
+            raise ValueError(f"drafter {self.drafter and self.drafter.name!r} gave q of shape "
+                             f"{tuple(q.shape)} for {k} drafts over {target_probs.shape[-1]} "
+                             "tokens")
+        # one-hot p and q (greedy), or a coupled draft with a q, whose p(x) is not its
+        # acceptance chance: count what happened, beta 1 where the draft was kept
+        step.counted_betas = params.greedy or (params.coupled_rule and q is not None)
+        return RowCheck(drafts[0], None if q is None else q[0], target_probs[0], self.rule,
+                        self.key, self.context.shape[1])  # start: the first emitted position
+
+    def judge(self, result: RowResult, forward_marks: tuple[Any, Any],
               clock: StepClock) -> StepEvent:
-        """Verify the proposal against the target's logits [1, k + 1, V] (p_1..p_{k+1});
-        forward_marks: the clock's marks around the target forward.
+        """The step's event from its verdict (n, next token, drafts, betas: read back with
+        every row's in one host sync); forward_marks: the clock's marks around the target
+        forward. Records statistics and informs the gamma policy.
 
         Returns the step's event (not yet cut at stop tokens: see `advance`); the caller rolls
         the target's cache back by `rejected` + the block's padding.
         """
         assert self._step is not None, "judge() without propose()"
         step, self._step = self._step, None
-        params, drafts = self.params, step.drafts
-        k = drafts.shape[1]
-        raw = logits
-        if self.history is not None:  # position i sees the history plus drafts x_1..x_{i-1}
-            logits = penalize(logits, params, self.history, drafts)
-        if params.greedy:
-            verdict = verify_greedy(drafts, logits)
-            betas = None  # one-hot p and q: beta is 1 where the draft matched, derived below
-        else:
-            draft_probs = None if step.proposal.probs is None else \
-                step.proposal.probs.to(self.device)
-            target_probs = adjusted_probs(logits, params)
-            if params.coupled_rule:
-                position = self.context.shape[1]  # of the first token this step emits
-                verdict = verify_coupled(drafts, target_probs, params.seed,
-                                         position_range(position, k + 1, self.device))
-                # p(x) is still the acceptance chance of a deterministic draft; with a q it is
-                # P(both Gumbel-max tokens agree), not 1 - TV: count what happened, as greedy
-                betas = None if draft_probs is not None else \
-                    overlap(target_probs, None, drafts)[0]
-            else:
-                verdict = verify(drafts, draft_probs, target_probs, self.generator)
-                betas = overlap(target_probs, draft_probs, drafts)[0]
-        # the sequence's one host synchronization: count, next token, drafts and betas together
-        n, next_token, draft_list, beta_list = _to_host(verdict, drafts, betas)
-        if betas is None:
+        n, next_token, draft_list, beta_list = result
+        k = len(draft_list)
+        if step.counted_betas:
             beta_list = [1.0] * n + [0.0] * (k - n)
         # read after the sync: the forward is the target's time, the verification math loop time
         target_s = clock.seconds(*forward_marks)
@@ -172,8 +181,10 @@ class Sequence:
             drafter_forwards=step.proposal.forwards, target_s=target_s))
         event = StepEvent(accepted=draft_list[:n], rejected=draft_list[n:],
                           next_token=next_token, bonus=n == k)
-        if params.logprobs is not None:  # the verify forward's logits: no extra forward
-            event.logprobs = token_logprobs(raw[0, : n + 1], event.tokens, params.logprobs)
+        if self.params.logprobs is not None:  # the verify forward's logits: no extra forward
+            assert step.raw is not None
+            event.logprobs = token_logprobs(step.raw[0, : n + 1], event.tokens,
+                                            self.params.logprobs)
         return event
 
     def advance(self, event: StepEvent) -> StepEvent:
@@ -202,19 +213,14 @@ class Sequence:
         return event
 
 
-def _to_host(verdict: Verdict, drafts: torch.Tensor, betas: torch.Tensor | None,
-             ) -> tuple[int, int, list[int], list[float]]:
-    """Row 0's accepted count, next token, drafts and betas in ONE device-to-host copy.
-
-    Token ids are exact in float64 (< 2**53), so one float64 tensor carries them all.
-    """
-    k = drafts.shape[1]
-    parts = [verdict.accepted[:1].double(), verdict.next_token[:1].double(), drafts[0].double()]
-    if betas is not None:
-        parts.append(betas.double())
-    values = torch.cat(parts).tolist()
-    drafted = [int(v) for v in values[2:2 + k]]
-    return int(values[0]), int(values[1]), drafted, values[2 + k:]
+def _row_key(rule: str, params: SamplingParams, generator: torch.Generator) -> int:
+    """The key of a row's verification noise: the coupled rule's is the seed's; Algorithm
+    1's counter-based draws take a stream key drawn once from the request's generator
+    (reproducible per seed); greedy rows draw nothing."""
+    if rule == "coupled":
+        assert params.seed is not None, "resolve_seed(params) first"
+        return params.seed
+    return stream_key(generator) if rule == "sample" else 0
 
 
 def _cut(tokens: list[int], stop_ids: set[int], remaining: int) -> int | None:
