@@ -18,7 +18,7 @@ import torch
 
 from specdec.control.batch import BatchGammaController
 from specdec.control.policy import FixedGamma, GammaPolicy
-from specdec.drafters.base import Drafter
+from specdec.drafters.base import Drafter, Proposal, RowDrafter
 from specdec.models.device import StepClock
 from specdec.models.rows import Joining, Rows
 from specdec.noise import resolve_seed
@@ -52,6 +52,9 @@ class BatchDecoder:
         self.batch_policy = batch_policy or BatchGammaController()
         self._drafters: list[Drafter] = [] if drafter is None else [drafter]  # free ones
         self._prototype = drafter
+        # a drafter that drafts every row in one forward per position, in the rows' order
+        self._row_drafter = None if drafter is None or rows.max_rows == 1 else \
+            drafter.batched(rows.max_rows)
 
     def add(self, prompt_ids: torch.Tensor, params: SamplingParams) -> Sequence:
         """Prefill a new sequence (params already validated); it joins at the next step."""
@@ -118,10 +121,12 @@ class BatchDecoder:
         drafters: list[Drafter | None] = []
         added = []
         try:
-            for ids, _ in requests:
+            for ids, params in requests:
                 drafters.append(self._take_drafter())
                 if drafters[-1] is not None:
                     drafters[-1].begin(ids)
+                elif self._row_drafter is not None:
+                    self._row_drafter.add(ids, reserve=params.max_new_tokens + DRAFT_RESERVE)
             t2 = clock.mark()
             for (ids, params), context, drafter in zip(requests, contexts, drafters,
                                                        strict=True):
@@ -129,6 +134,9 @@ class BatchDecoder:
         except BaseException:
             for index in reversed(range(first, self.rows.count)):
                 self.rows.remove(index)
+            if self._row_drafter is not None:
+                for index in reversed(range(first, self._row_drafter.count)):
+                    self._row_drafter.remove(index)
             self._drafters.extend(d for d in drafters if d is not None)
             raise
         for sequence in added:
@@ -146,12 +154,15 @@ class BatchDecoder:
         stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else
                                                  set(self.eos_ids))
         return Sequence(ids, context, params, drafter, policy, stop_ids, self.rows.device,
-                        self.vocab_size, start)
+                        self.vocab_size, start,
+                        None if self._row_drafter is None else self._row_drafter.name)
 
     def remove(self, sequence: Sequence) -> None:
         """Drop a sequence (finished or cancelled); the last row takes its place."""
         index = self.sequences.index(sequence)
         self.rows.remove(index)
+        if self._row_drafter is not None:
+            self._row_drafter.remove(index)
         last = self.sequences.pop()
         if index < len(self.sequences):
             self.sequences[index] = last
@@ -172,8 +183,11 @@ class BatchDecoder:
         started = time.perf_counter()
         gammas = self._gammas(sequences)
         failures: dict[int, Exception] = {}
-        drafts = [_guarded(failures, i, seq.propose, k, clock) for i, (seq, k) in
-                  enumerate(zip(sequences, gammas, strict=True))]
+        if self._row_drafter is None:
+            drafts = [_guarded(failures, i, seq.propose, k, clock) for i, (seq, k) in
+                      enumerate(zip(sequences, gammas, strict=True))]
+        else:
+            drafts = self._draft_rows(self._row_drafter, sequences, gammas, failures)
         drafts = [_NO_DRAFTS if d is None else d for d in drafts]
         width = 1 + max(d.shape[1] for d in drafts)
         block = torch.zeros(len(sequences), width, dtype=torch.long, device=self.rows.device)
@@ -214,6 +228,22 @@ class BatchDecoder:
                                        time.perf_counter() - started)
         return out
 
+    def _draft_rows(self, drafter: RowDrafter, sequences: list[Sequence], gammas: list[int],
+                    failures: dict[int, Exception]) -> list[torch.Tensor | None]:
+        """Every row's drafts from one drafter call (one forward per draft position); an
+        error of that call costs every row its drafts this step, as a row's own drafter's
+        would cost it its own."""
+        t0 = self.clock.mark()
+        proposals: list[Proposal | Exception]
+        try:
+            proposals = drafter.propose([seq.draft_request(k) for seq, k in
+                                         zip(sequences, gammas, strict=True)])
+        except Exception as error:
+            proposals = [error] * len(sequences)
+        marks, share = (t0, self.clock.mark()), 1 / len(sequences)
+        return [None if i in failures else _guarded(failures, i, seq.offer, p, k, marks, share)
+                for i, (seq, p, k) in enumerate(zip(sequences, proposals, gammas, strict=True))]
+
     def _gammas(self, sequences: list[Sequence]) -> list[int]:
         if len(sequences) == 1 or isinstance(self.gamma, int):
             # fixed gamma, or alone: the row's own policy decides
@@ -227,6 +257,8 @@ class BatchDecoder:
         return [min(width, r) for r in room]
 
     def _take_drafter(self) -> Drafter | None:
+        if self._row_drafter is not None:
+            return None  # it drafts for every row
         if self._drafters:
             return self._drafters.pop()
         if self._prototype is None:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from specdec.control.policy import GammaPolicy, StepRecord
-from specdec.drafters.base import Drafter, Proposal
+from specdec.drafters.base import Drafter, DraftRequest, Proposal
 from specdec.models.device import StepClock
 from specdec.noise import stream_key
 from specdec.sampling import (
@@ -60,6 +60,7 @@ class _Step:
     proposal: Proposal
     drafts: torch.Tensor  # on the target's device
     drafter_marks: tuple[Any, Any]
+    drafter_share: float = 1.0  # of the time between the marks (rows drafted together)
     raw: torch.Tensor | None = None  # the target's logits [1, k + 1, V] (for logprobs)
     counted_betas: bool = False  # betas from what happened, not from p and q
 
@@ -70,10 +71,12 @@ class Sequence:
 
     def __init__(self, prompt_ids: torch.Tensor, context: torch.Tensor, params: SamplingParams,
                  drafter: Drafter | None, policy: GammaPolicy, stop_ids: set[int],
-                 device: torch.device, vocab_size: int, start: float):
+                 device: torch.device, vocab_size: int, start: float,
+                 drafter_name: str | None = None):
         self.context = context  # decoder context [1, T] on the host; its last token is pending
         self.params = params
-        self.drafter = drafter
+        self.drafter = drafter  # None when the loop drafts for every row at once
+        self.drafter_name = drafter.name if drafter is not None else drafter_name
         self.policy = policy
         self.stop_ids = stop_ids
         self.device = device
@@ -104,27 +107,40 @@ class Sequence:
         return min(self.policy.choose(), self.remaining - 1)
 
     def propose(self, k: int, clock: StepClock) -> torch.Tensor:
-        """Draft up to k tokens; returns them [1, k'] on the target's device."""
+        """Draft up to k tokens with this sequence's drafter; returns them [1, k'] on the
+        target's device."""
         t0 = clock.mark()
-        proposal = Proposal.empty(1)
+        proposal: Proposal | Exception = Proposal.empty(1)
         if self.drafter is not None and k > 0:
-            # the history only when penalties need it: drafters written without it still work
-            extra = {} if self.history is None else {"history": self.history}
+            request = self.draft_request(k)
             try:
-                proposal = self.drafter.propose(self.context, k, self.params, self.generator,
-                                                **extra)
-            except Exception as error:  # a broken drafter costs speed, never correctness
-                warnings.warn(f"drafter {self.drafter.name!r} failed ({error!r}); "
-                              "decoding this step without drafts", RuntimeWarning, stacklevel=3)
-                self.stats.drafter_failures += 1
-                proposal = Proposal.empty(1)
-            self.stats.drafter_calls += proposal.forwards
-            if proposal.length > k:
-                proposal = Proposal(proposal.tokens[:, :k],
-                                    None if proposal.probs is None else proposal.probs[:, :k],
-                                    proposal.forwards)
+                proposal = self.drafter.propose(request.context, k, request.params,
+                                                request.generator, **_history(request))
+            except Exception as error:
+                proposal = error
+        return self.offer(proposal, k, (t0, clock.mark()))
+
+    def draft_request(self, k: int) -> DraftRequest:
+        """What a drafter needs to draft up to k tokens for this sequence."""
+        return DraftRequest(self.context, k, self.params, self.generator, self.history)
+
+    def offer(self, proposal: Proposal | Exception, k: int, marks: tuple[Any, Any],
+              share: float = 1.0) -> torch.Tensor:
+        """Take the step's proposal (or its drafter's error), drafted between the clock's
+        marks; share: this row's part of that time (drafts for several rows at once).
+        Returns the drafts [1, k'] on the target's device."""
+        if isinstance(proposal, Exception):  # a broken drafter costs speed, never correctness
+            warnings.warn(f"drafter {self.drafter_name!r} failed ({proposal!r}); decoding this "
+                          "step without drafts", RuntimeWarning, stacklevel=3)
+            self.stats.drafter_failures += 1
+            proposal = Proposal.empty(1)
+        self.stats.drafter_calls += proposal.forwards
+        if proposal.length > k:
+            proposal = Proposal(proposal.tokens[:, :k],
+                                None if proposal.probs is None else proposal.probs[:, :k],
+                                proposal.forwards)
         drafts = proposal.tokens.to(self.device, non_blocking=True)  # moved once
-        self._step = _Step(proposal, drafts, (t0, clock.mark()))
+        self._step = _Step(proposal, drafts, marks, share)
         return drafts
 
     def prepare(self, logits: torch.Tensor) -> RowCheck:
@@ -142,7 +158,7 @@ class Sequence:
         q = None if params.greedy or step.proposal.probs is None else \
             step.proposal.probs.to(self.device)
         if q is not None and q.shape != target_probs[:, :k].shape:
-            raise ValueError(f"drafter {self.drafter and self.drafter.name!r} gave q of shape "
+            raise ValueError(f"drafter {self.drafter_name!r} gave q of shape "
                              f"{tuple(q.shape)} for {k} drafts over {target_probs.shape[-1]} "
                              "tokens")
         # one-hot p and q (greedy), or a coupled draft with a q, whose p(x) is not its
@@ -168,7 +184,7 @@ class Sequence:
             beta_list = [1.0] * n + [0.0] * (k - n)
         # read after the sync: the forward is the target's time, the verification math loop time
         target_s = clock.seconds(*forward_marks)
-        drafter_s = clock.seconds(*step.drafter_marks)
+        drafter_s = clock.seconds(*step.drafter_marks) * step.drafter_share
         self.last_drafter_s = drafter_s
         stats = self.stats
         stats.drafter_s += drafter_s
@@ -211,6 +227,11 @@ class Sequence:
         stats.first_token_s = stats.first_token_s or stats.total_s
         event.stats = stats
         return event
+
+
+def _history(request: DraftRequest) -> dict[str, Any]:
+    """The history only when penalties need it: drafters written without it still work."""
+    return {} if request.history is None else {"history": request.history}
 
 
 def _row_key(rule: str, params: SamplingParams, generator: torch.Generator) -> int:
