@@ -7,7 +7,6 @@ import torch
 from specdec.drafters.base import Drafter, Proposal, RowDrafter
 from specdec.drafters.sample import sample_drafts
 from specdec.models.base import LanguageModel, logits_at_width
-from specdec.models.static import StaticCausalLM
 from specdec.sampling import SamplingParams, TokenHistory
 
 
@@ -39,10 +38,9 @@ class ModelDrafter(Drafter):
     def batched(self, max_rows: int) -> RowDrafter | None:
         """Rows of the drafter model's own static cache (drafters/model_rows.py); other
         runners draft row by row."""
-        if not isinstance(self.model, StaticCausalLM):
-            return None
-        from specdec.drafters.model_rows import ModelRowsDrafter  # it builds on this module
-        return ModelRowsDrafter(self, self.model, max_rows)
+        # imported here: it builds on this module, and the static runner imports transformers
+        from specdec.drafters.model_rows import model_rows
+        return model_rows(self, max_rows)
 
     def warmup(self, capacity: int) -> float:
         return self.model.warmup(capacity)

@@ -111,6 +111,13 @@ class ModelRowsDrafter:
             self.cached = [torch.cat([c, fed[i:i + 1]], dim=1) for i, c in enumerate(self.cached)]
 
 
+def model_rows(drafter: ModelDrafter, max_rows: int) -> ModelRowsDrafter | None:
+    """Rows for a model drafter on the static runner; None for other runners (row by row)."""
+    if not isinstance(drafter.model, StaticCausalLM):
+        return None
+    return ModelRowsDrafter(drafter, drafter.model, max_rows)
+
+
 def _proposal(sampler: DraftSampler | Exception, gamma: int) -> Proposal | Exception:
     if isinstance(sampler, Exception):
         return sampler
