@@ -3,8 +3,9 @@
 Each step every active sequence drafts its own gamma_i tokens; ONE target forward scores all
 of them (blocks padded to a common width); ONE vectorized call verifies every row with its own
 rule and randomness (verify_rows.py), read back in one host sync; each sequence rolls back
-its own positions; a finished sequence leaves without
-disturbing the others. Batch 1 (SpeculativeDecoder.stream) is this loop with one row.
+its own positions; a finished sequence leaves without disturbing the others. A drafter with
+rows (`Drafter.batched`) drafts every row in one forward per draft position; others draft
+row by row. Batch 1 (SpeculativeDecoder.stream) is this loop with one row.
 """
 
 from __future__ import annotations
