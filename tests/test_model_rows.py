@@ -14,6 +14,7 @@ from specdec.drafters.model_rows import ModelRowsDrafter
 from specdec.models import wrap
 from specdec.models.rows import make_rows
 from specdec.models.static import StaticCausalLM
+from specdec.sampling import TokenHistory
 from tiny import perturbed, tiny_llama
 
 PROMPTS = [[3, 17, 9], [5] * 12 + [7, 8], [11, 2, 30, 30, 2, 30, 30, 2], [9], [1, 2, 3, 4] * 4]
@@ -25,13 +26,19 @@ def pair():
     return model, perturbed(model, 0.3, seed=2)
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_batched_drafts_equal_row_by_row_drafts(pair, temperature) -> None:
+@pytest.mark.parametrize("sampling", [dict(temperature=0.0), dict(temperature=1.0),
+                                      dict(temperature=0.0, repetition_penalty=1.5,
+                                           frequency_penalty=0.5)])
+def test_batched_drafts_equal_row_by_row_drafts(pair, sampling) -> None:
     _, draft_model = pair
     prototype = ModelDrafter(wrap(draft_model))
     rows = prototype.batched(4)
     assert isinstance(rows, ModelRowsDrafter)
-    params = SamplingParams(temperature=temperature, max_new_tokens=64)
+    params = SamplingParams(**sampling, max_new_tokens=64)
+
+    def history(context: torch.Tensor) -> TokenHistory | None:  # as Sequence keeps it
+        return TokenHistory.of(context, 2, 64) if params.penalized else None
+
     g = torch.Generator().manual_seed(5)
     contexts: list[torch.Tensor] = []
     alone: list[ModelDrafter] = []
@@ -59,10 +66,12 @@ def test_batched_drafts_equal_row_by_row_drafts(pair, temperature) -> None:
         gammas = [(step + i) % 5 for i in range(len(contexts))]  # 0..4, some rows none
         seeds = [100 * step + i for i in range(len(contexts))]
         batched = rows.propose([
-            DraftRequest(c, k, params, torch.Generator().manual_seed(s))
+            DraftRequest(c, k, params, torch.Generator().manual_seed(s), history(c))
             for c, k, s in zip(contexts, gammas, seeds, strict=True)])
         for i, (context, k, seed) in enumerate(zip(contexts, gammas, seeds, strict=True)):
-            own = alone[i].propose(context, k, params, torch.Generator().manual_seed(seed))
+            extra = {} if history(context) is None else {"history": history(context)}
+            own = alone[i].propose(context, k, params, torch.Generator().manual_seed(seed),
+                                   **extra)
             got = batched[i]
             assert isinstance(got, Proposal)
             assert got.tokens.tolist() == own.tokens.tolist(), (step, i)
