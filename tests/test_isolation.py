@@ -2,6 +2,8 @@
 nothing, the KV cache keeps to its budget, and a prompt prefilled in pieces between steps
 changes nobody's output (float32, greedy: bit-for-bit comparisons)."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ from specdec.control.auto import GammaController
 from specdec.drafters.ngram import NgramDrafter
 from specdec.models import wrap
 from specdec.models.rows import CacheBudgetError, SingleRow, StaticRows, make_rows
+from specdec.verify_rows import RowsVerdict
 from tiny import tiny_llama
 
 PROMPTS = [[3, 17, 9, 3, 17], [5] * 30 + [7, 8], [11, 2, 30, 30, 2, 30, 30, 2], [9, 4]]
@@ -64,6 +67,48 @@ def test_a_failing_row_leaves_alone_and_the_others_are_untouched(decoder, method
     want, _ = run(alone, alone.add_many([(torch.tensor([p]), GREEDY) for p in kept]))
     assert [tokens[i] for i in (0, 2, 3)] == [want[0], want[1], want[2]]
     assert all(len(t) == GREEDY.max_new_tokens for t in want.values())
+
+
+def test_a_row_that_breaks_the_shared_verification_leaves_alone(decoder, monkeypatch) -> None:
+    """Every row is verified in one vectorized call read back once per step; a row whose
+    inputs make that call raise is verified alone, fails alone, and the others' tokens are
+    those of a batch without it."""
+    loop = decoder.batch(make_rows(decoder.target, 4))
+    added = loop.add_many([(torch.tensor([p]), GREEDY) for p in PROMPTS])
+    original, calls = added[1].prepare, [0]
+
+    def bogus(*args):
+        calls[0] += 1
+        check = original(*args)
+        return replace(check, rule="bogus") if calls[0] == 3 else check
+
+    added[1].prepare = bogus
+    reads, to_host = [0], RowsVerdict.to_host
+
+    def counted(self, *args):
+        reads[0] += 1
+        return to_host(self, *args)
+
+    monkeypatch.setattr(RowsVerdict, "to_host", counted)
+    steps = 0
+    index = {id(s): i for i, s in enumerate(added)}
+    tokens: dict[int, list[int]] = {i: [] for i in range(4)}
+    failed = {}
+    while loop.sequences:
+        steps += 1
+        for sequence, event in loop.step():
+            if isinstance(event, RowFailure):
+                failed[index[id(sequence)]] = event.error
+            else:
+                tokens[index[id(sequence)]].extend(event.tokens)
+    assert list(failed) == [1] and "bogus" in str(failed[1])
+    # one read back per step; the broken step's shared call raised before its read back, then
+    # each row alone: the three others read back theirs
+    assert reads[0] == steps - 1 + 3
+    alone = decoder.batch(make_rows(decoder.target, 4))
+    kept = [p for i, p in enumerate(PROMPTS) if i != 1]
+    want, _ = run(alone, alone.add_many([(torch.tensor([p]), GREEDY) for p in kept]))
+    assert [tokens[i] for i in (0, 2, 3)] == [want[0], want[1], want[2]]
 
 
 def test_a_library_caller_gets_its_rows_error(decoder, monkeypatch) -> None:

@@ -1,10 +1,12 @@
 """The decoding loop over rows: sequences join and leave between steps (continuous batching).
 
-Each step every active sequence drafts its own gamma_i tokens; ONE target forward verifies all
-of them (blocks padded to a common width); each sequence accepts its own count with its own
-random generator and rolls back its own positions; a finished sequence leaves without
-disturbing the others. Batch 1 (SpeculativeDecoder.stream) is this loop with one row. Rows
-whose drafter proposes trees verify their trees in that same single forward (batch_trees.py).
+Each step every active sequence drafts its own gamma_i tokens; ONE target forward scores all
+of them (blocks padded to a common width); ONE vectorized call verifies every row with its own
+rule and randomness (verify_rows.py), read back in one host sync; each sequence rolls back
+its own positions; a finished sequence leaves without disturbing the others. A drafter with
+rows (`Drafter.batched`) drafts every row in one forward per draft position; others draft
+row by row. Batch 1 (SpeculativeDecoder.stream) is this loop with one row. Rows whose drafter
+proposes trees verify their trees in that same single forward (batch_trees.py).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from specdec.batch_trees import step_trees
 from specdec.control.batch import BatchGammaController
 from specdec.control.budget import tree_policy
 from specdec.control.policy import FixedGamma, GammaPolicy
-from specdec.drafters.base import Drafter
+from specdec.drafters.base import Drafter, Proposal, RowDrafter
 from specdec.models.device import StepClock
 from specdec.models.rows import Joining, Rows
 from specdec.noise import resolve_seed
@@ -28,6 +30,7 @@ from specdec.row_failure import guarded as _guarded
 from specdec.sampling import SamplingParams
 from specdec.sequence import Sequence, StepEvent
 from specdec.tree_decoding import uses_trees
+from specdec.verify_rows import RowCheck, RowResult, verify_checks
 
 # cache positions a step may write past the output: the pending token, up to 64 drafts and
 # the padding of a compiled width (a hint; runners grow when it is exceeded)
@@ -55,6 +58,9 @@ class BatchDecoder:
         self.batch_policy = batch_policy or BatchGammaController()
         self._drafters: list[Drafter] = [] if drafter is None else [drafter]  # free ones
         self._prototype = drafter
+        # a drafter that drafts every row in one forward per position, in the rows' order
+        self._row_drafter = None if drafter is None or rows.max_rows == 1 else \
+            drafter.batched(rows.max_rows)
 
     def add(self, prompt_ids: torch.Tensor, params: SamplingParams) -> Sequence:
         """Prefill a new sequence (params already validated); it joins at the next step."""
@@ -121,10 +127,12 @@ class BatchDecoder:
         drafters: list[Drafter | None] = []
         added = []
         try:
-            for ids, _ in requests:
+            for ids, params in requests:
                 drafters.append(self._take_drafter())
                 if drafters[-1] is not None:
                     drafters[-1].begin(ids)
+                elif self._row_drafter is not None:
+                    self._row_drafter.add(ids, reserve=params.max_new_tokens + DRAFT_RESERVE)
             t2 = clock.mark()
             for (ids, params), context, drafter in zip(requests, contexts, drafters,
                                                        strict=True):
@@ -132,6 +140,9 @@ class BatchDecoder:
         except BaseException:
             for index in reversed(range(first, self.rows.count)):
                 self.rows.remove(index)
+            if self._row_drafter is not None:
+                for index in reversed(range(first, self._row_drafter.count)):
+                    self._row_drafter.remove(index)
             self._drafters.extend(d for d in drafters if d is not None)
             raise
         for sequence in added:
@@ -151,12 +162,15 @@ class BatchDecoder:
         stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else
                                                  set(self.eos_ids))
         return Sequence(ids, context, params, drafter, policy, stop_ids, self.rows.device,
-                        self.vocab_size, start)
+                        self.vocab_size, start,
+                        None if self._row_drafter is None else self._row_drafter.name)
 
     def remove(self, sequence: Sequence) -> None:
         """Drop a sequence (finished or cancelled); the last row takes its place."""
         index = self.sequences.index(sequence)
         self.rows.remove(index)
+        if self._row_drafter is not None:
+            self._row_drafter.remove(index)
         last = self.sequences.pop()
         if index < len(self.sequences):
             self.sequences[index] = last
@@ -179,8 +193,11 @@ class BatchDecoder:
         started = time.perf_counter()
         gammas = self.gammas(sequences)
         failures: dict[int, Exception] = {}
-        drafts = [_guarded(failures, i, seq.propose, k, clock) for i, (seq, k) in
-                  enumerate(zip(sequences, gammas, strict=True))]
+        if self._row_drafter is None:
+            drafts = [_guarded(failures, i, seq.propose, k, clock) for i, (seq, k) in
+                      enumerate(zip(sequences, gammas, strict=True))]
+        else:
+            drafts = self._draft_rows(self._row_drafter, sequences, gammas, failures)
         drafts = [_NO_DRAFTS if d is None else d for d in drafts]
         width = 1 + max(d.shape[1] for d in drafts)
         block = torch.zeros(len(sequences), width, dtype=torch.long, device=self.rows.device)
@@ -190,10 +207,12 @@ class BatchDecoder:
         t0 = clock.mark()
         logits = self.rows.extend(block)  # p_1..p_{k+1} of every row, one forward
         marks = (t0, clock.mark())
-        events = [None if i in failures else
-                  _guarded(failures, i, seq.judge, logits[i:i + 1, : d.shape[1] + 1], marks,
-                           clock)
+        checks = [None if i in failures else
+                  _guarded(failures, i, seq.prepare, logits[i:i + 1, : d.shape[1] + 1])
                   for i, (seq, d) in enumerate(zip(sequences, drafts, strict=True))]
+        verdicts = _verify(checks, failures)  # every row at once: one host sync
+        events = [None if v is None else _guarded(failures, i, seq.judge, v, marks, clock)
+                  for i, (seq, v) in enumerate(zip(sequences, verdicts, strict=True))]
         # drop each row's rejected drafts and padding: x_1..x_n stay cached (a failed row
         # keeps its block: it leaves below)
         self.rows.rollback([0 if e is None else width - 1 - len(e.accepted) for e in events])
@@ -227,6 +246,22 @@ class BatchDecoder:
                                        time.perf_counter() - started)
         return out
 
+    def _draft_rows(self, drafter: RowDrafter, sequences: list[Sequence], gammas: list[int],
+                    failures: dict[int, Exception]) -> list[torch.Tensor | None]:
+        """Every row's drafts from one drafter call (one forward per draft position); an
+        error of that call costs every row its drafts this step, as a row's own drafter's
+        would cost it its own."""
+        t0 = self.clock.mark()
+        proposals: list[Proposal | Exception]
+        try:
+            proposals = drafter.propose([seq.draft_request(k) for seq, k in
+                                         zip(sequences, gammas, strict=True)])
+        except Exception as error:
+            proposals = [error] * len(sequences)
+        marks, share = (t0, self.clock.mark()), 1 / len(sequences)
+        return [None if i in failures else _guarded(failures, i, seq.offer, p, k, marks, share)
+                for i, (seq, p, k) in enumerate(zip(sequences, proposals, gammas, strict=True))]
+
     def gammas(self, sequences: list[Sequence]) -> list[int]:
         """Each row's draft budget this step (its own policy's, or the batch policy's)."""
         if len(sequences) == 1 or isinstance(self.gamma, int):
@@ -242,6 +277,8 @@ class BatchDecoder:
         return [min(width, r) for r in room]
 
     def _take_drafter(self) -> Drafter | None:
+        if self._row_drafter is not None:
+            return None  # it drafts for every row
         if self._drafters:
             return self._drafters.pop()
         if self._prototype is None:
@@ -250,6 +287,26 @@ class BatchDecoder:
 
 
 _NO_DRAFTS = torch.zeros(1, 0, dtype=torch.long)
+
+
+def _verify(checks: list[RowCheck | None],
+            failures: dict[int, Exception]) -> list[RowResult | None]:
+    """Every checked row's verdict in one vectorized call. Should that call raise, each row
+    is verified alone (a row's verdict does not depend on the others), so that only a row
+    whose own inputs break it fails."""
+    live = [i for i, check in enumerate(checks) if check is not None]
+    try:
+        results = verify_checks([checks[i] for i in live])  # type: ignore[misc]
+    except Exception:
+        results = [_guarded(failures, i, _verify_one, checks[i]) for i in live]
+    verdicts: list[RowResult | None] = [None] * len(checks)
+    for i, result in zip(live, results, strict=True):
+        verdicts[i] = result
+    return verdicts
+
+
+def _verify_one(check: RowCheck) -> RowResult:
+    return verify_checks([check])[0]
 
 
 def forks(drafter: Any) -> bool:

@@ -6,7 +6,7 @@ row proposes its own tree with its own budget (tree_decoding.propose_tree); ever
 proposes its line (Sequence.propose), which goes in as a chain. The blocks (the pending token,
 then the nodes) are padded to a common width and verified in one forward: Rows.extend_tree
 with each row's parents (Rows.extend when every block is a chain). A tree row is judged by
-its own rule (tree_decoding.judge_tree), a line row by Sequence.judge, as in a line step.
+its own rule (tree_decoding.judge_tree), a line row by the line step's rule (verify_rows).
 Each row's cache keeps its accepted path (Rows.accept_paths: moved once, the rest
 forgotten). A row whose own work raises leaves alone (RowFailure); a drafter that raises
 costs its row speed only (no drafts that step).
@@ -32,6 +32,7 @@ from specdec.models.tree_attention import is_chain
 from specdec.row_failure import RowFailure, guarded
 from specdec.sequence import Sequence, StepEvent
 from specdec.tree_decoding import judge_tree, propose_tree, tree_block, uses_trees
+from specdec.verify_rows import verify_checks
 
 if TYPE_CHECKING:
     from specdec.batch import BatchDecoder
@@ -105,8 +106,8 @@ def _draft(seq: Sequence, budget: int, rows: Rows, clock: StepClock) -> _RowDraf
 def _judge(seq: Sequence, draft: _RowDraft, logits: torch.Tensor, clock: StepClock,
            marks: tuple[Any, Any]) -> tuple[StepEvent, list[int]]:
     """The row's event and the nodes its cache keeps (root first)."""
-    if draft.tree is None:
-        event = seq.judge(logits, marks, clock)
+    if draft.tree is None:  # a line row: the line step's rule (verify_rows), one row
+        event = seq.judge(verify_checks([seq.prepare(logits)])[0], marks, clock)
         return event, list(range(len(event.accepted) + 1))
     assert draft.drafter_marks is not None
     return judge_tree(seq, draft.tree, draft.tokens, draft.parents, logits, clock,

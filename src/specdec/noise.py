@@ -153,6 +153,12 @@ def keyed_gumbel_argmax(probs: torch.Tensor, keys: torch.Tensor,
     return neg_e.div_(probs.float()).argmax(dim=-1)  # max of -E/p = max of p/E
 
 
+def stream_key(generator: torch.Generator) -> int:
+    """A 62-bit key for counter-based draws (verify_rows' "sample" rule), drawn from
+    `generator` on its device (one read back, once per request)."""
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+
+
 def resolve_seed(params: SamplingParams) -> SamplingParams:
     """params with a seed when it uses the coupled rule without one (fresh, per request)."""
     if params.coupled_rule and params.seed is None:

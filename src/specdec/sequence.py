@@ -3,8 +3,9 @@
 A Sequence owns everything that is per request: sampling parameters, random generator, gamma
 policy, drafter, context, penalties history and statistics. The target forward that verifies
 its drafts is not here: the loop (batch.py) runs one forward for all sequences of a step and
-hands each its rows of logits. The target's cache holds the context minus its last (pending)
-token; after verification it is cut back to the accepted prefix.
+hands each its rows of logits; the verification of every row is one vectorized call
+(verify_rows.py) between `prepare` and `judge`. The target's cache holds the context minus
+its last (pending) token; after verification it is cut back to the accepted prefix.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from typing import Any
 import torch
 
 from specdec.control.policy import GammaPolicy, StepRecord
-from specdec.drafters.base import Drafter, Proposal
+from specdec.drafters.base import Drafter, DraftRequest, Proposal
 from specdec.models.device import StepClock
-from specdec.noise import position_range
+from specdec.noise import stream_key
 from specdec.sampling import (
     SamplingParams,
     TokenHistory,
@@ -30,7 +31,7 @@ from specdec.sampling import (
     token_logprobs,
 )
 from specdec.stats import GenerationStats
-from specdec.verify import Verdict, overlap, verify, verify_coupled, verify_greedy
+from specdec.verify_rows import RowCheck, RowResult
 
 
 @dataclass
@@ -59,21 +60,30 @@ class _Step:
     proposal: Proposal
     drafts: torch.Tensor  # on the target's device
     drafter_marks: tuple[Any, Any]
+    drafter_share: float = 1.0  # of the time between the marks (rows drafted together)
+    raw: torch.Tensor | None = None  # the target's logits [1, k + 1, V] (for logprobs)
+    counted_betas: bool = False  # betas from what happened, not from p and q
 
 
 class Sequence:
-    """A request's decoding state; `propose`, then `judge` the target's logits, then `advance`."""
+    """A request's decoding state; `propose`, `prepare` the target's logits (verified with
+    the step's other rows), `judge` the verdict, then `advance`."""
 
     def __init__(self, prompt_ids: torch.Tensor, context: torch.Tensor, params: SamplingParams,
                  drafter: Drafter | None, policy: GammaPolicy, stop_ids: set[int],
-                 device: torch.device, vocab_size: int, start: float):
+                 device: torch.device, vocab_size: int, start: float,
+                 drafter_name: str | None = None):
         self.context = context  # decoder context [1, T] on the host; its last token is pending
         self.params = params
-        self.drafter = drafter
+        self.drafter = drafter  # None when the loop drafts for every row at once
+        self.drafter_name = drafter.name if drafter is not None else drafter_name
         self.policy = policy
         self.stop_ids = stop_ids
         self.device = device
         self.generator = make_generator(params.seed, device)
+        self.rule = "greedy" if params.greedy else "coupled" if params.coupled_rule else \
+            "sample"
+        self.key = _row_key(self.rule, params, self.generator)
         self.stats = GenerationStats(prompt_tokens=prompt_ids.shape[1])
         self.start = start
         self.finished = False
@@ -105,69 +115,84 @@ class Sequence:
         return min(self.policy.choose(), self.draft_room)
 
     def propose(self, k: int, clock: StepClock) -> torch.Tensor:
-        """Draft up to k tokens; returns them [1, k'] on the target's device."""
+        """Draft up to k tokens with this sequence's drafter; returns them [1, k'] on the
+        target's device."""
         t0 = clock.mark()
-        proposal = Proposal.empty(1)
+        proposal: Proposal | Exception = Proposal.empty(1)
         if self.drafter is not None and k > 0:
-            # the history only when penalties need it: drafters written without it still work
-            extra = {} if self.history is None else {"history": self.history}
+            request = self.draft_request(k)
             try:
-                proposal = self.drafter.propose(self.context, k, self.params, self.generator,
-                                                **extra)
-            except Exception as error:  # a broken drafter costs speed, never correctness
-                warnings.warn(f"drafter {self.drafter.name!r} failed ({error!r}); "
-                              "decoding this step without drafts", RuntimeWarning, stacklevel=3)
-                self.stats.drafter_failures += 1
-                proposal = Proposal.empty(1)
-            self.stats.drafter_calls += proposal.forwards
-            if proposal.length > k:
-                proposal = Proposal(proposal.tokens[:, :k],
-                                    None if proposal.probs is None else proposal.probs[:, :k],
-                                    proposal.forwards)
+                proposal = self.drafter.propose(request.context, k, request.params,
+                                                request.generator, **_history(request))
+            except Exception as error:
+                proposal = error
+        return self.offer(proposal, k, (t0, clock.mark()))
+
+    def draft_request(self, k: int) -> DraftRequest:
+        """What a drafter needs to draft up to k tokens for this sequence."""
+        return DraftRequest(self.context, k, self.params, self.generator, self.history)
+
+    def offer(self, proposal: Proposal | Exception, k: int, marks: tuple[Any, Any],
+              share: float = 1.0) -> torch.Tensor:
+        """Take the step's proposal (or its drafter's error), drafted between the clock's
+        marks; share: this row's part of that time (drafts for several rows at once).
+        Returns the drafts [1, k'] on the target's device."""
+        if isinstance(proposal, Exception):  # a broken drafter costs speed, never correctness
+            warnings.warn(f"drafter {self.drafter_name!r} failed ({proposal!r}); decoding this "
+                          "step without drafts", RuntimeWarning, stacklevel=3)
+            self.stats.drafter_failures += 1
+            proposal = Proposal.empty(1)
+        self.stats.drafter_calls += proposal.forwards
+        if proposal.length > k:
+            proposal = Proposal(proposal.tokens[:, :k],
+                                None if proposal.probs is None else proposal.probs[:, :k],
+                                proposal.forwards)
         drafts = proposal.tokens.to(self.device, non_blocking=True)  # moved once
-        self._step = _Step(proposal, drafts, (t0, clock.mark()))
+        self._step = _Step(proposal, drafts, marks, share)
         return drafts
 
-    def judge(self, logits: torch.Tensor, forward_marks: tuple[Any, Any],
+    def prepare(self, logits: torch.Tensor) -> RowCheck:
+        """The proposal's verification inputs against the target's logits [1, k + 1, V]
+        (p_1..p_{k+1}): penalties and filters applied, on the target's device. The loop
+        verifies every row's check together (verify_rows.verify_checks), then `judge`s."""
+        assert self._step is not None, "prepare() without propose()"
+        step, params = self._step, self.params
+        drafts = step.drafts
+        k = drafts.shape[1]
+        step.raw = logits
+        if self.history is not None:  # position i sees the history plus drafts x_1..x_{i-1}
+            logits = penalize(logits, params, self.history, drafts)
+        target_probs = adjusted_probs(logits, params)  # greedy: one-hot at the argmax
+        q = None if params.greedy or step.proposal.probs is None else \
+            step.proposal.probs.to(self.device)
+        if q is not None and q.shape != target_probs[:, :k].shape:
+            raise ValueError(f"drafter {self.drafter_name!r} gave q of shape "
+                             f"{tuple(q.shape)} for {k} drafts over {target_probs.shape[-1]} "
+                             "tokens")
+        # one-hot p and q (greedy), or a coupled draft with a q, whose p(x) is not its
+        # acceptance chance: count what happened, beta 1 where the draft was kept
+        step.counted_betas = params.greedy or (params.coupled_rule and q is not None)
+        return RowCheck(drafts[0], None if q is None else q[0], target_probs[0], self.rule,
+                        self.key, self.context.shape[1])  # start: the first emitted position
+
+    def judge(self, result: RowResult, forward_marks: tuple[Any, Any],
               clock: StepClock) -> StepEvent:
-        """Verify the proposal against the target's logits [1, k + 1, V] (p_1..p_{k+1});
-        forward_marks: the clock's marks around the target forward.
+        """The step's event from its verdict (n, next token, drafts, betas: read back with
+        every row's in one host sync); forward_marks: the clock's marks around the target
+        forward. Records statistics and informs the gamma policy.
 
         Returns the step's event (not yet cut at stop tokens: see `advance`); the caller rolls
         the target's cache back by `rejected` + the block's padding.
         """
         assert self._step is not None, "judge() without propose()"
         step, self._step = self._step, None
-        params, drafts = self.params, step.drafts
-        k = drafts.shape[1]
-        raw = logits
-        if self.history is not None:  # position i sees the history plus drafts x_1..x_{i-1}
-            logits = penalize(logits, params, self.history, drafts)
-        if params.greedy:
-            verdict = verify_greedy(drafts, logits)
-            betas = None  # one-hot p and q: beta is 1 where the draft matched, derived below
-        else:
-            draft_probs = None if step.proposal.probs is None else \
-                step.proposal.probs.to(self.device)
-            target_probs = adjusted_probs(logits, params)
-            if params.coupled_rule:
-                position = self.context.shape[1]  # of the first token this step emits
-                verdict = verify_coupled(drafts, target_probs, params.seed,
-                                         position_range(position, k + 1, self.device))
-                # p(x) is still the acceptance chance of a deterministic draft; with a q it is
-                # P(both Gumbel-max tokens agree), not 1 - TV: count what happened, as greedy
-                betas = None if draft_probs is not None else \
-                    overlap(target_probs, None, drafts)[0]
-            else:
-                verdict = verify(drafts, draft_probs, target_probs, self.generator)
-                betas = overlap(target_probs, draft_probs, drafts)[0]
-        # the sequence's one host synchronization: count, next token, drafts and betas together
-        n, next_token, draft_list, beta_list = _to_host(verdict, drafts, betas)
-        if betas is None:
+        n, next_token, draft_list, beta_list = result
+        k = len(draft_list)
+        if step.counted_betas:
             beta_list = [1.0] * n + [0.0] * (k - n)
         # read after the sync: the forward is the target's time, the verification math loop time
         target_s = clock.seconds(*forward_marks)
-        drafter_s = clock.seconds(*step.drafter_marks)
+        drafter_s = clock.seconds(*step.drafter_marks) * step.drafter_share
         self.last_drafter_s = drafter_s
         stats = self.stats
         stats.drafter_s += drafter_s
@@ -180,8 +205,10 @@ class Sequence:
             drafter_forwards=step.proposal.forwards, target_s=target_s))
         event = StepEvent(accepted=draft_list[:n], rejected=draft_list[n:],
                           next_token=next_token, bonus=n == k)
-        if params.logprobs is not None:  # the verify forward's logits: no extra forward
-            event.logprobs = token_logprobs(raw[0, : n + 1], event.tokens, params.logprobs)
+        if self.params.logprobs is not None:  # the verify forward's logits: no extra forward
+            assert step.raw is not None
+            event.logprobs = token_logprobs(step.raw[0, : n + 1], event.tokens,
+                                            self.params.logprobs)
         return event
 
     def advance(self, event: StepEvent) -> StepEvent:
@@ -210,19 +237,19 @@ class Sequence:
         return event
 
 
-def _to_host(verdict: Verdict, drafts: torch.Tensor, betas: torch.Tensor | None,
-             ) -> tuple[int, int, list[int], list[float]]:
-    """Row 0's accepted count, next token, drafts and betas in ONE device-to-host copy.
+def _history(request: DraftRequest) -> dict[str, Any]:
+    """The history only when penalties need it: drafters written without it still work."""
+    return {} if request.history is None else {"history": request.history}
 
-    Token ids are exact in float64 (< 2**53), so one float64 tensor carries them all.
-    """
-    k = drafts.shape[1]
-    parts = [verdict.accepted[:1].double(), verdict.next_token[:1].double(), drafts[0].double()]
-    if betas is not None:
-        parts.append(betas.double())
-    values = torch.cat(parts).tolist()
-    drafted = [int(v) for v in values[2:2 + k]]
-    return int(values[0]), int(values[1]), drafted, values[2 + k:]
+
+def _row_key(rule: str, params: SamplingParams, generator: torch.Generator) -> int:
+    """The key of a row's verification noise: the coupled rule's is the seed's; Algorithm
+    1's counter-based draws take a stream key drawn once from the request's generator
+    (reproducible per seed); greedy rows draw nothing."""
+    if rule == "coupled":
+        assert params.seed is not None, "resolve_seed(params) first"
+        return params.seed
+    return stream_key(generator) if rule == "sample" else 0
 
 
 def _cut(tokens: list[int], stop_ids: set[int], remaining: int) -> int | None:

@@ -141,3 +141,45 @@ def _betas(drafts: torch.Tensor, draft_probs: torch.Tensor | None,
     # a float32 sum of probabilities can land a rounding step above 1
     both = torch.minimum(p, draft_probs).sum(dim=-1).clamp(max=1.0)
     return torch.where(has_q[:, None], both, p_x)
+
+
+@dataclass
+class RowCheck:
+    """One row's verification inputs (Sequence.prepare), on the target's device.
+
+    drafts [k], draft_probs [k, V] or None (deterministic drafts, or a greedy row),
+    target_probs [k + 1, V] (penalties and filters applied; one-hot for a greedy row); rule,
+    key and start as in RowRules.
+    """
+
+    drafts: torch.Tensor
+    draft_probs: torch.Tensor | None
+    target_probs: torch.Tensor
+    rule: str
+    key: int
+    start: int
+
+
+RowResult = tuple[int, int, list[int], list[float]]  # n, next token, drafts, betas
+
+
+def verify_checks(checks: list[RowCheck]) -> list[RowResult]:
+    """Every row's (n, next token, drafts, betas): one verify_rows call over the rows padded
+    to the longest (zeros: padding is never read as a draft or an emitted position), and
+    one host sync. A row's result does not depend on the other rows."""
+    if not checks:
+        return []
+    pad = torch.nn.utils.rnn.pad_sequence
+    drafts = pad([c.drafts for c in checks], batch_first=True)
+    target = pad([c.target_probs for c in checks], batch_first=True)
+    has_q = [c.draft_probs is not None for c in checks]
+    draft_probs = None
+    if any(has_q):
+        draft_probs = pad([c.target_probs.new_zeros(c.target_probs.shape[0] - 1,
+                                                    c.target_probs.shape[1])
+                           if c.draft_probs is None else c.draft_probs for c in checks],
+                          batch_first=True)
+    lengths = [c.drafts.shape[0] for c in checks]
+    rules = RowRules(lengths, [c.rule for c in checks], [c.key for c in checks],
+                     [c.start for c in checks], has_q)
+    return verify_rows(drafts, draft_probs, target, rules).to_host(drafts, lengths)

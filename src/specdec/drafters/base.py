@@ -58,7 +58,50 @@ class Drafter(Protocol):
         raise ValueError(f"drafter {self.name!r} cannot draft for several sequences at once; "
                          "use a batch size of 1")
 
+    def batched(self, max_rows: int) -> RowDrafter | None:
+        """A drafter for up to max_rows concurrent sequences at once (one forward per draft
+        position for all of them), or None when sequences draft one by one with forks (the
+        default)."""
+        return None
+
     def warmup(self, capacity: int) -> float:
         """Compile whatever a first request would (servers call this before accepting one),
         for caches of `capacity` positions; returns the seconds spent. Default: nothing."""
         return 0.0
+
+
+@dataclass
+class DraftRequest:
+    """One row's part of a batched draft: Drafter.propose's arguments."""
+
+    context: torch.Tensor  # [1, T], the target's decoder context
+    gamma: int
+    params: SamplingParams
+    generator: torch.Generator
+    history: TokenHistory | None = None
+
+
+@runtime_checkable
+class RowDrafter(Protocol):
+    """Drafts for several sequences together; row i is the i-th added and not removed, as
+    in the target's rows (models.rows.Rows)."""
+
+    name: str
+
+    @property
+    def count(self) -> int:
+        """Active rows."""
+        ...
+
+    def add(self, prompt_ids: torch.Tensor, reserve: int = 0) -> None:
+        """Start row `count` for prompt_ids [1, T] (reserve: positions it may reach past it)."""
+        ...
+
+    def remove(self, index: int) -> None:
+        """Drop row `index`; the last row takes its index."""
+        ...
+
+    def propose(self, requests: list[DraftRequest]) -> list[Proposal | Exception]:
+        """Each row's proposal (one request per row, in row order), or the error of that
+        row's own drafting; an error of the shared forward raises."""
+        ...

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from specdec.drafters.base import Drafter, Proposal
+from specdec.drafters.base import Drafter, Proposal, RowDrafter
 from specdec.drafters.sample import sample_drafts
 from specdec.models.base import LanguageModel, logits_at_width
 from specdec.sampling import SamplingParams, TokenHistory
@@ -35,11 +35,18 @@ class ModelDrafter(Drafter):
         """A drafter for another concurrent sequence: same weights, its own cache."""
         return ModelDrafter(self.model.fork(), self.vocab_size)
 
+    def batched(self, max_rows: int) -> RowDrafter | None:
+        """Rows of the drafter model's own static cache (drafters/model_rows.py); other
+        runners draft row by row."""
+        # imported here: it builds on this module, and the static runner imports transformers
+        from specdec.drafters.model_rows import model_rows
+        return model_rows(self, max_rows)
+
     def warmup(self, capacity: int) -> float:
         return self.model.warmup(capacity)
 
     def begin(self, prompt_ids: torch.Tensor) -> None:
-        context = self.model.prefill(self._fit(prompt_ids))
+        context = self.model.prefill(self.fit(prompt_ids))
         self.cached_ids = context[:, : self.model.cached_length]
         self._drafts_on_device = None
 
@@ -53,7 +60,7 @@ class ModelDrafter(Drafter):
         def next_logits(choice: torch.Tensor | None) -> torch.Tensor:
             token = choice if columns is None or choice is None else columns[choice]
             feed = first if token is None else token[:, None]
-            return self._restrict(self.model.extend(feed, last=1)[:, -1])
+            return self.restrict(self.model.extend(feed, last=1)[:, -1])
 
         # coupled rule: the target's noise at each draft's absolute position
         drafted, probs = sample_drafts(next_logits, gamma, params, generator, history,
@@ -68,7 +75,7 @@ class ModelDrafter(Drafter):
         """Token ids of the logits' columns when the head covers a vocabulary subset."""
         return None
 
-    def _restrict(self, logits: torch.Tensor) -> torch.Tensor:
+    def restrict(self, logits: torch.Tensor) -> torch.Tensor:
         """The last position's logits [B, V] as sampled: at the target's width (cut before
         penalties and filters, so every draft is a target id)."""
         return logits_at_width(logits, self.vocab_size)
@@ -77,10 +84,10 @@ class ModelDrafter(Drafter):
         if self._drafts_on_device is not None:
             self.cached_ids = torch.cat([self.cached_ids, self._drafts_on_device.cpu()], dim=1)
             self._drafts_on_device = None
-        self.cached_ids, feed = sync_cache(self.model, self.cached_ids, self._fit(context))
+        self.cached_ids, feed = sync_cache(self.model, self.cached_ids, self.fit(context))
         return feed
 
-    def _fit(self, ids: torch.Tensor) -> torch.Tensor:
+    def fit(self, ids: torch.Tensor) -> torch.Tensor:
         """ids the drafter can embed: a target's padding id past the drafter's width (never
         a tokenizer id, but a sampled target may emit one) is fed as the drafter's last id.
         That only changes what the drafter conditions on, so only acceptance can suffer."""
@@ -93,13 +100,13 @@ def sync_cache(model: LanguageModel, cached_ids: torch.Tensor,
 
     Returns the ids now cached and the tail of ids still to feed.
     """
-    common = min(_common_prefix(cached_ids, ids), ids.shape[1] - 1)
+    common = min(common_prefix(cached_ids, ids), ids.shape[1] - 1)
     common = max(common, 0)  # keep one token pending for its logits, if there is one
     model.rollback(model.cached_length - common)
     return ids[:, :common], ids[:, common:]
 
 
-def _common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
+def common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
     """Length of the longest prefix shared by every row of a and b."""
     n = min(a.shape[1], b.shape[1])
     same = (a[:, :n] == b[:, :n]).all(dim=0)

@@ -29,23 +29,46 @@ def sample_drafts(next_logits: NextLogits, gamma: int, params: SamplingParams,
     vocabulary (None: column i is token i); q is then scattered to `width` columns, zero
     outside the subset. position: the absolute position of the first draft (coupled rule).
     """
-    tokens, probs = [], []
+    sampler = DraftSampler(params, generator, history, position, columns, width)
     choice = None
-    for i in range(gamma):
-        logits = next_logits(choice)
-        if history is not None:  # penalties are per token id: through the columns' ids
-            logits = penalize(logits, params, history, columns=columns)
+    for _ in range(gamma):
+        choice = sampler.next(next_logits(choice))
+    return sampler.result()
+
+
+class DraftSampler:
+    """The drafts of one request, one at a time: `next(logits)` per draft (the logits may
+    come from a forward shared with other requests), then `result()`."""
+
+    def __init__(self, params: SamplingParams, generator: torch.Generator,
+                 history: TokenHistory | None, position: int,
+                 columns: torch.Tensor | None = None, width: int | None = None):
+        self.params, self.generator, self.history = params, generator, history
+        self.position, self.columns, self.width = position, columns, width
+        self.tokens: list[torch.Tensor] = []
+        self.probs: list[torch.Tensor] = []
+
+    def next(self, logits: torch.Tensor) -> torch.Tensor:
+        """Draw the next draft from logits [B, C]; returns its column [B]."""
+        params, columns = self.params, self.columns
+        if self.history is not None:  # penalties are per token id: through the columns' ids
+            logits = penalize(logits, params, self.history, columns=columns)
         if params.greedy:  # q is one-hot at the draft: None selects verification's one-hot rule
             choice = logits.argmax(dim=-1)
         else:
             q = adjusted_probs(logits, params)
-            choice = draw(q, params, generator, position + i, columns)
-            probs.append(q if columns is None else _scatter(q, columns, width))
+            choice = draw(q, params, self.generator, self.position + len(self.tokens), columns)
+            self.probs.append(q if columns is None else _scatter(q, columns, self.width))
         token = choice if columns is None else columns[choice]
-        tokens.append(token)
-        if history is not None:  # the next draft sees this one, as the target will
-            history = history.plus(token[:, None])
-    return torch.stack(tokens, dim=1), torch.stack(probs, dim=1) if probs else None
+        self.tokens.append(token)
+        if self.history is not None:  # the next draft sees this one, as the target will
+            self.history = self.history.plus(token[:, None])
+        return choice
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The drafts [B, k] (token ids) and their q [B, k, width] (None when greedy)."""
+        return torch.stack(self.tokens, dim=1), \
+            torch.stack(self.probs, dim=1) if self.probs else None
 
 
 def _scatter(q: torch.Tensor, columns: torch.Tensor, width: int | None) -> torch.Tensor:

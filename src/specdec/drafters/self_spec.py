@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from specdec.drafters.base import RowDrafter
 from specdec.drafters.model import ModelDrafter
 from specdec.errors import UsageError
 from specdec.models.base import LanguageModel
@@ -96,6 +97,11 @@ class SelfDrafter(ModelDrafter):
             self._cover(context)
         return super().propose(context, gamma, params, generator, history)
 
+    def batched(self, max_rows: int) -> RowDrafter | None:
+        """Row by row: the subset head follows one sequence's tokens, and passes over more
+        than `full_rows` rows take the full-precision weights."""
+        return None
+
     def _cover(self, context: torch.Tensor) -> None:
         """Add the context's new tokens (the target's corrections among them) to the subset."""
         if not self.context_tokens:
@@ -109,9 +115,9 @@ class SelfDrafter(ModelDrafter):
     def _columns(self) -> torch.Tensor | None:
         return None if self.head is None else self.head.ids.to(self.model.device)
 
-    def _restrict(self, logits: torch.Tensor) -> torch.Tensor:
+    def restrict(self, logits: torch.Tensor) -> torch.Tensor:
         if self.head is None:
-            return super()._restrict(logits)
+            return super().restrict(logits)
         return logits[:, : len(self.head.ids)]  # columns past the subset's are unused capacity
 
 
