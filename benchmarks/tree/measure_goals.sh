@@ -6,7 +6,7 @@
 set -e
 OUT=${OUT:-benchmarks/tree}
 TOKENS=${EDIT_TOKENS:-192}
-specdec bench --target qwen2.5-coder-0.5b --drafts "ngram@auto,ngram:tree@auto,suffix@auto" \
+[ -n "$SKIP_SPEC_BENCH" ] || specdec bench --target qwen2.5-coder-0.5b --drafts "ngram@auto,ngram:tree@auto,suffix@auto" \
     --per-category 3 --max-new-tokens 128 --temperatures 0 --threads 2 \
     --no-baselines --no-llamacpp --out "$OUT/spec_bench"
 specdec bench --target qwen2.5-coder-0.5b --questions editing --per-category 20 \

@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,8 @@ def run_benchmark(config: BenchConfig, target: LanguageModel, loader: Loader,
     if target.tokenizer is None:
         raise UsageError("the benchmark needs a target with a tokenizer (for the questions)")
     questions = load_questions(config.questions, config.categories, config.per_category)
+    # the report names the categories that ran (None asked for all of the file's)
+    config = replace(config, categories=list(dict.fromkeys(q.category for q in questions)))
     prompts = bench_prompts(target.tokenizer, questions)
     methods, notes = build_methods(config, target, loader, gguf)
     out = Path(config.out)
