@@ -168,3 +168,18 @@ def test_time_limit_stops_between_questions_and_journal_keeps_records(tmp_path):
     assert any("time limit" in note for note in document["notes"])
     journal = (tmp_path / "out" / "records.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in journal] == document["records"]
+
+
+def test_categories_default_to_all_of_the_question_file(tmp_path):
+    questions = questions_file(tmp_path)
+    config = BenchConfig(target="tiny", questions=str(questions), out=str(tmp_path / "out"),
+                         drafts=["ngram@2"], baselines=False, per_category=1,
+                         max_new_tokens=4, temperatures=[0.0], threads=1, progress=False,
+                         max_minutes=0)
+    assert config.categories is None
+    outputs = run_benchmark(config, tiny_model(char_tokenizer(), seed=0),
+                            lambda spec, pack=True: None)
+    document = json.loads(outputs["json"].read_text())
+    validate(document)  # the report names the categories that ran, not None
+    expected = list(dict.fromkeys(q.category for q in load_questions(questions, None, 1)))
+    assert document["config"]["categories"] == expected and len(expected) > 1

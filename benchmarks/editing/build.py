@@ -10,6 +10,7 @@ jsonl is committed, so the workload does not depend on the Python that runs the 
 
 from __future__ import annotations
 
+import argparse
 import ast
 import json
 import platform
@@ -80,6 +81,8 @@ def prompt(kind: str, request: str, text: str) -> str:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     version = platform.python_version()
     rows = []
     for kind, items in (("code_edit", CODE), ("doc_edit", DOCS)):

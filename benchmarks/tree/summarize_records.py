@@ -9,8 +9,8 @@ journal does not hold (the roofline, the load measured around the run) is not re
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 from specdec.bench.methods import Method
@@ -27,7 +27,11 @@ def method_of(name: str) -> Method:
     return Method(name, "specdec", run=None, drafter=drafter, gamma=gamma)  # type: ignore[arg-type]
 
 
-def main(path: str) -> None:
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("records", help="a bench run's records.jsonl")
+    path = parser.parse_args().records
     records = [Record(**json.loads(line)) for line in Path(path).read_text().splitlines()]
     methods = [method_of(name) for name in dict.fromkeys(r.method for r in records)]
     summaries = summarize(records, methods)
@@ -40,4 +44,4 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()
