@@ -156,14 +156,15 @@ class BatchDecoder:
     def _sequence(self, ids: torch.Tensor, context: torch.Tensor, params: SamplingParams,
                   drafter: Drafter | None, start: float) -> Sequence:
         params = resolve_seed(params)  # the coupled rule without a seed needs one noise
+        trees = uses_trees(self.rows, drafter, params)  # decided once for the request
         # a tree row gets the tree policy (`auto`: the node-budget controller)
-        policy = tree_policy(self.gamma) if uses_trees(self.rows, drafter, params) else \
+        policy = tree_policy(self.gamma) if trees else \
             FixedGamma(self.gamma) if isinstance(self.gamma, int) else self.gamma()
         stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else
                                                  set(self.eos_ids))
         return Sequence(ids, context, params, drafter, policy, stop_ids, self.rows.device,
                         self.vocab_size, start,
-                        None if self._row_drafter is None else self._row_drafter.name)
+                        None if self._row_drafter is None else self._row_drafter.name, trees)
 
     def remove(self, sequence: Sequence) -> None:
         """Drop a sequence (finished or cancelled); the last row takes its place."""
@@ -187,7 +188,7 @@ class BatchDecoder:
         sequences = list(self.sequences)
         if not sequences:
             return []
-        if any(uses_trees(self.rows, s.drafter, s.params) for s in sequences):
+        if any(s.trees for s in sequences):
             return step_trees(self, sequences)  # a tree for each such row (batch_trees.py)
         clock = self.clock
         started = time.perf_counter()

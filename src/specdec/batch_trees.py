@@ -1,12 +1,13 @@
 """A batch step with trees: each row verifies its own tree, all rows in ONE target forward.
 
-BatchDecoder.step hands its step here when any row decodes with trees
-(tree_decoding.uses_trees: a tree drafter, rows that verify trees, no penalties). Each such
-row proposes its own tree with its own budget (tree_decoding.propose_tree); every other row
-proposes its line (Sequence.propose), which goes in as a chain. The blocks (the pending token,
-then the nodes) are padded to a common width and verified in one forward: Rows.extend_tree
-with each row's parents (Rows.extend when every block is a chain). A tree row is judged by
-its own rule (tree_decoding.judge_tree), a line row by the line step's rule (verify_rows).
+BatchDecoder.step hands its step here when any row decodes with trees (`Sequence.trees`,
+decided by tree_decoding.uses_trees: a tree drafter, rows that verify trees, no penalties).
+Each such row proposes its own tree with its own budget (tree_decoding.propose_tree); every
+other row proposes its line (Sequence.propose), which goes in as a chain. The blocks (the
+pending token, then the nodes) are padded to a common width and verified in one forward:
+Rows.extend_tree with each row's parents (Rows.extend when every block is a chain). A tree
+row is judged by its own rule (tree_decoding.judge_tree), a line row by the line step's rule
+(verify_rows).
 Each row's cache keeps its accepted path (Rows.accept_paths: moved once, the rest
 forgotten). A row whose own work raises leaves alone (RowFailure); a drafter that raises
 costs its row speed only (no drafts that step).
@@ -27,11 +28,10 @@ import torch
 
 from specdec.drafters.tree import DraftTree
 from specdec.models.device import StepClock
-from specdec.models.rows import Rows
 from specdec.models.tree_attention import is_chain
 from specdec.row_failure import RowFailure, guarded
 from specdec.sequence import Sequence, StepEvent
-from specdec.tree_decoding import judge_tree, propose_tree, tree_block, uses_trees
+from specdec.tree_decoding import judge_tree, propose_tree, tree_block
 from specdec.verify_rows import verify_checks
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ def step_trees(decoder: BatchDecoder,
     rows, clock = decoder.rows, decoder.clock
     started = time.perf_counter()
     failures: dict[int, Exception] = {}
-    drafts = [guarded(failures, i, _draft, seq, budget, rows, clock) or _NOTHING
+    drafts = [guarded(failures, i, _draft, seq, budget, clock) or _NOTHING
               for i, (seq, budget) in enumerate(zip(sequences, decoder.gammas(sequences),
                                                     strict=True))]
     width = max(len(d.parents) for d in drafts)
@@ -89,9 +89,9 @@ def step_trees(decoder: BatchDecoder,
                             width > 1, started)
 
 
-def _draft(seq: Sequence, budget: int, rows: Rows, clock: StepClock) -> _RowDraft:
+def _draft(seq: Sequence, budget: int, clock: StepClock) -> _RowDraft:
     """The row's tree (a tree row) or its line as a chain."""
-    if not uses_trees(rows, seq.drafter, seq.params):
+    if not seq.trees:
         line = seq.propose(budget, clock)
         k = line.shape[1]
         return _RowDraft(torch.cat([torch.tensor([[seq.pending]]), line.cpu()], dim=1),

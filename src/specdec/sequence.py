@@ -72,11 +72,12 @@ class Sequence:
     def __init__(self, prompt_ids: torch.Tensor, context: torch.Tensor, params: SamplingParams,
                  drafter: Drafter | None, policy: GammaPolicy, stop_ids: set[int],
                  device: torch.device, vocab_size: int, start: float,
-                 drafter_name: str | None = None):
+                 drafter_name: str | None = None, trees: bool = False):
         self.context = context  # decoder context [1, T] on the host; its last token is pending
         self.params = params
         self.drafter = drafter  # None when the loop drafts for every row at once
         self.drafter_name = drafter.name if drafter is not None else drafter_name
+        self.trees = trees  # drafts and verifies trees (batch_trees.py), fixed for the request
         self.policy = policy
         self.stop_ids = stop_ids
         self.device = device
