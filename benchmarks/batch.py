@@ -28,9 +28,9 @@ from specdec import SamplingParams, SpeculativeDecoder
 from specdec.drafters.factory import build_gamma
 from specdec.drafters.ngram import NgramDrafter
 from specdec.models import load_model
-from specdec.models.device import synchronize
-from specdec.models.rows import StaticRows
 from specdec.prompts import user_prompt_ids
+from specdec.runtime.device import synchronize
+from specdec.runtime.rows import StaticRows
 
 TASKS = [
     "Write a Python function that checks whether a string is a palindrome.",

@@ -17,7 +17,7 @@ import time
 import torch
 
 from specdec.bench.roofline import stream_bandwidth
-from specdec.models.quantize import int4_quantize
+from specdec.runtime.quantize import int4_quantize
 
 SHAPE, LAYERS = (9728, 896), 12
 

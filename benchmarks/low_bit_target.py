@@ -4,7 +4,7 @@
         [--temperatures 0,1] [--threads 2] [--max-minutes 30] [--out benchmarks/low_bit]
 
 The bf16 target's linear layers requantized to int4 (groups of 32, torch's CPU int4 kernel,
-every pass in 4 bits: `specdec.models.low_bit_view.low_bit_target`) is a different model, so
+every pass in 4 bits: `specdec.runtime.low_bit_view.low_bit_target`) is a different model, so
 quality comes first, measured against the bf16 model on the same questions:
 - agreement: the bf16 model's greedy continuation (teacher-forced) and the int4 model's argmax
   at each of its positions;
@@ -35,8 +35,8 @@ from specdec.drafters.factory import build_drafter, build_gamma
 from specdec.machine import OtherJobsMeter, load_average, load_text
 from specdec.models.fetch import ensure_model
 from specdec.models.loading import load_model
-from specdec.models.low_bit_view import low_bit_target
 from specdec.prompts import user_prompt_ids
+from specdec.runtime.low_bit_view import low_bit_target
 from specdec.sampling import SamplingParams
 
 REFERENCE = "bf16 plain"

@@ -31,7 +31,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from specdec import SamplingParams, SpeculativeDecoder
 from specdec.drafters.ngram import NgramDrafter
 from specdec.models import wrap
-from specdec.models.device import resolve_device, synchronize
+from specdec.runtime.device import resolve_device, synchronize
 from specdec.theory import speedup
 
 SHAPES = {  # hidden, intermediate, layers, heads, kv heads, vocab

@@ -27,9 +27,9 @@ from specdec.bench.workloads import DEFAULT_QUESTIONS, load_questions
 from specdec.decoding import SpeculativeDecoder
 from specdec.drafters.ngram import NgramDrafter
 from specdec.drafters.self_spec import special_token_ids
-from specdec.models.low_bit_view import frequent_token_ids, shared_tree
-from specdec.models.quantize import Int4Linear, Int8Linear, _LowBitLinear, fake_quantize
 from specdec.prompts import user_prompt_ids
+from specdec.runtime.low_bit_view import frequent_token_ids, shared_tree
+from specdec.runtime.quantize import Int4Linear, Int8Linear, _LowBitLinear, fake_quantize
 from specdec.sampling import SamplingParams
 
 SUBSETS = (1024, 4096, 8192, 16384, 32768, 65536, None)  # None: the whole vocabulary
@@ -79,7 +79,7 @@ class _PassThrough(torch.nn.Module):
 def _simulated_trunk(target, bits: int, group: int):
     """The target's trunk with fake-quantized linears (the low-bit layers' exact weights, run
     as bf16 matmuls: the low-bit kernels are slow over many rows) and no head."""
-    from specdec.models.wrap import wrap
+    from specdec.runtime.wrap import wrap
 
     head = target.model.get_output_embeddings()
 

@@ -8,7 +8,7 @@ from specdec.control.auto import GammaController
 from specdec.drafters.base import Drafter
 from specdec.drafters.ngram import NgramDrafter
 from specdec.models import wrap
-from specdec.models.rows import SingleRow, StaticRows, make_rows
+from specdec.runtime.rows import SingleRow, StaticRows, make_rows
 from test_exactness_sequence import (
     LENGTH,
     PROMPT,

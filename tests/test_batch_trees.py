@@ -14,7 +14,7 @@ from specdec import SamplingParams, SpeculativeDecoder
 from specdec.batch import RowFailure
 from specdec.drafters.tree import DraftTree
 from specdec.models import wrap
-from specdec.models.rows import SingleRow, StaticRows, make_rows
+from specdec.runtime.rows import SingleRow, StaticRows, make_rows
 from test_isolation import run
 from tiny import tiny_llama
 from tree_fixtures import RandomTrees

@@ -15,7 +15,7 @@ from specdec import SamplingParams, SpeculativeDecoder
 from specdec.drafters.factory import build_drafter
 from specdec.drafters.ngram import NgramDrafter
 from specdec.models import StaticCausalLM, wrap
-from specdec.models.static import step_function
+from specdec.runtime.static import step_function
 from tiny import perturbed, tiny_llama
 
 PROMPTS = [[1, 2, 3, 4, 5, 1, 2, 3], [7, 8, 9, 10, 7, 8, 11, 7, 8], [30, 31]]

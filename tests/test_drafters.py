@@ -163,7 +163,7 @@ def test_cross_tokenizer_rolls_back_instead_of_recomputing():
 
 def test_int8_model_drafter_from_factory_keeps_greedy_output():
     from specdec.drafters.factory import build_drafter
-    from specdec.models.quantize import Int8Linear
+    from specdec.runtime.quantize import Int8Linear
 
     target = wrap(tiny_llama(64, seed=7), name="target")
     small = wrap(perturbed(target.model, 0.1, seed=2), name="small")

@@ -106,8 +106,8 @@ def test_low_bit_layers_on_cuda_run_cuda_kernels_close_to_the_cpu_layers(bits):
 
     from torch import nn
 
-    from specdec.models.low_bit_kernels import LowBitUnsupported, choose_low_bit
-    from specdec.models.quantize import Int4Linear, quantized_linear
+    from specdec.runtime.low_bit_kernels import LowBitUnsupported, choose_low_bit
+    from specdec.runtime.quantize import Int4Linear, quantized_linear
 
     torch.manual_seed(0)
     linear = nn.Linear(256, 200, bias=True).to(torch.bfloat16)

@@ -9,14 +9,14 @@ from torch import nn
 
 from specdec.cli.options import RuntimeOptions
 from specdec.cli.serve import serve_runtime
-from specdec.models.low_bit_kernels import (
+from specdec.runtime.low_bit_kernels import (
     LowBitChoice,
     LowBitUnsupported,
     choose_low_bit,
     inner_k_tiles,
     pack_int4_nibbles,
 )
-from specdec.models.quantize import quantized_linear
+from specdec.runtime.quantize import quantized_linear
 
 CUDA = torch.device("cuda")
 

@@ -12,7 +12,7 @@ from specdec.batch import BatchDecoder, RowFailure
 from specdec.control.auto import GammaController
 from specdec.drafters.ngram import NgramDrafter
 from specdec.models import wrap
-from specdec.models.rows import CacheBudgetError, SingleRow, StaticRows, make_rows
+from specdec.runtime.rows import CacheBudgetError, SingleRow, StaticRows, make_rows
 from specdec.verify_rows import RowsVerdict
 from tiny import tiny_llama
 

@@ -44,7 +44,7 @@ def test_int4_compute_dtype_default_and_override(monkeypatch):
     import torch
 
     from specdec.errors import UsageError
-    from specdec.models.quantize import INT4_COMPUTE_ENV, int4_compute_dtype
+    from specdec.runtime.quantize import INT4_COMPUTE_ENV, int4_compute_dtype
 
     monkeypatch.delenv(INT4_COMPUTE_ENV, raising=False)
     assert int4_compute_dtype(torch.float32) == torch.bfloat16  # the documented default

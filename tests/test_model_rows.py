@@ -12,8 +12,8 @@ from specdec.drafters.base import DraftRequest, Proposal
 from specdec.drafters.model import ModelDrafter
 from specdec.drafters.model_rows import ModelRowsDrafter
 from specdec.models import wrap
-from specdec.models.rows import make_rows
-from specdec.models.static import StaticCausalLM
+from specdec.runtime.rows import make_rows
+from specdec.runtime.static import StaticCausalLM
 from specdec.sampling import TokenHistory
 from tiny import perturbed, tiny_llama
 

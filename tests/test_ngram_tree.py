@@ -14,7 +14,7 @@ from specdec.drafters.ngram import NgramDrafter
 from specdec.drafters.ngram_tree import NgramTreeDrafter, merge_lines
 from specdec.drafters.tree import DraftTree, TreeDrafter
 from specdec.models import wrap
-from specdec.models.tree_attention import tree_depths
+from specdec.runtime.tree_attention import tree_depths
 from tiny import tiny_llama
 
 GREEDY = SamplingParams(temperature=0)

@@ -17,10 +17,10 @@ from specdec.drafters.factory import build_drafter
 from specdec.drafters.model import ModelDrafter
 from specdec.models import linear as linear_module
 from specdec.models import wrap
-from specdec.models.attention import blocked_attention, causal_mask
-from specdec.models.linear import PackedLinear, StackedSlice
-from specdec.models.packing import pack_decoder, unpack_decoder
-from specdec.models.rows import StaticRows
+from specdec.runtime.attention import blocked_attention, causal_mask
+from specdec.runtime.linear import PackedLinear, StackedSlice
+from specdec.runtime.packing import pack_decoder, unpack_decoder
+from specdec.runtime.rows import StaticRows
 from tiny import perturbed, small_decoder
 
 DTYPES = [torch.bfloat16, torch.float32]
@@ -138,7 +138,7 @@ def test_packing_frees_dense_weights_and_unpacking_restores_the_tree():
 def test_without_onednn_the_runner_keeps_f_linear(monkeypatch, dtype):
     """Where packing is unavailable (no oneDNN, another device, another dtype) the layers stay
     nn.Linear, the runner says why, and its output is the model's own."""
-    monkeypatch.setattr("specdec.models.packing.onednn_packing_available",
+    monkeypatch.setattr("specdec.runtime.packing.onednn_packing_available",
                         lambda dtype, device: "this torch build has no oneDNN (mkldnn)")
     model = small_decoder("llama", dtype)
     runner = wrap(model)
@@ -228,7 +228,7 @@ def test_bf16_seeded_coupled_text_is_the_same_for_every_drafter_gamma_and_slot(b
 
 
 def test_self_drafter_of_a_packed_target_quantizes_and_shares_its_packed_layers(bf16_pair):
-    from specdec.models.quantize import Int4Linear
+    from specdec.runtime.quantize import Int4Linear
 
     target, _ = bf16_pair
     drafter = build_drafter("self@int4", target, None)

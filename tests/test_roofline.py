@@ -4,8 +4,8 @@ from torch import nn
 
 from specdec.bench.roofline import Roofline, step_times, weight_bytes
 from specdec.models import wrap
-from specdec.models.linear import PackedLinear, StackedSlice
-from specdec.models.quantize import Int8Linear
+from specdec.runtime.linear import PackedLinear, StackedSlice
+from specdec.runtime.quantize import Int8Linear
 from tiny import tiny_llama
 
 

@@ -27,13 +27,13 @@ from specdec.drafters.factory import build_drafter
 from specdec.drafters.ngram import NgramDrafter
 from specdec.drafters.self_spec import SelfDrafter
 from specdec.models import wrap
-from specdec.models.low_bit_view import (
+from specdec.runtime.low_bit_view import (
     VocabularySubsetHead,
     frequent_token_ids,
     low_bit_view,
     shared_tree,
 )
-from specdec.models.quantize import Int4Linear, Int8Linear, quantized_linear
+from specdec.runtime.quantize import Int4Linear, Int8Linear, quantized_linear
 from specdec.sampling import SamplingParams
 from tiny import tiny_llama
 

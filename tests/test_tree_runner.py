@@ -5,9 +5,9 @@ next forwards as if the path had been extended as a line."""
 import pytest
 import torch
 
+from specdec.language_model import LanguageModel
 from specdec.models import wrap
-from specdec.models.base import LanguageModel
-from specdec.models.tree_attention import root_path, tree_depths
+from specdec.runtime.tree_attention import root_path, tree_depths
 from tiny import small_decoder, tiny_llama
 
 PARENTS = [-1, 0, 0, 1, 1, 2, 3, 3, 6, 0, 9, 10]  # fan-outs 1..3, depths 0..4

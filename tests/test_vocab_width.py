@@ -29,8 +29,8 @@ from specdec.drafters.cross_tokenizer import CrossTokenizerDrafter
 from specdec.drafters.factory import build_drafter
 from specdec.drafters.model import ModelDrafter
 from specdec.errors import VocabularyMismatchError
+from specdec.language_model import logits_at_width
 from specdec.models import check_same_vocabulary, wrap
-from specdec.models.base import logits_at_width
 from specdec.sampling import SamplingParams, make_generator
 from tiny import perturbed, tiny_llama
 

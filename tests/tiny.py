@@ -14,7 +14,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from specdec.models.packing import unpack_decoder
+from specdec.runtime.packing import unpack_decoder
 
 
 def tiny_llama(vocab_size: int = 64, seed: int = 0, layers: int = 2) -> LlamaForCausalLM:

@@ -5,7 +5,7 @@
 
 For R in 1, 2, 4, 8, 16: the median time of `StaticRows.extend` over R lines of --nodes
 tokens and of `StaticRows.extend_tree` over R bushy trees of --nodes nodes (each row its own
-tree; the tree attention runs row by row: models/tree_attention.py, tree_rows_attention),
+tree; the tree attention runs row by row: runtime/tree_attention.py, tree_rows_attention),
 after prompts of about --context tokens (ragged by a few tokens), as a ratio to one row's
 one-token extend. Shows what batched tree verification costs per row and whether the
 row-by-row attention matters next to the shared projections. Prints one JSON object (and a
@@ -23,7 +23,7 @@ import torch
 from verify_cost import bushy, median_ms
 
 from specdec.models.loading import load_model
-from specdec.models.rows import StaticRows
+from specdec.runtime.rows import StaticRows
 
 ROWS = (1, 2, 4, 8, 16)
 

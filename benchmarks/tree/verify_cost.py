@@ -5,7 +5,7 @@
 
 For N in 1, 2, 4, 8, 12, 16, 24, 32: the median time of `extend` over a line of N tokens and of
 `extend_tree` over a bushy random tree of N nodes (depth <= 6; each node's attention gathers
-its own tail of keys: models/tree_attention.py), both after a `--context`-token prompt, as a
+its own tail of keys: runtime/tree_attention.py), both after a `--context`-token prompt, as a
 ratio to one-token `extend`: v_line(N) and v_tree(N). The budget controller's cost curve is
 v_tree; on the CPU a tree costs more than a line of the same width only by its attention.
 Prints one JSON object (and a table to stderr).

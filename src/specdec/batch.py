@@ -22,11 +22,11 @@ from specdec.control.batch import BatchGammaController
 from specdec.control.budget import tree_policy
 from specdec.control.policy import FixedGamma, GammaPolicy
 from specdec.drafters.base import Drafter, Proposal, RowDrafter
-from specdec.models.device import StepClock
-from specdec.models.rows import Joining, Rows
 from specdec.noise import resolve_seed
 from specdec.row_failure import RowFailure
 from specdec.row_failure import guarded as _guarded
+from specdec.runtime.device import StepClock
+from specdec.runtime.rows import Joining, Rows
 from specdec.sampling import SamplingParams
 from specdec.sequence import Sequence, StepEvent
 from specdec.tree_decoding import uses_trees

@@ -12,7 +12,7 @@ Each row's cache keeps its accepted path (Rows.accept_paths: moved once, the res
 forgotten). A row whose own work raises leaves alone (RowFailure); a drafter that raises
 costs its row speed only (no drafts that step).
 
-A node's logits are the bits of the line extend of its root path (models/tree_attention.py),
+A node's logits are the bits of the line extend of its root path (runtime/tree_attention.py),
 and a row's logits do not depend on the rows beside it: a row's tokens are those it gets when
 decoded alone (SpeculativeDecoder.stream: this step over one row on the runner's own cache,
 StaticCausalLM.extend_tree), for every rule.
@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from specdec.drafters.tree import DraftTree
-from specdec.models.device import StepClock
-from specdec.models.tree_attention import is_chain
 from specdec.row_failure import RowFailure, guarded
+from specdec.runtime.device import StepClock
+from specdec.runtime.tree_attention import is_chain
 from specdec.sequence import Sequence, StepEvent
 from specdec.tree_decoding import judge_tree, propose_tree, tree_block
 from specdec.verify_rows import verify_checks

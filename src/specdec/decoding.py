@@ -18,9 +18,9 @@ from specdec.control.policy import GammaPolicy
 from specdec.drafters.base import Drafter
 from specdec.drafters.model import ModelDrafter
 from specdec.errors import InvalidParameter, UsageError
-from specdec.models.base import LanguageModel, check_same_vocabulary
-from specdec.models.rows import Rows, SingleRow, make_rows
-from specdec.models.static import StaticCausalLM
+from specdec.language_model import LanguageModel, check_same_vocabulary
+from specdec.runtime.rows import Rows, SingleRow, make_rows
+from specdec.runtime.static import StaticCausalLM
 from specdec.sampling import SamplingParams
 from specdec.sequence import StepEvent
 from specdec.stats import GenerationStats

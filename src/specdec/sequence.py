@@ -19,8 +19,8 @@ import torch
 
 from specdec.control.policy import GammaPolicy, StepRecord
 from specdec.drafters.base import Drafter, DraftRequest, Proposal
-from specdec.models.device import StepClock
 from specdec.noise import stream_key
+from specdec.runtime.device import StepClock
 from specdec.sampling import (
     SamplingParams,
     TokenHistory,

@@ -23,10 +23,10 @@ import torch
 
 from specdec.control.policy import StepRecord, TreePolicy
 from specdec.drafters.tree import DraftTree, TreeDrafter
-from specdec.models.base import LanguageModel
-from specdec.models.device import StepClock
-from specdec.models.rows import Rows
-from specdec.models.tree_attention import is_chain, tree_depths
+from specdec.language_model import LanguageModel
+from specdec.runtime.device import StepClock
+from specdec.runtime.rows import Rows
+from specdec.runtime.tree_attention import is_chain, tree_depths
 from specdec.sampling import SamplingParams, adjusted_probs, token_logprobs
 from specdec.sequence import Sequence, StepEvent
 from specdec.verify_tree import (

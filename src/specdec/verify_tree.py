@@ -37,8 +37,8 @@ from dataclasses import dataclass
 
 import torch
 
-from specdec.models.tree_attention import tree_depths
 from specdec.noise import gumbel_argmax
+from specdec.runtime.tree_attention import tree_depths
 from specdec.sampling import sample
 from specdec.verify import residual
 

@@ -15,8 +15,8 @@ import torch
 
 from specdec.decoding import SpeculativeDecoder
 from specdec.drafters.base import Drafter
-from specdec.models.base import LanguageModel
-from specdec.models.device import synchronize
+from specdec.language_model import LanguageModel
+from specdec.runtime.device import synchronize
 from specdec.sampling import SamplingParams
 from specdec.stats import GenerationStats
 

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from specdec.models.linear import PackedLinear, StackedSlice
-from specdec.models.quantize import Int4Linear, Int8Linear
+from specdec.runtime.linear import PackedLinear, StackedSlice
+from specdec.runtime.quantize import Int4Linear, Int8Linear
 
 STREAM_BYTES = 1 << 30  # larger than any CPU cache here
 WIDTHS = tuple(range(1, 17))

@@ -20,8 +20,8 @@ from specdec.bench.runner import Prompt, RunConfig, run
 from specdec.bench.workloads import Question, load_questions
 from specdec.drafters.factory import build_drafter, build_gamma, parse_draft, split_gammas
 from specdec.errors import UsageError
+from specdec.language_model import LanguageModel
 from specdec.machine import OtherJobsMeter, cpu_count, load_average
-from specdec.models.base import LanguageModel
 from specdec.prompts import user_prompt_ids
 
 Loader = Callable[..., LanguageModel]  # (spec, pack=True): one copy per (spec, pack)

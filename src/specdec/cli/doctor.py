@@ -31,8 +31,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     from specdec.bench.roofline import measure_roofline, packing_lines
     from specdec.machine import cpu_count
-    from specdec.models.linear import cpu_supports_bfloat16
     from specdec.models.loading import load_model
+    from specdec.runtime.linear import cpu_supports_bfloat16
 
     args = parser().parse_args(argv)
     runtime = runtime_options(args)

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import torch
 
 from specdec.errors import UsageError
-from specdec.models.base import RUNTIMES
-from specdec.models.device import DEVICE_CHOICES, resolve_device
+from specdec.language_model import RUNTIMES
 from specdec.models.registry import DEFAULT_TARGET
+from specdec.runtime.device import DEVICE_CHOICES, resolve_device
 
 # prompt lookup costs ~nothing per draft, so any acceptance is profit (docs/drafters.md)
 DEFAULT_DRAFTER = "ngram"

@@ -115,8 +115,8 @@ def build_server(args: argparse.Namespace, metrics: Any = None) -> tuple[Any, An
     from specdec.decoding import SpeculativeDecoder
     from specdec.drafters.factory import build_drafter, build_gamma, validate_spec
     from specdec.machine import contention_warning
-    from specdec.models.linear import onednn_packing_available
     from specdec.models.loading import load_model
+    from specdec.runtime.linear import onednn_packing_available
     from specdec.server import Engine, EngineConfig, create_app
 
     gamma = build_gamma(args.gamma)  # fail on a bad value before loading anything

@@ -22,7 +22,7 @@ from specdec.drafters.base import Drafter, Proposal
 from specdec.drafters.model import sync_cache
 from specdec.drafters.sample import sample_drafts
 from specdec.errors import UsageError, VocabularyMismatchError
-from specdec.models.base import LanguageModel
+from specdec.language_model import LanguageModel
 from specdec.sampling import SamplingParams, TokenHistory
 
 

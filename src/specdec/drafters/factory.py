@@ -22,7 +22,7 @@ from specdec.control.policy import GammaPolicy
 from specdec.drafters.base import Drafter
 from specdec.drafters.model import ModelDrafter
 from specdec.errors import UsageError, VocabularyMismatchError
-from specdec.models.base import LanguageModel, check_same_vocabulary
+from specdec.language_model import LanguageModel, check_same_vocabulary
 
 MAX_GAMMA = 64
 MAX_VOCAB = 10_000_000  # bound on @vocab=N
@@ -219,8 +219,8 @@ def _model_drafter(parsed: DraftSpec, target: LanguageModel,
 
 def _quantized(model: LanguageModel, bits: int) -> LanguageModel:
     """A low-bit view of a transformers-backed model (the loader's stays as it was)."""
-    from specdec.models.low_bit_view import low_bit_view
-    from specdec.models.wrap import wrap
+    from specdec.runtime.low_bit_view import low_bit_view
+    from specdec.runtime.wrap import wrap
 
     hf_model = getattr(model, "model", None)
     if hf_model is None:

@@ -6,7 +6,7 @@ import torch
 
 from specdec.drafters.base import Drafter, Proposal, RowDrafter
 from specdec.drafters.sample import sample_drafts
-from specdec.models.base import LanguageModel, logits_at_width
+from specdec.language_model import LanguageModel, logits_at_width
 from specdec.sampling import SamplingParams, TokenHistory
 
 

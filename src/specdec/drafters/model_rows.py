@@ -19,8 +19,8 @@ import torch
 from specdec.drafters.base import DraftRequest, Proposal
 from specdec.drafters.model import ModelDrafter, common_prefix
 from specdec.drafters.sample import DraftSampler
-from specdec.models.rows import StaticRows
-from specdec.models.static import StaticCausalLM
+from specdec.runtime.rows import StaticRows
+from specdec.runtime.static import StaticCausalLM
 
 
 class ModelRowsDrafter:

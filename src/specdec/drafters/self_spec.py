@@ -17,8 +17,8 @@ import torch
 from specdec.drafters.base import RowDrafter
 from specdec.drafters.model import ModelDrafter
 from specdec.errors import UsageError
-from specdec.models.base import LanguageModel
-from specdec.models.low_bit_view import (
+from specdec.language_model import LanguageModel
+from specdec.runtime.low_bit_view import (
     VocabularySubsetHead,
     frequent_token_ids,
     low_bit_view,
@@ -138,7 +138,7 @@ def special_token_ids(target: LanguageModel) -> list[int]:
 
 def build_self_drafter(target: LanguageModel, config: SelfDraftConfig) -> SelfDrafter:
     """A SelfDrafter over a low-bit view of `target` (a transformers-backed model)."""
-    from specdec.models.wrap import wrap
+    from specdec.runtime.wrap import wrap
 
     hf_model = getattr(target, "model", None)
     output = getattr(hf_model, "get_output_embeddings", lambda: None)()

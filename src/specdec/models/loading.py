@@ -16,13 +16,13 @@ from typing import Any
 import torch
 
 from specdec.errors import ModelLoadError, UsageError
-from specdec.models.base import LanguageModel
+from specdec.language_model import LanguageModel
 from specdec.models.convert import CopyKey, dtype_name, load_copy, save_copy, sha256_file
-from specdec.models.device import resolve_device
 from specdec.models.fetch import Downloader, ensure_model, pip_download
-from specdec.models.linear import cpu_supports_bfloat16
 from specdec.models.registry import REGISTRY, get_entry
-from specdec.models.wrap import wrap
+from specdec.runtime.device import resolve_device
+from specdec.runtime.linear import cpu_supports_bfloat16
+from specdec.runtime.wrap import wrap
 
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32,
           "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16}
@@ -40,7 +40,7 @@ def load_model(spec: str | os.PathLike, dtype: str | torch.dtype | None = None,
 
     dtype: None picks bfloat16 where the device computes it natively, else float32.
     threads: torch's intra-op threads (process-wide), left alone when None.
-    device: 'cpu', 'cuda[:N]' or 'auto'; compile / runtime / pack: see specdec.models.wrap.
+    device: 'cpu', 'cuda[:N]' or 'auto'; compile / runtime / pack: see specdec.runtime.wrap.
     convert: for a GGUF, load its converted copy from the cache (keyed by the GGUF's sha256
     and the dtype, verified) or write one after loading the GGUF; False: always the GGUF.
     """

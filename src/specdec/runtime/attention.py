@@ -81,7 +81,7 @@ def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     return scan_blocks(total, partial)[:, :, :m].to(q.dtype)
 
 
-# --- the pieces, shared with tree attention (models/tree_attention.py) so that a tree node's
+# --- the pieces, shared with tree attention (runtime/tree_attention.py) so that a tree node's
 # --- arithmetic is the same, op for op, as that of the same token in a line
 
 

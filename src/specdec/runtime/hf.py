@@ -2,7 +2,7 @@
 
 The dynamic path runs transformers' own forward with a DynamicCache: one forward per `extend`,
 `rollback` crops the cache (`crop(-n)`), never recomputes. It serves every architecture the
-static runner (models/static.py) does not: encoder-decoders (T5), sliding-window models
+static runner (runtime/static.py) does not: encoder-decoders (T5), sliding-window models
 (Gemma 3), GPT-2 and the rest.
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
 
-from specdec.models.base import LanguageModel
-from specdec.models.tree_attention import is_chain
+from specdec.language_model import LanguageModel
+from specdec.runtime.tree_attention import is_chain
 
 
 class HFModel(LanguageModel):

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from specdec.models.linear import PackedLinear, StackedSlice, dense_linear, has_dense_weight
-from specdec.models.quantize import quantized_linear
+from specdec.runtime.linear import PackedLinear, StackedSlice, dense_linear, has_dense_weight
+from specdec.runtime.quantize import quantized_linear
 
 MAX_EXTRA_TOKENS = 8192  # bound on the head's growing part (distinct context tokens)
 
@@ -215,7 +215,7 @@ def low_bit_target(target: Any, bits: int, group_size: int = 32) -> Any:
     for every pass, the output head too: a smaller, different model (its output is not the
     full-precision model's), for measuring what a low-bit target buys. Shares the target's
     embedding and norms; the target's own layers stay as they are."""
-    from specdec.models.wrap import wrap
+    from specdec.runtime.wrap import wrap
 
     view = low_bit_view(target.model, bits, group_size, full_rows=None)
     return wrap(view, target.tokenizer, f"{target.name}@int{bits}")

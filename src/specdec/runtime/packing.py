@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from specdec.models.linear import (
+from specdec.runtime.linear import (
     PackedLinear,
     RowProbe,
     StackedSlice,

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from specdec.errors import UsageError
-from specdec.models.linear import PackedLinear
-from specdec.models.low_bit_kernels import (
+from specdec.runtime.linear import PackedLinear
+from specdec.runtime.low_bit_kernels import (
     INT4_GROUPS,
     choose_low_bit,
     inner_k_tiles,

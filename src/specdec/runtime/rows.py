@@ -20,15 +20,15 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from specdec.models.base import LanguageModel
-from specdec.models.hf import HFModel
-from specdec.models.static import (
+from specdec.language_model import LanguageModel
+from specdec.runtime.hf import HFModel
+from specdec.runtime.static import (
     PREFILL_CHUNK,
     StaticCausalLM,
     StaticKVCache,
     rounded_capacity,
 )
-from specdec.models.tree_attention import tree_layout
+from specdec.runtime.tree_attention import tree_layout
 
 
 @runtime_checkable

@@ -31,10 +31,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from specdec.models.attention import blocked_attention, causal_mask, key_span, query_chunk
-from specdec.models.hf import HFModel
-from specdec.models.packing import PackReport, pack_decoder, single, stacked_parts
-from specdec.models.tree_attention import TreeLayout, tree_layout, tree_rows_attention
+from specdec.runtime.attention import blocked_attention, causal_mask, key_span, query_chunk
+from specdec.runtime.hf import HFModel
+from specdec.runtime.packing import PackReport, pack_decoder, single, stacked_parts
+from specdec.runtime.tree_attention import TreeLayout, tree_layout, tree_rows_attention
 
 STATIC_ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral")
 DEFAULT_WIDTHS = (1, 2, 4, 8, 16)
@@ -232,15 +232,15 @@ class StaticCausalLM(HFModel):
 
     @torch.inference_mode()
     def extend_tree(self, tokens: torch.Tensor, parents: list[int]) -> torch.Tensor:
-        """A token tree [1, N] in one eager forward; logits [1, N, V] (models/base.py).
+        """A token tree [1, N] in one eager forward; logits [1, N, V] (language_model.py).
 
         Node i is written at slot length + i and attends to the committed context and its
-        ancestors (models/tree_attention.py): its logits are the same bits as those of the
+        ancestors (runtime/tree_attention.py): its logits are the same bits as those of the
         line extend of its root path."""
         rows, n = tokens.shape
         if rows != 1:
             raise ValueError(f"tree verification runs one row here, got {rows} (batch rows: "
-                             "models/rows.py)")
+                             "runtime/rows.py)")
         if len(parents) != n:
             raise ValueError(f"{len(parents)} parents for {n} tree nodes")
         start = self._length

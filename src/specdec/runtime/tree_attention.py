@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from specdec.models.attention import (
+from specdec.runtime.attention import (
     KEY_BLOCK,
     MIN_QUERY_ROWS,
     block_partials,

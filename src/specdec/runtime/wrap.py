@@ -9,9 +9,9 @@ import torch
 from transformers import PreTrainedModel
 
 from specdec.errors import UsageError
-from specdec.models.base import RUNTIMES
-from specdec.models.hf import HFCausalLM, HFSeq2SeqLM
-from specdec.models.static import DEFAULT_WIDTHS, StaticCausalLM, static_unsupported
+from specdec.language_model import RUNTIMES
+from specdec.runtime.hf import HFCausalLM, HFSeq2SeqLM
+from specdec.runtime.static import DEFAULT_WIDTHS, StaticCausalLM, static_unsupported
 
 
 def wrap(model: PreTrainedModel, tokenizer: Any = None, name: str | None = None, *,
@@ -23,7 +23,7 @@ def wrap(model: PreTrainedModel, tokenizer: Any = None, name: str | None = None,
     for llama-family decoders and transformers' dynamic cache for everything else; 'static'
     refuses a model it cannot run; 'dynamic' always takes transformers' own forward.
     pack: the static runner packs the linear layers for oneDNN where the CPU has it
-    (models/packing.py; in place: the dense weights are freed), False keeps `F.linear`.
+    (runtime/packing.py; in place: the dense weights are freed), False keeps `F.linear`.
     """
     if runtime not in RUNTIMES:
         raise UsageError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from specdec.errors import InvalidParameter
-from specdec.models.rows import CacheBudgetError
+from specdec.runtime.rows import CacheBudgetError
 from specdec.server.auth import APIKeyMiddleware
 from specdec.server.engine import Engine, EngineStoppedError, QueueFullError, ShuttingDownError
 from specdec.server.jobs import Cancelled, Failed, Finished, Job, TextChunk

@@ -20,8 +20,8 @@ import torch
 
 from specdec.batch import BatchDecoder, RowFailure
 from specdec.decoding import SpeculativeDecoder
-from specdec.models.rows import CacheBudgetError, Joining, SingleRow, make_rows
 from specdec.prompts import chat_ids
+from specdec.runtime.rows import CacheBudgetError, Joining, SingleRow, make_rows
 from specdec.sampling import SamplingParams
 from specdec.sequence import Sequence, StepEvent
 from specdec.server.jobs import Cancelled, Failed, Job, Streaming
