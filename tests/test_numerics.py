@@ -15,7 +15,7 @@ from torch.nn import functional as F  # noqa: N812
 from specdec import SamplingParams, SpeculativeDecoder
 from specdec.drafters.factory import build_drafter
 from specdec.drafters.model import ModelDrafter
-from specdec.models import linear as linear_module
+from specdec.runtime import linear as linear_module
 from specdec.models import wrap
 from specdec.runtime.attention import blocked_attention, causal_mask
 from specdec.runtime.linear import PackedLinear, StackedSlice
