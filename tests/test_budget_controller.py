@@ -1,14 +1,20 @@
 """The node-budget controller for trees (control/budget.py): deterministic runs against
 synthetic steps and costs, then through TreeDecoder on the tiny models (output unchanged)."""
 
+from __future__ import annotations
+
 import pytest
+import torch
 
 from specdec import SamplingParams, SpeculativeDecoder
+from specdec.batch import BatchDecoder
 from specdec.control.auto import GammaController
+from specdec.control.batch import BatchGammaController
 from specdec.control.budget import AutoPolicies, BudgetConfig, BudgetController, tree_policy
 from specdec.control.policy import FixedGamma, StepRecord, TreePolicy
 from specdec.drafters.factory import build_drafter, build_gamma
 from specdec.models import wrap
+from specdec.runtime.rows import StaticRows
 from tiny import tiny_llama
 from tree_fixtures import RandomTrees
 
@@ -20,7 +26,7 @@ def run(controller: BudgetController, steps: int, reach, seconds) -> list[int]:
     chosen = []
     for _ in range(steps):
         budget = controller.choose()
-        depth = controller.depth_cap()
+        depth = controller.depth_cap(budget)
         accepted = reach(budget, depth) if budget else 0
         betas = [1.0] * accepted + ([0.0] if budget and accepted < budget else [])
         controller.observe(StepRecord(drafted=budget, accepted=accepted, betas=betas,
@@ -72,10 +78,10 @@ def test_depth_cap_follows_the_measured_reach():
     controller = BudgetController(BudgetConfig(budgets=(16,)))
     run(controller, 60, lambda b, d: min(b, d, 3), flat)
     assert controller.choose() == 16
-    assert controller.depth_cap() == 4  # depth 3 reached every step: one more is tried
+    assert controller.depth_cap(16) == 4  # depth 3 reached every step: one more is tried
     run(controller, 60, lambda b, d: min(b, d, 6), flat)  # a deeper match appears
-    controller.choose()
-    assert controller.depth_cap() == 7  # grew one depth at a time as paths reached the cap
+    assert controller.choose() == 16
+    assert controller.depth_cap(16) == 7  # grew one depth at a time as paths reached the cap
 
 
 def test_the_step_budget_keys_the_statistics():
@@ -113,6 +119,12 @@ class Recording(RandomTrees):
         super().__init__(*args, **kwargs)
         self.asked: list[tuple[int, int]] = []
 
+    def fork(self) -> Recording:
+        twin = Recording(self.vocab, self.nodes, self.seed, self.truth, self.sampled,
+                         self.truths)
+        twin.asked = self.asked  # one record for every row of a batch
+        return twin
+
     def propose_tree(self, context, nodes, depth, params, generator, history=None):
         self.asked.append((nodes, depth))
         return super().propose_tree(context, nodes, depth, params, generator, history)
@@ -130,6 +142,37 @@ def test_auto_tree_decoding_keeps_greedy_output(target):
     suffix = build_drafter("suffix", target, loader=None)  # type: ignore[arg-type]
     out = SpeculativeDecoder(target, suffix, build_gamma("auto")).generate(PROMPT, params)
     assert out.tokens == plain.tokens
+
+
+class WidthFour(BatchGammaController):
+    """A batch policy that gives every row 4 drafts."""
+
+    def choose(self, alphas: list[float], wanted: list[int]) -> int:
+        return min(4, max(wanted))
+
+
+def shallow_at_four() -> BudgetController:
+    """A controller whose budget-4 steps reached depth 1 only (its cap there: 2), and that
+    never chose (its last budget is still the initial 8, never measured)."""
+    controller = BudgetController()
+    for _ in range(3):
+        controller.observe(StepRecord(drafted=4, accepted=1, betas=[1.0, 0.0],
+                                      drafter_s=1e-4, drafter_forwards=0, target_s=0.1,
+                                      budget=4))
+    return controller
+
+
+def test_a_tree_row_in_a_batch_gets_the_depth_cap_of_its_step_budget(target):
+    """With two rows the batch policy sets each row's budget and the row's own policy never
+    chooses: the depth cap is still the one its policy measured for that budget."""
+    drafter = Recording(64, 32, seed=3)
+    loop = BatchDecoder(StaticRows(target, max_rows=2), drafter, shallow_at_four,
+                        target.eos_token_ids, target.vocab_size, WidthFour())
+    params = SamplingParams(temperature=0, max_new_tokens=10, ignore_eos=True)
+    loop.add_many([(torch.tensor([PROMPT]), params), (torch.tensor([PROMPT[:20]]), params)])
+    assert all(seq.trees for seq in loop.sequences)
+    loop.step()
+    assert drafter.asked == [(4, 2), (4, 2)]
 
 
 @pytest.mark.parametrize("cap", [0, 2])

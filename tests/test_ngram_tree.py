@@ -139,7 +139,7 @@ class ShallowWide:
     def choose(self) -> int:
         return 8
 
-    def depth_cap(self) -> int:
+    def depth_cap(self, budget: int) -> int:
         return 2
 
     def observe(self, step: StepRecord) -> None:

@@ -54,7 +54,7 @@ def propose_tree(seq: Sequence, budget: int) -> DraftTree:
         return DraftTree.empty()
     assert isinstance(drafter, TreeDrafter)
     policy = seq.policy
-    depth = min(policy.depth_cap(), budget) if isinstance(policy, TreePolicy) else budget
+    depth = min(policy.depth_cap(budget), budget) if isinstance(policy, TreePolicy) else budget
     try:
         tree = drafter.propose_tree(seq.context, budget, depth, seq.params, seq.generator)
     except Exception as error:

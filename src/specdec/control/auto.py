@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from specdec.control.policy import StepRecord
-from specdec.control.smoothing import Smoothed, fit_line, means, observations
+from specdec.control.probe import ProbeBackoff
+from specdec.control.smoothing import Acceptance, Smoothed, fit_rising, means, observations
 from specdec.theory import optimal_gamma
 
 
@@ -79,30 +80,19 @@ class GammaController:
 
     def __post_init__(self) -> None:
         cfg = self.config
-        self.alpha_stat = Smoothed(cfg.prior_alpha * cfg.prior_weight, cfg.prior_weight)
-        self.plain_steps = 0
-        self.probe_every = cfg.probe_every
-        self.probing = False
-        self.last_gamma = cfg.initial_gamma
+        self.acceptance = Acceptance(cfg.prior_alpha, cfg.prior_weight)
+        self.backoff = ProbeBackoff(cfg.probe_every, cfg.max_probe_every)
+        self.probing = False  # the step choose() gave is a probe
 
     # --- the policy -----------------------------------------------------------------------
 
     def choose(self) -> int:
         gamma = self.best_gamma()
-        self.probing = False
-        if gamma == 0:
-            self.plain_steps += 1
-            if self.plain_steps > self.probe_every:
-                self.plain_steps = 0
-                self.probe_every = min(2 * self.probe_every, self.config.max_probe_every)
-                self.probing = True
-                gamma = self.config.probe_gamma
-        else:
-            self.plain_steps = 0
-            self.probe_every = self.config.probe_every
+        self.probing = self.backoff.probe(gamma)
+        if self.probing:
+            gamma = self.config.probe_gamma
         if gamma > 0 and self.plain_is_stale():
             gamma, self.probing = 0, False  # measure plain decoding: the baseline to beat
-        self.last_gamma = gamma
         return gamma
 
     def plain_is_stale(self) -> bool:
@@ -124,17 +114,17 @@ class GammaController:
         self.costs.target_time.setdefault(step.drafted, Smoothed()).add(step.target_s, 1, decay)
         if step.drafted == 0:
             return  # nothing drafted (plain step, or the drafter found nothing): no alpha info
-        self.alpha_stat.add(sum(step.betas), len(step.betas), decay)
+        self.acceptance.add(sum(step.betas), len(step.betas), decay)
         self.costs.draft_time.add(step.drafter_s, step.drafted, decay)
         self.costs.draft_steps.setdefault(step.drafted, Smoothed()).add(step.drafter_s, 1, decay)
         if self.probing and step.betas and sum(step.betas) / len(step.betas) > self.c:
-            self.probe_every = self.config.probe_every  # promising probe: stop backing off
+            self.backoff.reset()
 
     # --- estimates ------------------------------------------------------------------------
 
     @property
     def alpha(self) -> float:
-        return min(max(self.alpha_stat.mean(self.config.prior_alpha), 0.0), 0.999)
+        return self.acceptance.value
 
     def verify_costs(self) -> list[float]:
         """v(k) for k = 0..max_gamma, v(0) = 1: a width's own measured time where it has been
@@ -176,13 +166,11 @@ class GammaController:
             return self._line_through(max(plain.mean(0.0), 1e-9))
         points = observations(self.costs.target_time)
         slope_prior = self.config.verify_slope
-        fit = fit_line(points)
+        fit = fit_rising(points)
         if fit is None or fit[0] <= 1e-9:  # one k, or a noisy fit: prior slope through the mean
             k_mean, t_mean = means(points) if points else (0.0, 1.0)
             a = max(t_mean, 1e-9) / (1 + slope_prior * k_mean)
             return a, slope_prior * a
-        if fit[1] < 0:  # longer passes cannot be cheaper: a flat line through the mean
-            return max(means(points)[1], 1e-9), 0.0
         return fit
 
     def _line_through(self, a: float) -> tuple[float, float]:
@@ -196,10 +184,8 @@ class GammaController:
     def _drafter_line(self) -> tuple[float, float]:
         """(d0, d1) with drafter time per step ~ d0 + d1*k, both >= 0."""
         points = observations(self.costs.draft_steps)
-        fit = fit_line(points)
+        fit = fit_rising(points)
         if fit is None or fit[0] < 0:  # no fixed part identifiable: all of it per token
             return 0.0, self.costs.draft_time.mean(0.0)
-        if fit[1] < 0:
-            return means(points)[1], 0.0
         return fit
 

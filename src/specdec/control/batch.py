@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from specdec.control.smoothing import Smoothed, fit_line, means, observations
+from specdec.control.probe import ProbeBackoff
+from specdec.control.smoothing import Acceptance, Smoothed, fit_rising, means, observations
 from specdec.theory import expected_tokens
 
 
@@ -51,10 +52,9 @@ class BatchGammaController:
         self.forward_time: dict[int, Smoothed] = {}  # tokens carried -> seconds per forward
         self.draft_time = Smoothed()  # drafter seconds per drafted token
         cfg = self.config
-        self.alpha_stat = Smoothed(cfg.prior_alpha * cfg.prior_weight, cfg.prior_weight)
+        self.acceptance = Acceptance(cfg.prior_alpha, cfg.prior_weight)
         self.last_width = cfg.initial_gamma
-        self.plain_steps = 0
-        self.probe_every = cfg.probe_every
+        self.backoff = ProbeBackoff(cfg.probe_every, cfg.max_probe_every)
         # (rows, speculated) -> decayed tokens / decayed seconds of whole steps
         self.outcomes: dict[tuple[int, bool], Smoothed] = {}
         self.arm_steps = 0
@@ -63,7 +63,7 @@ class BatchGammaController:
     @property
     def alpha(self) -> float:
         """The batch's acceptance: mean beta over recent drafted positions of all rows."""
-        return min(max(self.alpha_stat.mean(self.config.prior_alpha), 0.0), 0.999)
+        return self.acceptance.value
 
     def row_alpha(self, beta_sum: float, beta_count: int) -> float:
         """A row's acceptance from its own betas, shrunk toward the batch's alpha."""
@@ -83,7 +83,8 @@ class BatchGammaController:
             width = self.model_width(alphas, wanted)
         if width > 0 and not self._speculation_wins(len(wanted)):
             width = 0
-        width = self._probe(width, top)
+        if self.backoff.probe(width):  # a short draft now and then: acceptance may have risen
+            width = min(self.config.probe_gamma, top)
         self.last_width = width
         return width
 
@@ -118,18 +119,6 @@ class BatchGammaController:
             return not wins
         return wins
 
-    def _probe(self, width: int, top: int) -> int:
-        """A short draft after probe_every plain steps (acceptance may have risen)."""
-        if width > 0:
-            self.plain_steps, self.probe_every = 0, self.config.probe_every
-            return width
-        self.plain_steps += 1
-        if self.plain_steps <= self.probe_every:
-            return 0
-        self.plain_steps = 0
-        self.probe_every = min(2 * self.probe_every, self.config.max_probe_every)
-        return min(self.config.probe_gamma, top)
-
     def observe(self, tokens: int, forward_s: float, drafted: int, drafter_s: float,
                 beta_sum: float = 0.0, beta_count: int = 0) -> None:
         """One step: the forward carried `tokens` (padding included) in forward_s seconds;
@@ -139,7 +128,7 @@ class BatchGammaController:
         if drafted:
             self.draft_time.add(drafter_s, drafted, self.config.draft_decay)
         if beta_count:
-            self.alpha_stat.add(beta_sum, beta_count, self.config.alpha_decay)
+            self.acceptance.add(beta_sum, beta_count, self.config.alpha_decay)
 
     def rate(self, alphas: list[float], wanted: list[int], width: int) -> float:
         """Expected tokens per second of the batch at this width."""
@@ -154,10 +143,7 @@ class BatchGammaController:
         points = observations(self.forward_time)
         if not points:
             return 1.0
-        fit = fit_line(points)
+        fit = fit_rising(points)
         if fit is None:
             return means(points)[1]
-        a, b = fit
-        if b < 0:  # carrying more tokens cannot be cheaper: flat through the mean
-            return means(points)[1]
-        return max(a + b * tokens, 1e-9)
+        return max(fit[0] + fit[1] * tokens, 1e-9)

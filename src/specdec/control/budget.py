@@ -20,9 +20,11 @@ line of B drafts at the pooled alpha (the line controller's model), so an untrie
 tried when the model says it should win, and then judged by what it did. When no budget beats
 plain decoding, it decodes plainly and probes with a small budget now and then, backing off
 while probes fail (GammaController.choose), so it is never slower than plain by more than the
-probes. The depth cap is one past the deepest depth the chosen budget's paths reach at least
+probes. The depth cap is one past the deepest depth the step budget's paths reach at least
 `min_reach` of the time: nodes deeper than that would rarely be reached, so the drafter spends
-them on width instead; reaching the cap raises it by one at the next step.
+them on width instead; reaching the cap raises it by one at the next step. The cap is asked for
+the budget the step actually gives (`depth_cap(budget)`), not the one choose() last returned:
+in a batch the batch policy sets every row's budget and choose() is not called.
 
 Costs change (load, context length), and a width's time is only updated when that width is
 verified: as in the line controller (auto.py, which this class extends), the time of a width not
@@ -75,7 +77,8 @@ class BudgetStats:
 
 @dataclass
 class BudgetController(GammaController):
-    """TreePolicy: choose() the node budget, depth_cap() its depth, observe(StepRecord)."""
+    """TreePolicy: choose() the node budget, depth_cap(budget) its depth,
+    observe(StepRecord)."""
 
     config: BudgetConfig = field(default_factory=BudgetConfig)
 
@@ -85,14 +88,16 @@ class BudgetController(GammaController):
 
     def observe(self, step: StepRecord) -> None:
         super().observe(step)
-        budget = self.last_gamma if step.budget is None else step.budget
+        # the budget the step was given (a line step's: its drafts), never the last choice,
+        # which is stale in a batch (the batch policy chooses there)
+        budget = step.drafted if step.budget is None else step.budget
         if budget > 0:
             self.stats.setdefault(budget, BudgetStats()).add(step.drafted, step.accepted,
                                                              self.config.decay)
 
-    def depth_cap(self) -> int:
-        """The depth cap for the budget choose() last returned."""
-        budget = self.last_gamma
+    def depth_cap(self, budget: int) -> int:
+        """The depth cap for a step of this node budget: one past the deepest depth its
+        steps reached at least `min_reach` of the time (the budget itself until measured)."""
         stats = self.stats.get(budget)
         if stats is None or stats.steps < self.config.min_cap_steps:
             return budget

@@ -30,10 +30,11 @@ class GammaPolicy(Protocol):
 
 @runtime_checkable
 class TreePolicy(GammaPolicy, Protocol):
-    """A policy for tree steps: choose() gives the node budget, depth_cap() the deepest
-    depth worth drafting at that budget."""
+    """A policy for tree steps: choose() gives the node budget, depth_cap(budget) the
+    deepest depth worth drafting at the budget a step actually gives (in a batch the batch
+    policy sets it, and choose() is not called)."""
 
-    def depth_cap(self) -> int: ...
+    def depth_cap(self, budget: int) -> int: ...
 
 
 @dataclass
