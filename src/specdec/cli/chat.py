@@ -12,15 +12,10 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, TextIO
 
-from specdec.cli.generate import (
-    add_model_options,
-    add_sampling_options,
-    drafter_name,
-    load_decoder,
-    sampling_params,
-    stop_strings,
-)
-from specdec.cli.render import Outcome, finish_line, renderer, summary
+from specdec.cli.generate import add_sampling_options, sampling_params, stop_strings
+from specdec.cli.loading import load_decoder, model_options
+from specdec.cli.options import add_model_options, runtime_options
+from specdec.cli.render import Outcome, drafter_name, finish_line, renderer, summary
 from specdec.errors import UsageError
 from specdec.prompts import chat_ids
 from specdec.sampling import SamplingParams
@@ -44,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     params, stops = sampling_params(args), stop_strings(args.stop)
-    decoder = load_decoder(args)
+    decoder = load_decoder(model_options(args), runtime_options(args))
     if not getattr(decoder.tokenizer, "chat_template", None):
         raise UsageError(f"{args.target} has no chat template; use `specdec generate`")
     interactive = sys.stdin.isatty()

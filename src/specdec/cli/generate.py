@@ -12,38 +12,22 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from specdec import prompts
-from specdec.cli.options import add_model_arguments, add_runtime_arguments, runtime_options
-from specdec.cli.render import compile_seconds, finish_line, renderer, summary
-from specdec.drafters.factory import build_drafter, build_gamma, validate_spec
+from specdec.cli.loading import load_decoder, model_options
+from specdec.cli.options import add_model_options, runtime_options
+from specdec.cli.render import compile_seconds, drafter_name, finish_line, renderer, summary
 from specdec.errors import UsageError
 from specdec.machine import CpuMeter, starvation_warning
 from specdec.sampling import SamplingParams
 
-if TYPE_CHECKING:  # the decoder pulls transformers in: imported when a model loads
-    from specdec.decoding import SpeculativeDecoder
-
 MAX_NEW_TOKENS = 1 << 16  # a bound even for models without a context limit
-MAX_THREADS = 1024
 MAX_PROMPT_BYTES = 16 << 20  # a prompt file or stdin
 MAX_STOPS, MAX_STOP_LENGTH = 32, 256
 ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
-
-
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    """Options naming the target, the drafter and how to load them (generate and chat)."""
-    add_model_arguments(p)
-    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32", "float16"),
-                   help="weights dtype (default auto: bfloat16 where the device computes it "
-                        "natively, else float32 on a CPU, float16 on a GPU)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default: torch's, the physical cores, at most the "
-                        "cores this process may use; a busy machine gets a warning)")
-    add_runtime_arguments(p)
 
 
 def add_sampling_options(p: argparse.ArgumentParser) -> None:
@@ -105,7 +89,7 @@ def main(argv: list[str]) -> int:
     prompt_text = read_prompt(args.prompt, args.file)
     # check every value before the (slow) model loading
     params, stops = sampling_params(args), stop_strings(args.stop)
-    decoder = load_decoder(args)
+    decoder = load_decoder(model_options(args), runtime_options(args))
     tokenizer = decoder.tokenizer
     prompt: str | list[int] = prompt_text
     if args.chat or args.system is not None:
@@ -232,40 +216,6 @@ def _unescape(text: str) -> str:
             out.append(text[i])
             i += 1
     return "".join(out)
-
-
-def load_decoder(args: argparse.Namespace) -> SpeculativeDecoder:
-    """Target and drafter named by the model options, ready to decode."""
-    gamma = build_gamma(args.gamma)
-    validate_spec(args.draft, "--draft")  # a typo fails now, not after the target's load
-    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
-        raise UsageError(f"--threads must be in [1, {MAX_THREADS}], got {args.threads}")
-    runtime = runtime_options(args)
-
-    from specdec.decoding import SpeculativeDecoder
-    from specdec.machine import contention_warning, default_threads
-    from specdec.models.loading import load_model, resolve_dtype, set_threads
-
-    dtype = resolve_dtype(None if args.dtype == "auto" else args.dtype, runtime.device)
-    # default: torch's threads within the CPU affinity; never the load (see machine.py)
-    set_threads(args.threads if args.threads is not None
-                else default_threads(torch.get_num_threads()))
-    warning = contention_warning(torch.get_num_threads()) if runtime.device.type == "cpu" \
-        else None
-    if warning:
-        print(f"specdec: {warning}", file=sys.stderr)
-
-    def loader(spec: str) -> Any:
-        print(f"specdec: loading {spec} ({str(dtype).removeprefix('torch.')}, "
-              f"{runtime.device}) ...", file=sys.stderr, flush=True)
-        return load_model(spec, dtype=dtype, **runtime.load_kwargs())
-
-    target = loader(args.target)
-    return SpeculativeDecoder(target, build_drafter(args.draft, target, loader), gamma)
-
-
-def drafter_name(decoder: SpeculativeDecoder) -> str:
-    return decoder.drafter.name if decoder.drafter is not None else "none"
 
 
 def chat_messages(system: str | None, prompt: str) -> list[dict]:

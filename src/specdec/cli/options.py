@@ -45,6 +45,19 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"draft length per step: an integer or 'auto' (default {DEFAULT_GAMMA})")
 
 
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """Options naming the target, the drafter and how to load them (generate and chat; serve
+    words --dtype and --threads for a server)."""
+    add_model_arguments(p)
+    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32", "float16"),
+                   help="weights dtype (default auto: bfloat16 where the device computes it "
+                        "natively, else float32 on a CPU, float16 on a GPU)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's, the physical cores, at most the "
+                        "cores this process may use; a busy machine gets a warning)")
+    add_runtime_arguments(p)
+
+
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto",
                         help=f"{DEVICE_CHOICES} (default auto: CUDA when available, else CPU)")

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from specdec.sampling import TokenLogprob
 from specdec.sequence import StepEvent
 from specdec.stats import GenerationStats
 from specdec.stop import StoppingText
+
+if TYPE_CHECKING:  # the decoder pulls transformers in: imported when a model loads
+    from specdec.decoding import SpeculativeDecoder
 
 GREEN, RED, BLUE = "\x1b[32m", "\x1b[31m", "\x1b[34m"
 STRIKE, RESET = "\x1b[9m", "\x1b[0m"
@@ -147,6 +150,11 @@ def compile_seconds(*models: Any) -> float:
         total += getattr(model, "compile_s", 0.0) + getattr(getattr(model, "model", None),
                                                              "compile_s", 0.0)
     return total
+
+
+def drafter_name(decoder: SpeculativeDecoder) -> str:
+    """The drafter's name as the summary line shows it ("none" without one)."""
+    return decoder.drafter.name if decoder.drafter is not None else "none"
 
 
 def summary(stats: GenerationStats, drafter: str, compile_s: float = 0.0) -> str:

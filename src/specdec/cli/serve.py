@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any
 
+from specdec.cli.loading import MAX_THREADS, load_decoder, model_options
 from specdec.cli.options import (
     RuntimeOptions,
     add_model_arguments,
@@ -38,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="weights dtype (default auto: bfloat16 where the CPU has it and "
                         "can prepack it; float32 when batching without prepacked bf16; see "
                         "docs/server.md)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's, the physical cores, at most "
+                        "the cores this process may use)")
     add_runtime_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1: this machine only)")
@@ -99,7 +102,8 @@ def main(argv: list[str]) -> int:
               "can reach this port can use the model", file=sys.stderr)
     serve(app, engine, args.host, args.port, args.log_level, args.shutdown_grace)
     # every response is finished and the worker has ended: skip the interpreter's teardown of
-    # the loaded model (~2 s here), which would make a stopped server linger
+    # the loaded model (seconds: every tensor freed one by one), which would make a stopped
+    # server linger
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
@@ -112,36 +116,21 @@ def build_server(args: argparse.Namespace, metrics: Any = None) -> tuple[Any, An
     """
     import torch
 
-    from specdec.decoding import SpeculativeDecoder
-    from specdec.drafters.factory import build_drafter, build_gamma, validate_spec
-    from specdec.machine import contention_warning
-    from specdec.models.loading import load_model
     from specdec.runtime.linear import onednn_packing_available
     from specdec.server import Engine, EngineConfig, create_app
 
-    gamma = build_gamma(args.gamma)  # fail on a bad value before loading anything
-    validate_spec(args.draft, "--draft")
+    options = model_options(args)  # fail on a bad value before loading anything
     runtime, note = serve_runtime(runtime_options(args), args.max_batch_size)
     if note and args.compile:  # said only to who asked for --compile
         print(f"specdec serve: {note}", file=sys.stderr)
-    warning = contention_warning(args.threads or torch.get_num_threads()) \
-        if runtime.device.type == "cpu" else None
-    if warning:
-        print(f"specdec: {warning}", file=sys.stderr)
-
     dtype = serve_dtype(args.dtype, runtime.device.type, args.max_batch_size,
                         onednn_packing_available(torch.bfloat16, torch.device("cpu")))
-
-    def load(spec: str):
-        return load_model(spec, dtype, args.threads, **runtime.load_kwargs())
-
-    target = load(args.target)
-    drafter = build_drafter(args.draft, target, load)
+    decoder = load_decoder(dataclasses.replace(options, dtype=dtype), runtime)
     if runtime.compile:  # compile before the first request, not during it
-        seconds = warm_up(target, drafter, args.max_tokens_limit)
+        seconds = warm_up(decoder.target, decoder.drafter, args.max_tokens_limit)
         print(f"specdec serve: compiled steps in {seconds:.1f}s", file=sys.stderr)
     budget = parse_budget(args.kv_cache_memory)  # after loading: what the models left
-    engine = Engine(SpeculativeDecoder(target, drafter, gamma),
+    engine = Engine(decoder,
                     EngineConfig(max_queue=args.max_queue, max_batch_size=args.max_batch_size,
                                  max_tokens_limit=args.max_tokens_limit,
                                  kv_cache_bytes=budget, prefill_chunk=args.prefill_chunk),
@@ -155,11 +144,11 @@ def serve_dtype(dtype: str, device: str, max_batch_size: int,
                 bf16_packing: str | None) -> str | None:
     """The weights' dtype; None lets load_model choose (bfloat16 where the CPU has it).
 
-    bf16 through F.linear re-lays its weights out on every call and cost nearly per row when
-    batched (Qwen2.5-0.5B, 2 threads, no AMX: 88 / 209 / 426 ms at 1 / 4 / 16 rows, float32
-    112 / 202 / 257 ms); prepacked bf16 batches (82 / 84 / 123 ms here, float32 125 / 115 /
-    174 ms). So a batching CPU server keeps bf16 where it can prepack it, float32 elsewhere.
-    bf16_packing: why bf16 cannot be prepacked on this CPU (None: it can).
+    Without AMX, bf16 through F.linear re-lays its weights out on every call, a cost paid
+    again for every row of a batch, so a batch costs nearly its rows' single steps; float32
+    and prepacked bf16 weights are laid out once and a batch costs little more than a row.
+    So a batching CPU server keeps bf16 where it can prepack it, float32 elsewhere.
+    bf16_packing: why bf16 cannot be prepacked on the CPU it runs on (None: it can).
     """
     if dtype != "auto":
         return dtype
@@ -216,5 +205,6 @@ def _check_bounds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(f"--shutdown-grace must be in [0, {MAX_GRACE:g}] seconds")
     if args.api_key is not None and (not args.api_key.strip() or len(args.api_key) > 4096):
         parser.error("--api-key must be 1 to 4096 characters, not only spaces")
-    if args.threads is not None and not 1 <= args.threads <= 1024:
-        parser.error(f"--threads must be in [1, 1024], got {args.threads}")
+    # also checked where the models load (model_options); here before replicas start
+    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
+        parser.error(f"--threads must be in [1, {MAX_THREADS}], got {args.threads}")
