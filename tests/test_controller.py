@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from specdec.control.auto import ControllerConfig, GammaController, auto_gamma
+from specdec.control.auto import ControllerConfig, GammaController
+from specdec.control.budget import AutoPolicies
 from specdec.control.policy import StepRecord
 from specdec.decoding import SpeculativeDecoder
 from specdec.drafters.base import Drafter
@@ -92,7 +93,7 @@ def test_observed_widths_use_their_own_cost_not_the_line(alpha, c):
 
 
 def test_controllers_of_one_auto_factory_share_timings_not_acceptance():
-    factory = auto_gamma(ControllerConfig(max_gamma=16))
+    factory = AutoPolicies(line_config=ControllerConfig(max_gamma=16))
     first = factory()
     _feed(first, alpha=0.9, c=0.1)
     second = factory()  # the next request: the models' timings are known, its alpha is not

@@ -1,14 +1,12 @@
 """What the machine is doing: cores, load average, and a warning when threads will contend.
 
 torch's intra-op threads wait for each other at every operation: when another job holds a
-core, a 2-thread forward waits on a descheduled thread (here: 0.8 tok/s with 2 threads on a
-busy 2-core machine against 10.2 tok/s with --threads 1). Measured again on the 2-core
-machine at load average 2.0-2.6 (8 s loops of one-row matmuls of Qwen-0.5B's MLP
-shape): 2 threads 7.2-8.2 steps/s with 34-39% of the CPU time they asked for, 1 thread
-28.6 steps/s with 80%. The default stays torch's (the physical cores, within this process's
-CPU affinity) whatever the load, so a command runs the same way every time; a start on a busy
-machine warns with the --threads value to use, and a decoding that got well under its
-threads' CPU time says so afterwards.
+core, every forward waits on the thread that was descheduled, so on a busy machine more
+threads can decode several times slower than fewer (benchmarks/HISTORY.md has measurements).
+The load changes from minute to minute, so the default stays torch's (the physical cores,
+within this process's CPU affinity) whatever the load, and a command runs the same way every
+time; a start on a busy machine warns with the --threads value to use, and a decoding that got
+well under its threads' CPU time says so afterwards.
 """
 
 from __future__ import annotations

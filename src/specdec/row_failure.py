@@ -1,4 +1,5 @@
-"""A batch row's own failure: the row leaves alone, the others go on (issue 20)."""
+"""A batch row's own failure: the row leaves alone, the others go on (one bad request, a
+drafter that raises or a row whose output breaks, must not cost the others their text)."""
 
 from __future__ import annotations
 

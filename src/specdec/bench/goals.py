@@ -1,4 +1,5 @@
-"""Issue 6's goals, checked against the run: one markdown line each, judged only when it can be.
+"""The project's speed goals, checked against the run: one markdown line each, judged only when
+it can be.
 
 A goal is judged from at least MIN_QUESTIONS questions in every category of the run, and from
 the spread across questions: the per-question speedups (same question, same repeat, methods

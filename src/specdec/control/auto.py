@@ -23,17 +23,17 @@ the weighted least-squares slope through it). The tree budget controller (contro
 extends this class and inherits all three.
 
 Where a block width has been observed, v takes that width's own measured time instead of the
-line: a forward's cost need not be linear in its width (float32 on this CPU: 2 and 3 tokens
-cost 1.1 one-token passes, 4 tokens 2.05). The timings describe the models, not the request,
-so `ModelCosts` may be shared by every generation of a decoder (`auto_gamma()` does): a new
-request then starts from what earlier ones measured instead of from the priors.
+line: a forward's cost need not be linear in its width (matrix kernels choose their blocking
+by the number of rows, so one width may cost barely more than a 1-token pass and the next
+nearly two). The timings describe the models, not the request,
+so `ModelCosts` may be shared by every generation of a decoder (`control.budget.AutoPolicies`,
+what `--gamma auto` builds, does): a new request then starts from what earlier ones measured
+instead of from the priors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 
 from specdec.control.policy import StepRecord
 from specdec.control.probe import ProbeBackoff
@@ -64,11 +64,6 @@ class ModelCosts:
     draft_time: Smoothed = field(default_factory=Smoothed)  # drafter s per drafted token
     draft_steps: dict[int, Smoothed] = field(default_factory=dict)  # k -> drafter s per step
     target_time: dict[int, Smoothed] = field(default_factory=dict)  # k -> s per target pass
-
-
-def auto_gamma(config: ControllerConfig | None = None) -> Callable[[], GammaController]:
-    """A factory of GammaControllers (one per generation) that share one ModelCosts."""
-    return partial(GammaController, config or ControllerConfig(), ModelCosts())
 
 
 @dataclass

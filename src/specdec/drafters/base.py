@@ -84,7 +84,7 @@ class DraftRequest:
 @runtime_checkable
 class RowDrafter(Protocol):
     """Drafts for several sequences together; row i is the i-th added and not removed, as
-    in the target's rows (models.rows.Rows)."""
+    in the target's rows (runtime.rows.Rows)."""
 
     name: str
 

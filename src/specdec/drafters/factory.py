@@ -7,7 +7,7 @@ Drafter specs:  none | ngram | ngram:MIN:MAX | ngram:tree[:MIN:MAX] | suffix[:OP
 MODEL is anything the loader accepts (a registry name or a local path); MODEL and self take
 '@' options: @int8 / @int4 (weight-only low-bit linear layers, faster one-token forwards) and,
 for self, @vocab=N (a drafting head over the N most frequent tokens plus the context's).
-`self` drafts with the target's own weights (models.low_bit_view): no second model.
+`self` drafts with the target's own weights (runtime.low_bit_view): no second model.
 Gamma specs:    an integer in [0, MAX_GAMMA] | auto; the bench appends them as SPEC@G1/G2/...
 `parse_draft` and `split_gammas` are the one parser of these strings.
 """

@@ -1,6 +1,6 @@
 """A model drafter's drafts for several rows at once: one forward per draft position.
 
-The rows live on the drafter model's own static cache (models.rows.StaticRows), in the
+The rows live on the drafter model's own static cache (runtime.rows.StaticRows), in the
 target's row order: a row joins with `add`, leaves with `remove` (the last row takes its
 index, as the target's rows do). Each step, every row is rolled back to the common prefix
 of what it cached and its new context (whatever the target accepted or replaced), the tails

@@ -1,6 +1,6 @@
 """Self-speculation: the target drafts for itself with its own weights in low bits.
 
-The drafter is a low-bit view of the target (`models.low_bit_view`): a new module tree over
+The drafter is a low-bit view of the target (`runtime.low_bit_view`): a new module tree over
 the target's tensors with quantized linear layers, so no second model is loaded or stored. Its
 output head can cover a vocabulary subset only (`VocabularySubsetHead`): the most frequent
 tokens plus every token of the prompt and output so far. q is then the drafter's distribution
