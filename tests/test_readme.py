@@ -97,3 +97,43 @@ def test_named_paths_and_links_exist(page):
             if not (ROOT / script).exists():
                 missing.append(script)
     assert not missing, f"{page.name} names paths that do not exist: {missing}"
+
+
+SOURCE = ROOT / "src" / "specdec"
+
+
+def code_map() -> set[tuple[str, str]]:
+    """(package, module) for every module README's code map names ('' for src/specdec's own).
+    `src/specdec/ NAMES` and `  package/ NAMES` start a package, deeper lines go on, and a
+    label up to a colon (`running models:`) is not a name."""
+    match = re.search(r"## Code map.*?```\n(.*?)```", README.read_text(), flags=re.S)
+    assert match, "README has no code map"
+    named: set[tuple[str, str]] = set()
+    package = None
+    for line in match.group(1).splitlines():
+        head = re.match(r"src/specdec/|  (\w+)/|\s{3,}", line)
+        if head is None:
+            package = None  # the folders beside src/
+            continue
+        if not head.group(0).isspace():
+            package = head.group(1) or ""
+        if package is not None:
+            named |= {(package, name) for name in line[head.end():].rsplit(":", 1)[-1].split()}
+    return named
+
+
+def test_readme_code_map_names_every_module_and_only_modules():
+    """So the map stays true: a module added, moved or removed changes the README too."""
+    modules = {("/".join(path.relative_to(SOURCE).parts[:-1]), path.stem)
+               for path in SOURCE.rglob("*.py") if path.name != "__init__.py"}
+    named = code_map()
+    assert not modules - named, f"README's code map leaves out {sorted(modules - named)}"
+    assert not named - modules, f"README's code map names no module: {sorted(named - modules)}"
+
+
+def test_architecture_page_names_modules_that_exist():
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    named = set(re.findall(r"`((?:\w+/)?\w+\.py)`", text))
+    assert len(named) > 20  # the walk-through names the files that do each line
+    missing = sorted(name for name in named if not (SOURCE / name).exists())
+    assert not missing, f"docs/architecture.md names modules that do not exist: {missing}"
