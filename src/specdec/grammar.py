@@ -18,6 +18,7 @@ the sequence, with or without a stop token.
 from __future__ import annotations
 
 import json
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -48,21 +49,25 @@ class GrammarCompiler:
         self.vocab_size = vocab_size
         self._ll: LLTokenizer | None = None
         self._grammars: OrderedDict[Constraint, str] = OrderedDict()
+        # a server compiles in its request handlers and makes matchers in its engine thread
+        self._lock = threading.Lock()
 
     @property
     def ll_tokenizer(self) -> LLTokenizer:
         """llguidance's view of the tokenizer, built on first use."""
-        if self._ll is None:
-            self._ll = ll_tokenizer(self.hf_tokenizer, self.vocab_size)
-        return self._ll
+        with self._lock:
+            if self._ll is None:
+                self._ll = ll_tokenizer(self.hf_tokenizer, self.vocab_size)
+            return self._ll
 
     def compile(self, constraint: Constraint) -> str:
         """The constraint's llguidance grammar; InvalidParameter (naming constraint.name)
         when it does not compile or allows nothing this tokenizer can write."""
-        grammar = self._grammars.get(constraint)
-        if grammar is not None:
-            self._grammars.move_to_end(constraint)
-            return grammar
+        with self._lock:
+            grammar = self._grammars.get(constraint)
+            if grammar is not None:
+                self._grammars.move_to_end(constraint)
+                return grammar
         grammar = _grammar(constraint)
         message = LLMatcher.validate_grammar(grammar, self.ll_tokenizer)
         if message and not message.startswith("WARNING"):
@@ -75,9 +80,10 @@ class GrammarCompiler:
         if not matcher.is_accepting() and not bool(_bits(matcher, self.vocab_size).any()):
             raise InvalidParameter(constraint.name, f"{constraint.name} matches nothing the "
                                    "model's tokenizer can write")
-        self._grammars[constraint] = grammar
-        if len(self._grammars) > GRAMMAR_CACHE:
-            self._grammars.popitem(last=False)
+        with self._lock:
+            self._grammars[constraint] = grammar
+            if len(self._grammars) > GRAMMAR_CACHE:
+                self._grammars.popitem(last=False)
         return grammar
 
     def matcher(self, constraint: Constraint, stop_ids: set[int]) -> GrammarMatcher:

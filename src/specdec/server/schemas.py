@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from specdec.constraint import Constraint
 from specdec.errors import InvalidParameter
 from specdec.sampling import MAX_DRAFT_TOKENS, MAX_LOGIT_BIAS, MAX_LOGPROBS, SamplingParams
 
@@ -83,6 +84,9 @@ class _Sampling(BaseModel):
     repetition_penalty: float = Field(default=1.0, gt=0)  # extension (vLLM, transformers)
     logit_bias: dict[str, float] | None = Field(default=None, max_length=MAX_LOGIT_BIAS)
     speculative: Speculative | None = None  # extension: per-request speculation control
+    # {"type": "text" | "json_object" | "json_schema", ...} as OpenAI's; extensions:
+    # {"type": "regex", "regex": ...} and {"type": "grammar", "grammar": ...} (Lark or GBNF)
+    response_format: dict | None = None
 
     @field_validator("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty",
                      "repetition_penalty")
@@ -125,7 +129,8 @@ class _Sampling(BaseModel):
             frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty,
             logit_bias=_logit_bias(self.logit_bias), logprobs=self.top_logprobs_wanted(),
             coupled=self.coupled,
-            max_draft_tokens=None if self.speculative is None else self.speculative.cap())
+            max_draft_tokens=None if self.speculative is None else self.speculative.cap(),
+            constraint=response_constraint(self.response_format))
 
 
 class CompletionRequest(_Sampling):
@@ -203,6 +208,35 @@ class ChatCompletionRequest(_Sampling):
 
     def top_logprobs_wanted(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
+
+
+def response_constraint(response_format: dict | None) -> Constraint | None:
+    """OpenAI's response_format as a Constraint (None: free text); InvalidParameter naming
+    response_format when it is malformed."""
+    name = "response_format"
+    if response_format is None:
+        return None
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return Constraint.json_object(name=name)
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+            raise InvalidParameter(name, "response_format json_schema needs "
+                                   "{\"json_schema\": {\"name\": ..., \"schema\": {...}}}")
+        strict = spec.get("strict")
+        if strict is not None and not isinstance(strict, bool):
+            raise InvalidParameter(name, "response_format json_schema.strict must be a boolean")
+        return Constraint.json_schema(spec["schema"], strict=bool(strict), name=name)
+    if kind in ("regex", "grammar") and isinstance(response_format.get(kind), str):
+        source = response_format[kind]
+        return Constraint.regex(source, name=name) if kind == "regex" else \
+            Constraint.grammar(source, name=name)
+    raise InvalidParameter(name, "response_format type must be text, json_object or "
+                           "json_schema (extensions: regex, grammar, with their text), got "
+                           f"{response_format!r:.200}")
 
 
 def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
