@@ -98,7 +98,8 @@ async def _generate(request: Request, engine: Engine, req, ids: list[int],
     try:
         params = req.sampling_params(max_new)
         params.check_vocabulary(engine.decoder.target.vocab_size)
-        engine.decoder.check_constraint(params)  # 400 naming response_format
+        with engine.tokenizer_lock:  # compiling reads the tokenizer the worker decodes with
+            engine.decoder.check_constraint(params)  # 400 naming response_format
         engine.check_fits(len(ids), params)
     except InvalidParameter as error:
         raise APIError(400, str(error), error.param) from None
