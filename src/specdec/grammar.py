@@ -77,7 +77,9 @@ class GrammarCompiler:
         if matcher.is_error():
             raise InvalidParameter(constraint.name, f"{constraint.name} does not compile: "
                                    f"{_first_lines(matcher.get_error())}")
-        if not matcher.is_accepting() and not bool(_bits(matcher, self.vocab_size).any()):
+        allowed = _bits(matcher, self.vocab_size)
+        allowed[sorted(i for i in self._blocked() if i < self.vocab_size)] = False
+        if not matcher.is_accepting() and not bool(allowed.any()):
             raise InvalidParameter(constraint.name, f"{constraint.name} matches nothing the "
                                    "model's tokenizer can write")
         with self._lock:
@@ -89,8 +91,14 @@ class GrammarCompiler:
     def matcher(self, constraint: Constraint, stop_ids: set[int]) -> GrammarMatcher:
         """A fresh matcher for one request (its stop tokens end an accepted output)."""
         matcher = LLMatcher(self.ll_tokenizer, self.compile(constraint), log_level=0)
-        return GrammarMatcher(matcher, self.vocab_size, stop_ids,
-                              set(self.ll_tokenizer.eos_tokens))
+        return GrammarMatcher(matcher, self.vocab_size, stop_ids, self._blocked())
+
+    def _blocked(self) -> set[int]:
+        """Ids a grammar never allows: llguidance's EOS (the request's stop tokens stand in
+        for it) and the unknown token (it means no text)."""
+        unknown = getattr(self.hf_tokenizer, "unk_token_id", None)
+        return set(self.ll_tokenizer.eos_tokens) | ({unknown} if isinstance(unknown, int)
+                                                    else set())
 
 
 class GrammarMatcher:
@@ -100,13 +108,13 @@ class GrammarMatcher:
     drafting and verifying the same tokens computes each mask once."""
 
     def __init__(self, matcher: LLMatcher, vocab_size: int, stop_ids: set[int],
-                 grammar_eos: set[int]):
+                 blocked: set[int]):
         self.matcher = matcher
         self.vocab_size = vocab_size
         self.stops = frozenset(i for i in stop_ids if i < vocab_size)
         self.stop_ids = torch.tensor(sorted(self.stops), dtype=torch.long)
-        self.grammar_eos = torch.tensor(sorted(i for i in grammar_eos if i < vocab_size),
-                                        dtype=torch.long)
+        self.blocked = torch.tensor(sorted(i for i in blocked if i < vocab_size),
+                                    dtype=torch.long)
         self._path: list[int] = []  # consumed past the committed output
         self._masks: dict[tuple[int, ...], torch.Tensor] = {}
 
@@ -129,7 +137,7 @@ class GrammarMatcher:
             mask = self._stop_mask()
         else:
             mask = _bits(self.matcher, self.vocab_size)
-            mask[self.grammar_eos] = False
+            mask[self.blocked] = False
             if self.matcher.is_accepting():
                 mask[self.stop_ids] = True
             if not bool(mask.any()):

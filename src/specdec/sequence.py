@@ -88,6 +88,8 @@ class Sequence:
         self.trees = trees  # drafts and verifies trees (batch_trees.py), fixed for the request
         self.grammar = grammar  # the constraint's matcher at the end of the output, or None
         self._forced: list[int] = []  # the step's forced drafts, before the drafter's
+        # per token of the step's event: whether the mask forced it (counted by `advance`)
+        self.forced_at: list[bool] = []
         self.policy = policy
         self.stop_ids = stop_ids
         self.device = device
@@ -252,7 +254,7 @@ class Sequence:
             drafter_forwards=step.proposal.forwards, target_s=target_s))
         event = StepEvent(accepted=draft_list[:n], rejected=draft_list[n:],
                           next_token=next_token, bonus=n == k)
-        stats.forced_tokens += sum(step.forced_at[: n + 1])
+        self.forced_at = step.forced_at[: n + 1]
         if self.params.logprobs is not None:  # the verify forward's logits: no extra forward
             assert step.raw is not None
             event.logprobs = token_logprobs(step.raw[0, : n + 1], event.tokens,
@@ -279,6 +281,8 @@ class Sequence:
             if event.logprobs is not None:
                 event.logprobs = event.logprobs[:cut]
         stats.generated += len(emitted)
+        stats.forced_tokens += sum(self.forced_at[: len(emitted)])
+        self.forced_at = []
         self.context = torch.cat([self.context, torch.tensor([emitted], dtype=torch.long)],
                                  dim=1)
         if self.history is not None:

@@ -91,7 +91,7 @@ def judge_tree(seq: Sequence, tree: DraftTree, tokens: torch.Tensor, parents: li
     verdict = _verify(seq, tokens[0], parents, logits, tree.probs)
     path = verdict.path(0)
     if seq.grammar is not None:
-        seq.stats.forced_tokens += sum(forced[i] for i in [0, *path])
+        seq.forced_at = [forced[i] for i in [0, *path]]
     event = _event(seq, tree, parents, path, int(verdict.next_token[0]), logits, clock,
                    drafter_marks, target_marks, budget)
     return event, [0, *path]
