@@ -56,7 +56,8 @@ class Constraint:
         if not isinstance(schema, dict):
             raise InvalidParameter(name, f"{name}: a JSON schema must be an object, got "
                                    f"{type(schema).__name__}")
-        return Constraint("json_schema", json.dumps(schema, sort_keys=True), strict, name)
+        # key order kept: properties are written in the schema's order
+        return Constraint("json_schema", json.dumps(schema), strict, name)
 
     @staticmethod
     def json_object(name: str = "constraint") -> Constraint:
