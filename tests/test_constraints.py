@@ -215,3 +215,17 @@ def test_bad_constraints_are_refused_by_name(target, constraint, words):
     lenient = Constraint.json_schema({"type": "object", "if": {}}, strict=False)
     assert decoder.generate("x", SamplingParams(temperature=0, max_new_tokens=4,
                                                 constraint=lenient)).text.startswith("{")
+
+
+def test_penalties_and_bias_apply_before_the_mask(target, draft, tokenizer):
+    """Penalties and a logit bias toward a refused token change nothing the grammar refuses:
+    greedy speculation still equals plain, and the output still validates."""
+    brace = tokenizer.convert_tokens_to_ids("[")
+    params = SamplingParams(temperature=0, max_new_tokens=80, repetition_penalty=1.3,
+                            frequency_penalty=0.5, logit_bias={brace: 100.0},
+                            constraint=Constraint.json_schema(PERSON))
+    plain = SpeculativeDecoder(target, None).generate("Bob", params)
+    jsonschema.validate(json.loads(plain.text), PERSON)
+    for drafter in (draft, Violator(len(tokenizer))):
+        assert SpeculativeDecoder(target, drafter, 3).generate("Bob", params).tokens == \
+            plain.tokens
