@@ -86,8 +86,11 @@ def create_app(engine: Engine, model_name: str, max_body_bytes: int = DEFAULT_MA
     async def chat_completions(request: Request) -> Response:
         req = parse(ChatCompletionRequest, await _read_body(request, max_body_bytes))
         _check_model(req.model, model_name)
-        ids = _encode(lambda: engine.encode_chat(req.chat()), "messages")
-        return await _generate(request, engine, req, ids, Shape(model_name, chat=True))
+        plan = req.tool_plan()
+        ids = _encode(lambda: engine.encode_chat(req.chat(), None if plan is None else
+                                                 plan.tools), "messages")
+        return await _generate(request, engine, req, ids,
+                               Shape(model_name, chat=True, tools=plan))
 
     return app
 
