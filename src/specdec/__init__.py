@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from specdec.constraint import Constraint
     from specdec.decoding import SpeculativeDecoder
     from specdec.sampling import SamplingParams
 
 __version__ = "0.1.0"
 
-__all__ = ["SamplingParams", "SpeculativeDecoder", "__version__"]
+__all__ = ["Constraint", "SamplingParams", "SpeculativeDecoder", "__version__"]
 
 
 def __getattr__(name: str):
@@ -24,4 +25,8 @@ def __getattr__(name: str):
         from specdec.sampling import SamplingParams
 
         return SamplingParams
+    if name == "Constraint":
+        from specdec.constraint import Constraint
+
+        return Constraint
     raise AttributeError(name)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -32,6 +32,9 @@ from specdec.sequence import Sequence, StepEvent
 from specdec.tree_decoding import uses_trees
 from specdec.verify_rows import RowCheck, RowResult, verify_checks
 
+if TYPE_CHECKING:  # specdec.grammar imports llguidance: only requests with a constraint do
+    from specdec.grammar import GrammarCompiler
+
 # cache positions a step may write past the output: the pending token, up to 64 drafts and
 # the padding of a compiled width (a hint; runners grow when it is exceeded)
 DRAFT_RESERVE = 80
@@ -43,13 +46,16 @@ class BatchDecoder:
     drafter: the prototype drafter; each further concurrent sequence drafts with a fork of it
     (`fork()`: same weights and tables, its own state). gamma: an int (fixed) or a factory of
     GammaPolicy; with a policy and several rows, BatchGammaController caps every row's drafts
-    to the width that maximizes the batch's throughput.
+    to the width that maximizes the batch's throughput. grammars: compiles the constraints of
+    requests that have one (SamplingParams.constraint), each row getting its own matcher.
     """
 
     def __init__(self, rows: Rows, drafter: Drafter | None,
                  gamma: int | Callable[[], GammaPolicy], eos_ids: frozenset[int],
-                 vocab_size: int, batch_policy: BatchGammaController | None = None):
+                 vocab_size: int, batch_policy: BatchGammaController | None = None,
+                 grammars: GrammarCompiler | None = None):
         self.rows = rows
+        self.grammars = grammars
         self.gamma = gamma
         self.eos_ids = eos_ids
         self.vocab_size = vocab_size
@@ -162,9 +168,15 @@ class BatchDecoder:
             FixedGamma(self.gamma) if isinstance(self.gamma, int) else self.gamma()
         stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else
                                                  set(self.eos_ids))
+        grammar = None
+        if params.constraint is not None:
+            if self.grammars is None:
+                raise ValueError("a constrained request needs the target's tokenizer")
+            grammar = self.grammars.matcher(params.constraint, stop_ids)
         return Sequence(ids, context, params, drafter, policy, stop_ids, self.rows.device,
                         self.vocab_size, start,
-                        None if self._row_drafter is None else self._row_drafter.name, trees)
+                        None if self._row_drafter is None else self._row_drafter.name, trees,
+                        grammar)
 
     def remove(self, sequence: Sequence) -> None:
         """Drop a sequence (finished or cancelled); the last row takes its place."""

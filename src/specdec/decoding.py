@@ -18,6 +18,7 @@ from specdec.control.policy import GammaPolicy
 from specdec.drafters.base import Drafter
 from specdec.drafters.model import ModelDrafter
 from specdec.errors import InvalidParameter, UsageError
+from specdec.grammar import GrammarCompiler
 from specdec.language_model import LanguageModel, check_same_vocabulary
 from specdec.runtime.rows import Rows, SingleRow, make_rows
 from specdec.runtime.static import StaticCausalLM
@@ -59,6 +60,9 @@ class SpeculativeDecoder:
         self.drafter = drafter
         self.gamma = gamma
         self.tokenizer = getattr(target, "tokenizer", None)
+        # constraints compile against the target's tokenizer (built on the first one)
+        self.grammars = None if self.tokenizer is None else \
+            GrammarCompiler(self.tokenizer, target.vocab_size)
 
     def generate(self, prompt: str | list[int] | torch.Tensor,
                  params: SamplingParams | None = None) -> GenerationResult:
@@ -133,7 +137,7 @@ class SpeculativeDecoder:
     def batch(self, rows: Rows) -> BatchDecoder:
         """The step loop over `rows` with this decoder's drafter and gamma."""
         return BatchDecoder(rows, self.drafter, self.gamma, self.target.eos_token_ids,
-                            self.target.vocab_size)
+                            self.target.vocab_size, grammars=self.grammars)
 
     def batches(self) -> bool:
         """Whether several sequences can share target forwards (static runner, and a
@@ -141,9 +145,20 @@ class SpeculativeDecoder:
         return isinstance(self.target, StaticCausalLM) and forks(self.drafter)
 
     def check(self, prompt_ids: torch.Tensor, params: SamplingParams) -> None:
-        """Refuse a request the model cannot serve: too long, ids out of the vocabulary."""
+        """Refuse a request the model cannot serve: too long, ids out of the vocabulary, a
+        constraint that does not compile (InvalidParameter naming its field)."""
         self._check_length(prompt_ids, params)
         params.check_vocabulary(self.target.vocab_size)
+        self.check_constraint(params)
+
+    def check_constraint(self, params: SamplingParams) -> None:
+        """InvalidParameter when params.constraint cannot be compiled for the target."""
+        if params.constraint is None:
+            return
+        if self.grammars is None:
+            raise InvalidParameter(params.constraint.name, "a constraint needs the target's "
+                                   "tokenizer, and this target has none")
+        self.grammars.compile(params.constraint)
 
     # --- text, limits ---------------------------------------------------------------------
 

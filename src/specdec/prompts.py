@@ -8,8 +8,9 @@ from typing import Any
 from specdec.errors import UsageError
 
 
-def chat_text(tokenizer: Any, messages: list[dict]) -> str:
-    """messages rendered with the tokenizer's chat template, ready for the assistant's reply.
+def chat_text(tokenizer: Any, messages: list[dict], tools: list[dict] | None = None) -> str:
+    """messages rendered with the tokenizer's chat template, ready for the assistant's reply
+    (tools: OpenAI-style function specs the template shows the model).
 
     LookupError when there is no template; ValueError when the template refuses the messages
     (some templates accept no system message, or require alternating roles).
@@ -19,21 +20,23 @@ def chat_text(tokenizer: Any, messages: list[dict]) -> str:
     from jinja2 import TemplateError
 
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False,
+        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
                                              add_generation_prompt=True)
     except TemplateError as error:  # also what a template's raise_exception() raises
         raise UsageError(f"the chat template refused the messages: {error}") from None
 
 
-def chat_ids(tokenizer: Any, messages: list[dict]) -> list[int]:
+def chat_ids(tokenizer: Any, messages: list[dict],
+             tools: list[dict] | None = None) -> list[int]:
     """Token ids of the messages, ready for the assistant's reply (see chat_prompt)."""
-    return chat_prompt(tokenizer, messages)[1]
+    return chat_prompt(tokenizer, messages, tools)[1]
 
 
-def chat_prompt(tokenizer: Any, messages: list[dict]) -> tuple[str, list[int]]:
+def chat_prompt(tokenizer: Any, messages: list[dict],
+                tools: list[dict] | None = None) -> tuple[str, list[int]]:
     """(chat_text, its token ids): the template writes the special tokens (BOS) itself, so
     the tokenizer adds none."""
-    text = chat_text(tokenizer, messages)
+    text = chat_text(tokenizer, messages, tools)
     return text, text_ids(tokenizer, text, add_special_tokens=False)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from specdec.constraint import Constraint
 from specdec.errors import InvalidParameter
 
 
@@ -36,6 +37,10 @@ class SamplingParams:
     max_draft_tokens caps the tokens (tree nodes) drafted per step for this request, 0 = no
     speculation, None = the decoder's own gamma; it changes speed only, never the text's
     distribution (every rule above is exact whatever is drafted).
+    constraint: what the output must match (specdec.constraint.Constraint: a JSON schema,
+    any JSON object, a regex or a grammar), None = free text. Its mask applies after the
+    penalties and logit bias and before temperature and the filters, to the target's p at
+    every verified position and to a drafter's q alike (docs/structured-output.md).
 
     Limits (a UsageError naming the field otherwise; NaN and infinities are refused
     everywhere): seed an integer in [-2**63, 2**64), stored modulo 2**64 (torch's and the
@@ -59,6 +64,7 @@ class SamplingParams:
     logprobs: int | None = None
     coupled: bool | None = None
     max_draft_tokens: int | None = None
+    constraint: Constraint | None = None
 
     def __post_init__(self) -> None:
         _check_number("temperature", self.temperature)
@@ -96,6 +102,9 @@ class SamplingParams:
             raise InvalidParameter("max_draft_tokens",
                                    f"max_draft_tokens must be None or an integer in "
                                    f"[0, {MAX_DRAFT_TOKENS}], got {cap!r}")
+        if self.constraint is not None and not isinstance(self.constraint, Constraint):
+            raise InvalidParameter("constraint", f"constraint must be a "
+                                   f"specdec.Constraint or None, got {self.constraint!r}")
         lp = self.logprobs
         if lp is not None and (isinstance(lp, bool) or not isinstance(lp, int)
                                or not 0 <= lp <= MAX_LOGPROBS):

@@ -13,12 +13,12 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from specdec.control.policy import GammaPolicy, StepRecord
-from specdec.drafters.base import Drafter, DraftRequest, Proposal
+from specdec.drafters.base import Drafter, DraftRequest, GuidedDrafter, Proposal
 from specdec.noise import stream_key
 from specdec.runtime.device import StepClock
 from specdec.sampling import (
@@ -27,11 +27,17 @@ from specdec.sampling import (
     TokenLogprob,
     adjusted_probs,
     make_generator,
+    one_hot,
     penalize,
     token_logprobs,
 )
 from specdec.stats import GenerationStats
 from specdec.verify_rows import RowCheck, RowResult
+
+if TYPE_CHECKING:  # specdec.grammar imports llguidance: only requests with a constraint do
+    from specdec.grammar import GrammarMatcher
+
+MAX_FORCED = 32  # forced tokens drafted per step on top of the drafter's own
 
 
 @dataclass
@@ -63,6 +69,7 @@ class _Step:
     drafter_share: float = 1.0  # of the time between the marks (rows drafted together)
     raw: torch.Tensor | None = None  # the target's logits [1, k + 1, V] (for logprobs)
     counted_betas: bool = False  # betas from what happened, not from p and q
+    forced_at: list[bool] = field(default_factory=list)  # a constraint's one-token masks
 
 
 class Sequence:
@@ -72,12 +79,17 @@ class Sequence:
     def __init__(self, prompt_ids: torch.Tensor, context: torch.Tensor, params: SamplingParams,
                  drafter: Drafter | None, policy: GammaPolicy, stop_ids: set[int],
                  device: torch.device, vocab_size: int, start: float,
-                 drafter_name: str | None = None, trees: bool = False):
+                 drafter_name: str | None = None, trees: bool = False,
+                 grammar: GrammarMatcher | None = None):
         self.context = context  # decoder context [1, T] on the host; its last token is pending
         self.params = params
         self.drafter = drafter  # None when the loop drafts for every row at once
         self.drafter_name = drafter.name if drafter is not None else drafter_name
         self.trees = trees  # drafts and verifies trees (batch_trees.py), fixed for the request
+        self.grammar = grammar  # the constraint's matcher at the end of the output, or None
+        self._forced: list[int] = []  # the step's forced drafts, before the drafter's
+        # per token of the step's event: whether the mask forced it (counted by `advance`)
+        self.forced_at: list[bool] = []
         self.policy = policy
         self.stop_ids = stop_ids
         self.device = device
@@ -123,15 +135,34 @@ class Sequence:
         if self.drafter is not None and k > 0:
             request = self.draft_request(k)
             try:
-                proposal = self.drafter.propose(request.context, k, request.params,
-                                                request.generator, **_history(request))
+                if request.guide is not None and isinstance(self.drafter, GuidedDrafter):
+                    proposal = self.drafter.propose_guided(request)
+                elif request.gamma > 0:
+                    proposal = self.drafter.propose(request.context, request.gamma,
+                                                    request.params, request.generator,
+                                                    **_history(request))
             except Exception as error:
                 proposal = error
         return self.offer(proposal, k, (t0, clock.mark()))
 
     def draft_request(self, k: int) -> DraftRequest:
-        """What a drafter needs to draft up to k tokens for this sequence."""
-        return DraftRequest(self.context, k, self.params, self.generator, self.history)
+        """What a drafter needs to draft up to k tokens for this sequence. Under a
+        constraint the tokens it forces come first (drafted for free, `offer` puts them
+        before the drafter's) and the drafter continues after them, its q guided."""
+        if self.grammar is None:
+            return DraftRequest(self.context, k, self.params, self.generator, self.history)
+        t0 = time.perf_counter()
+        forced = self.grammar.forced(min(self.draft_room, MAX_FORCED)) if k > 0 else []
+        self._forced = forced
+        k = min(k, self.draft_room - len(forced))
+        context, history = self.context, self.history
+        if forced:
+            ahead = torch.tensor([forced], dtype=torch.long)
+            context = torch.cat([context, ahead], dim=1)
+            history = None if history is None else history.plus(ahead.to(self.device))
+        guide = self.grammar.guide(forced)
+        self.stats.grammar_s += time.perf_counter() - t0
+        return DraftRequest(context, k, self.params, self.generator, history, guide)
 
     def offer(self, proposal: Proposal | Exception, k: int, marks: tuple[Any, Any],
               share: float = 1.0) -> torch.Tensor:
@@ -144,10 +175,15 @@ class Sequence:
             self.stats.drafter_failures += 1
             proposal = Proposal.empty(1)
         self.stats.drafter_calls += proposal.forwards
+        if self._forced:
+            k = max(0, min(k, self.draft_room - len(self._forced)))
         if proposal.length > k:
             proposal = Proposal(proposal.tokens[:, :k],
                                 None if proposal.probs is None else proposal.probs[:, :k],
                                 proposal.forwards)
+        if self._forced:
+            proposal = _with_forced(self._forced, proposal)
+            self._forced = []
         drafts = proposal.tokens.to(self.device, non_blocking=True)  # moved once
         self._step = _Step(proposal, drafts, marks, share)
         return drafts
@@ -163,6 +199,8 @@ class Sequence:
         step.raw = logits
         if self.history is not None:  # position i sees the history plus drafts x_1..x_{i-1}
             logits = penalize(logits, params, self.history, drafts)
+        if self.grammar is not None:  # then the mask along the drafts, then the filters
+            logits = self._mask(logits, drafts[0].tolist(), step)
         target_probs = adjusted_probs(logits, params)  # greedy: one-hot at the argmax
         q = None if params.greedy or step.proposal.probs is None else \
             step.proposal.probs.to(self.device)
@@ -175,6 +213,16 @@ class Sequence:
         step.counted_betas = params.greedy or (params.coupled_rule and q is not None)
         return RowCheck(drafts[0], None if q is None else q[0], target_probs[0], self.rule,
                         self.key, self.context.shape[1])  # start: the first emitted position
+
+    def _mask(self, logits: torch.Tensor, drafts: list[int], step: _Step) -> torch.Tensor:
+        """logits [1, k + 1, V] masked by the grammar along the drafts (GrammarMatcher.
+        masks_along); records which positions it forced."""
+        assert self.grammar is not None
+        t0 = time.perf_counter()
+        masks, _ = self.grammar.masks_along(drafts)
+        step.forced_at = (masks.sum(dim=-1) == 1).tolist()
+        self.stats.grammar_s += time.perf_counter() - t0
+        return logits.float().masked_fill(~masks.to(logits.device)[None], float("-inf"))
 
     def judge(self, result: RowResult, forward_marks: tuple[Any, Any],
               clock: StepClock) -> StepEvent:
@@ -206,6 +254,7 @@ class Sequence:
             drafter_forwards=step.proposal.forwards, target_s=target_s))
         event = StepEvent(accepted=draft_list[:n], rejected=draft_list[n:],
                           next_token=next_token, bonus=n == k)
+        self.forced_at = step.forced_at[: n + 1]
         if self.params.logprobs is not None:  # the verify forward's logits: no extra forward
             assert step.raw is not None
             event.logprobs = token_logprobs(step.raw[0, : n + 1], event.tokens,
@@ -217,6 +266,14 @@ class Sequence:
         stats = self.stats
         emitted = event.tokens
         cut = _cut(emitted, self.stop_ids, self.remaining)
+        complete = False
+        if self.grammar is not None:  # the output ends where the grammar completes
+            t0 = time.perf_counter()
+            keep, complete = self.grammar.accept_output(emitted if cut is None else
+                                                        emitted[:cut])
+            stats.grammar_s += time.perf_counter() - t0
+            if keep < len(emitted):
+                cut = keep
         if cut is not None:
             emitted = emitted[:cut]
             event.accepted = event.accepted[:cut]
@@ -224,18 +281,30 @@ class Sequence:
             if event.logprobs is not None:
                 event.logprobs = event.logprobs[:cut]
         stats.generated += len(emitted)
+        stats.forced_tokens += sum(self.forced_at[: len(emitted)])
+        self.forced_at = []
         self.context = torch.cat([self.context, torch.tensor([emitted], dtype=torch.long)],
                                  dim=1)
         if self.history is not None:
             self.history = self.history.plus(self.context[:, -len(emitted):].to(self.device))
-        if cut is not None or stats.generated >= self.params.max_new_tokens:
+        if cut is not None or complete or stats.generated >= self.params.max_new_tokens:
             event.finished = self.finished = True
-            stopped = bool(emitted) and emitted[-1] in self.stop_ids
+            stopped = complete or bool(emitted) and emitted[-1] in self.stop_ids
             event.finish_reason = "stop" if stopped else "length"
         stats.total_s = time.perf_counter() - self.start
         stats.first_token_s = stats.first_token_s or stats.total_s
         event.stats = stats
         return event
+
+
+def _with_forced(forced: list[int], proposal: Proposal) -> Proposal:
+    """The forced tokens, then the drafter's proposal (deterministic: q one-hot)."""
+    ahead = torch.tensor([forced], dtype=torch.long)
+    tokens = torch.cat([ahead, proposal.tokens.cpu()], dim=1)
+    probs = proposal.probs
+    if probs is not None:
+        probs = torch.cat([one_hot(ahead.to(probs.device), probs.shape[-1]), probs], dim=1)
+    return Proposal(tokens, probs, proposal.forwards)
 
 
 def _history(request: DraftRequest) -> dict[str, Any]:

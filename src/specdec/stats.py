@@ -23,11 +23,15 @@ class GenerationStats:
     prompt_tokens: int = 0
     drafter_failures: int = 0
     tree_steps: int = 0  # steps that verified a branching tree (drafted counts its nodes)
+    # emitted tokens a constraint forced (its mask allowed that token only): known before
+    # the target ran, drafted for free where the request speculates
+    forced_tokens: int = 0
     beta_sum: float = 0.0
     beta_count: int = 0
     drafted_at: list[int] = field(default_factory=list)  # per draft position i (0-based)
     accepted_at: list[int] = field(default_factory=list)
     drafter_s: float = 0.0
+    grammar_s: float = 0.0  # host time a constraint's masks and matcher took (in other_s)
     target_s: float = 0.0
     prefill_s: float = 0.0  # target prefill + drafter set-up, before the first step
     first_token_s: float = 0.0  # from the start to the first emitted token(s)

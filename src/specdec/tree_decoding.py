@@ -17,6 +17,7 @@ accepted path length and times.
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import torch
@@ -85,11 +86,27 @@ def judge_tree(seq: Sequence, tree: DraftTree, tokens: torch.Tensor, parents: li
                target_marks: tuple, budget: int) -> tuple[StepEvent, list[int]]:
     """Verify the tree against its logits [1, N + 1, V] by the sequence's rule; returns the
     step's event (not yet cut by `advance`) and the nodes the cache keeps (root first)."""
+    if seq.grammar is not None:  # each node's p masked by the grammar along its root path
+        logits, forced = _mask_tree(seq, tokens[0].tolist(), parents, logits)
     verdict = _verify(seq, tokens[0], parents, logits, tree.probs)
     path = verdict.path(0)
+    if seq.grammar is not None:
+        seq.forced_at = [forced[i] for i in [0, *path]]
     event = _event(seq, tree, parents, path, int(verdict.next_token[0]), logits, clock,
                    drafter_marks, target_marks, budget)
     return event, [0, *path]
+
+
+def _mask_tree(seq: Sequence, tokens: list[int], parents: list[int],
+               logits: torch.Tensor) -> tuple[torch.Tensor, list[bool]]:
+    """logits [1, N + 1, V] masked node by node (after no penalties: tree rows have none,
+    before the filters, as a line's); and which nodes' masks allowed one token only."""
+    assert seq.grammar is not None
+    t0 = time.perf_counter()
+    masks = seq.grammar.tree_masks(tokens, parents)
+    seq.stats.grammar_s += time.perf_counter() - t0
+    masked = logits.float().masked_fill(~masks.to(logits.device)[None], float("-inf"))
+    return masked, (masks.sum(dim=-1) == 1).tolist()
 
 
 def _verify(seq: Sequence, tokens: torch.Tensor, parents: list[int], logits: torch.Tensor,

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from specdec import prompts
+from specdec.cli.constraint_options import add_constraint_options, constraint_from_args
 from specdec.cli.loading import load_decoder, model_options
 from specdec.cli.options import add_model_options, runtime_options
 from specdec.cli.render import compile_seconds, drafter_name, finish_line, renderer, summary
@@ -58,6 +59,7 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
                    help="system prompt (implies the chat template)")
     p.add_argument("--show", action="store_true",
                    help="color accepted drafts green, rejected red, corrections blue (tty only)")
+    add_constraint_options(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,7 +171,8 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
         seed=args.seed, max_new_tokens=args.max_new_tokens,
         repetition_penalty=args.repetition_penalty, frequency_penalty=args.frequency_penalty,
         presence_penalty=args.presence_penalty, logit_bias=logit_bias(args.logit_bias),
-        logprobs=getattr(args, "logprobs", None), coupled=args.coupled)
+        logprobs=getattr(args, "logprobs", None), coupled=args.coupled,
+        constraint=constraint_from_args(args))
 
 
 def logit_bias(values: list[str]) -> dict[int, float]:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 
 from specdec.sampling import SamplingParams, TokenHistory
+
+if TYPE_CHECKING:  # specdec.grammar imports llguidance: only requests with a constraint do
+    from specdec.grammar import DraftGuide
 
 
 @dataclass
@@ -79,6 +82,18 @@ class DraftRequest:
     params: SamplingParams
     generator: torch.Generator
     history: TokenHistory | None = None
+    guide: DraftGuide | None = None  # a constrained request's grammar (GuidedDrafter)
+
+
+@runtime_checkable
+class GuidedDrafter(Drafter, Protocol):
+    """A drafter that masks its q with a constrained request's grammar (DraftRequest.guide:
+    drafters/sample.py's loop applies it), so it proposes only allowed tokens. Other
+    drafters stay exact under a constraint: their refused drafts are simply rejected."""
+
+    def propose_guided(self, request: DraftRequest) -> Proposal:
+        """`propose` for the request, its q masked by request.guide."""
+        ...
 
 
 @runtime_checkable

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from specdec.drafters.base import Drafter, Proposal, RowDrafter
+from specdec.drafters.base import Drafter, DraftRequest, Proposal, RowDrafter
 from specdec.drafters.sample import sample_drafts
 from specdec.language_model import LanguageModel, logits_at_width
 from specdec.sampling import SamplingParams, TokenHistory
+
+if TYPE_CHECKING:  # specdec.grammar imports llguidance: only requests with a constraint do
+    from specdec.grammar import DraftGuide
 
 
 class ModelDrafter(Drafter):
@@ -50,8 +55,14 @@ class ModelDrafter(Drafter):
         self.cached_ids = context[:, : self.model.cached_length]
         self._drafts_on_device = None
 
+    def propose_guided(self, request: DraftRequest) -> Proposal:
+        """GuidedDrafter: q masked by the request's grammar."""
+        return self.propose(request.context, request.gamma, request.params, request.generator,
+                            request.history, guide=request.guide)
+
     def propose(self, context: torch.Tensor, gamma: int, params: SamplingParams,
-                generator: torch.Generator, history: TokenHistory | None = None) -> Proposal:
+                generator: torch.Generator, history: TokenHistory | None = None,
+                guide: DraftGuide | None = None) -> Proposal:
         if gamma <= 0:
             return Proposal.empty(context.shape[0])
         first = self._sync(context)
@@ -64,7 +75,7 @@ class ModelDrafter(Drafter):
 
         # coupled rule: the target's noise at each draft's absolute position
         drafted, probs = sample_drafts(next_logits, gamma, params, generator, history,
-                                       context.shape[1], columns, self.vocab_size)
+                                       context.shape[1], columns, self.vocab_size, guide)
         # the last draft was never fed: the cache holds context + x_1..x_{gamma-1}. They are
         # copied to the host at the next step, after the target's step synchronized anyway:
         # copying now would stall a GPU a second time per step

@@ -60,7 +60,8 @@ class ModelRowsDrafter:
         contexts = [self.drafter.fit(r.context) for r in requests]
         logits = self._catch_up(contexts)
         samplers: list[DraftSampler | Exception] = [
-            DraftSampler(r.params, r.generator, r.history, r.context.shape[1])
+            DraftSampler(r.params, r.generator, r.history, r.context.shape[1],
+                         guide=r.guide)
             for r in requests]
         rows = range(len(requests))
         for position in range(steps):

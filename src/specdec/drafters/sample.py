@@ -9,11 +9,15 @@ differ only in where the next logits come from and which token ids their columns
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
 from specdec.noise import draw
 from specdec.sampling import SamplingParams, TokenHistory, adjusted_probs, penalize
+
+if TYPE_CHECKING:  # specdec.grammar imports llguidance: only requests with a constraint do
+    from specdec.grammar import DraftGuide
 
 # the logits [B, C] of the next draft, given the previous draft's column [B] (None: first)
 NextLogits = Callable[[torch.Tensor | None], torch.Tensor]
@@ -22,14 +26,17 @@ NextLogits = Callable[[torch.Tensor | None], torch.Tensor]
 def sample_drafts(next_logits: NextLogits, gamma: int, params: SamplingParams,
                   generator: torch.Generator, history: TokenHistory | None, position: int,
                   columns: torch.Tensor | None = None, width: int | None = None,
+                  guide: DraftGuide | None = None,
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """gamma drafts [B, gamma] (token ids) and their q [B, gamma, width] (None when greedy).
 
     columns: the token id of each logits column, when the logits cover a subset of the
     vocabulary (None: column i is token i); q is then scattered to `width` columns, zero
     outside the subset. position: the absolute position of the first draft (coupled rule).
+    guide: a constrained request's grammar along the drafts (one row): q is masked by it,
+    after the penalties and before the filters, as the target's p is.
     """
-    sampler = DraftSampler(params, generator, history, position, columns, width)
+    sampler = DraftSampler(params, generator, history, position, columns, width, guide)
     choice = None
     for _ in range(gamma):
         choice = sampler.next(next_logits(choice))
@@ -42,9 +49,11 @@ class DraftSampler:
 
     def __init__(self, params: SamplingParams, generator: torch.Generator,
                  history: TokenHistory | None, position: int,
-                 columns: torch.Tensor | None = None, width: int | None = None):
+                 columns: torch.Tensor | None = None, width: int | None = None,
+                 guide: DraftGuide | None = None):
         self.params, self.generator, self.history = params, generator, history
         self.position, self.columns, self.width = position, columns, width
+        self.guide = guide
         self.tokens: list[torch.Tensor] = []
         self.probs: list[torch.Tensor] = []
 
@@ -53,6 +62,10 @@ class DraftSampler:
         params, columns = self.params, self.columns
         if self.history is not None:  # penalties are per token id: through the columns' ids
             logits = penalize(logits, params, self.history, columns=columns)
+        if self.guide is not None:  # the grammar's mask, as the target's p gets it
+            allowed = self.guide.allowed().to(logits.device)
+            logits = logits.masked_fill(~(allowed if columns is None else allowed[columns]),
+                                        float("-inf"))
         if params.greedy:  # q is one-hot at the draft: None selects verification's one-hot rule
             choice = logits.argmax(dim=-1)
         else:
@@ -61,6 +74,8 @@ class DraftSampler:
             self.probs.append(q if columns is None else _scatter(q, columns, self.width))
         token = choice if columns is None else columns[choice]
         self.tokens.append(token)
+        if self.guide is not None:
+            self.guide.advance(int(token[0]))
         if self.history is not None:  # the next draft sees this one, as the target will
             self.history = self.history.plus(token[:, None])
         return choice

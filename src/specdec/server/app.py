@@ -86,8 +86,11 @@ def create_app(engine: Engine, model_name: str, max_body_bytes: int = DEFAULT_MA
     async def chat_completions(request: Request) -> Response:
         req = parse(ChatCompletionRequest, await _read_body(request, max_body_bytes))
         _check_model(req.model, model_name)
-        ids = _encode(lambda: engine.encode_chat(req.chat()), "messages")
-        return await _generate(request, engine, req, ids, Shape(model_name, chat=True))
+        plan = req.tool_plan()
+        ids = _encode(lambda: engine.encode_chat(req.chat(), None if plan is None else
+                                                 plan.tools), "messages")
+        return await _generate(request, engine, req, ids,
+                               Shape(model_name, chat=True, tools=plan))
 
     return app
 
@@ -98,6 +101,8 @@ async def _generate(request: Request, engine: Engine, req, ids: list[int],
     try:
         params = req.sampling_params(max_new)
         params.check_vocabulary(engine.decoder.target.vocab_size)
+        with engine.tokenizer_lock:  # compiling reads the tokenizer the worker decodes with
+            engine.decoder.check_constraint(params)  # 400 naming response_format
         engine.check_fits(len(ids), params)
     except InvalidParameter as error:
         raise APIError(400, str(error), error.param) from None

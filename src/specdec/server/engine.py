@@ -365,9 +365,11 @@ class Engine:
         with self.tokenizer_lock:
             return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def encode_chat(self, messages: list[dict]) -> list[int]:
-        """Token ids of a chat rendered with the tokenizer's template, ready to answer."""
+    def encode_chat(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        """Token ids of a chat rendered with the tokenizer's template (showing `tools`),
+        ready to answer."""
         if not getattr(self.tokenizer, "chat_template", None):
             raise LookupError("this model has no chat template; use /v1/completions")
         with self.tokenizer_lock:
-            return chat_ids(self.tokenizer, messages)  # ValueError if the template refuses
+            # ValueError if the template refuses
+            return chat_ids(self.tokenizer, messages, tools)

@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from specdec.server.jobs import Finished, TokenInfo
+from specdec.server.tools import ToolPlan
 
 
 @dataclass
@@ -18,6 +19,7 @@ class Shape:
     id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
     echo: str = ""  # completions with echo: the prompt's text, sent before the completion
+    tools: ToolPlan | None = None  # chat with tools: calls in the reply become tool_calls
 
     def __post_init__(self) -> None:
         self.id = self.id or f"{'chatcmpl' if self.chat else 'cmpl'}-{uuid.uuid4().hex}"
@@ -27,6 +29,12 @@ class Shape:
         if self.chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text},
                       "logprobs": self.logprobs(logprobs), "finish_reason": done.finish_reason}
+            calls = None if self.tools is None else self.tools.calls(text)
+            if calls is not None:
+                choice["message"] = {"role": "assistant", "content": calls[1],
+                                     "tool_calls": calls[0]}
+                if done.finish_reason == "stop":
+                    choice["finish_reason"] = "tool_calls"
         else:
             choice = {"index": 0, "text": self.echo + text, "logprobs": self.logprobs(logprobs),
                       "finish_reason": done.finish_reason}

@@ -8,13 +8,17 @@ logprobs are the target's, from the verification forward.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from specdec.constraint import Constraint
 from specdec.errors import InvalidParameter
 from specdec.sampling import MAX_DRAFT_TOKENS, MAX_LOGIT_BIAS, MAX_LOGPROBS, SamplingParams
+from specdec.server.tools import ToolPlan, tool_plan
 
 MAX_STOP_STRINGS = 4  # as the OpenAI API
 MAX_STOP_LENGTH = 256
@@ -83,6 +87,9 @@ class _Sampling(BaseModel):
     repetition_penalty: float = Field(default=1.0, gt=0)  # extension (vLLM, transformers)
     logit_bias: dict[str, float] | None = Field(default=None, max_length=MAX_LOGIT_BIAS)
     speculative: Speculative | None = None  # extension: per-request speculation control
+    # {"type": "text" | "json_object" | "json_schema", ...} as OpenAI's; extensions:
+    # {"type": "regex", "regex": ...} and {"type": "grammar", "grammar": ...} (Lark or GBNF)
+    response_format: dict | None = None
 
     @field_validator("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty",
                      "repetition_penalty")
@@ -125,7 +132,12 @@ class _Sampling(BaseModel):
             frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty,
             logit_bias=_logit_bias(self.logit_bias), logprobs=self.top_logprobs_wanted(),
             coupled=self.coupled,
-            max_draft_tokens=None if self.speculative is None else self.speculative.cap())
+            max_draft_tokens=None if self.speculative is None else self.speculative.cap(),
+            constraint=self.constraint())
+
+    def constraint(self) -> Constraint | None:
+        """What the reply must match (response_format)."""
+        return response_constraint(self.response_format)
 
 
 class CompletionRequest(_Sampling):
@@ -169,14 +181,38 @@ class TextPart(BaseModel):
 
 class Message(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None  # None: an assistant turn of tool calls
     name: str | None = None
+    tool_calls: list[dict] | None = None  # an assistant turn's calls, as we return them
+    tool_call_id: str | None = None  # a tool turn: the call it answers
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
+
+    def for_template(self) -> dict:
+        """The message as chat templates take it (a call's arguments as an object)."""
+        out: dict = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            out["tool_calls"] = [_template_call(call) for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.name is not None and self.role == "tool":
+            out["name"] = self.name
+        return out
+
+
+def _template_call(call: dict) -> dict:
+    function = dict(call.get("function") or {})
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        with contextlib.suppress(ValueError):  # a template writes a malformed one as text
+            function["arguments"] = json.loads(arguments)
+    return {**call, "function": function}
 
 
 class ChatCompletionRequest(_Sampling):
@@ -185,13 +221,23 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     tools: list[dict] | None = None
+    tool_choice: str | dict | None = None
 
     def check_supported(self) -> None:
         super().check_supported()
         if self.top_logprobs is not None and not self.logprobs:
             raise APIError(400, "top_logprobs needs logprobs: true", "top_logprobs")
-        if self.tools:
-            raise APIError(400, "tools are not supported", "tools")
+        try:
+            plan = self.tool_plan()
+        except InvalidParameter as error:
+            raise APIError(400, str(error), error.param) from None
+        if plan is not None and plan.choice != "none":
+            if self.stream:
+                raise APIError(400, "tool calls are not streamed yet: use stream: false",
+                               "stream")
+            if self.response_format is not None and plan.constraint() is not None:
+                raise APIError(400, "a required or named tool call and response_format "
+                               "do not go together", "response_format")
         if self.max_completion_tokens is not None:
             if self.max_tokens is not None and self.max_tokens != self.max_completion_tokens:
                 raise APIError(400, "max_tokens and max_completion_tokens disagree",
@@ -199,10 +245,49 @@ class ChatCompletionRequest(_Sampling):
             self.max_tokens = self.max_completion_tokens
 
     def chat(self) -> list[dict]:
-        return [{"role": m.role, "content": m.text()} for m in self.messages]
+        return [m.for_template() for m in self.messages]
+
+    def tool_plan(self) -> ToolPlan | None:
+        """The tools and how the reply may call them (server/tools.py)."""
+        return tool_plan(self.tools, self.tool_choice)
+
+    def constraint(self) -> Constraint | None:
+        """A required or named tool call, else response_format."""
+        plan = self.tool_plan()
+        called = None if plan is None else plan.constraint()
+        return called or super().constraint()
 
     def top_logprobs_wanted(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
+
+
+def response_constraint(response_format: dict | None) -> Constraint | None:
+    """OpenAI's response_format as a Constraint (None: free text); InvalidParameter naming
+    response_format when it is malformed."""
+    name = "response_format"
+    if response_format is None:
+        return None
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return Constraint.json_object(name=name)
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+            raise InvalidParameter(name, "response_format json_schema needs "
+                                   "{\"json_schema\": {\"name\": ..., \"schema\": {...}}}")
+        strict = spec.get("strict")
+        if strict is not None and not isinstance(strict, bool):
+            raise InvalidParameter(name, "response_format json_schema.strict must be a boolean")
+        return Constraint.json_schema(spec["schema"], strict=bool(strict), name=name)
+    if kind in ("regex", "grammar") and isinstance(response_format.get(kind), str):
+        source = response_format[kind]
+        return Constraint.regex(source, name=name) if kind == "regex" else \
+            Constraint.grammar(source, name=name)
+    raise InvalidParameter(name, "response_format type must be text, json_object or "
+                           "json_schema (extensions: regex, grammar, with their text), got "
+                           f"{response_format!r:.200}")
 
 
 def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
