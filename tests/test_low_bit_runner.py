@@ -86,7 +86,7 @@ def _dequantized_copy(model):
     """A copy of `model` with every weight matrix replaced by the low-bit runner's values."""
     reference = copy.deepcopy(model)
     with torch.no_grad():
-        for name, p in reference.state_dict().items():
+        for p in reference.state_dict().values():
             if p.dim() == 2:
                 p.copy_(GroupQuantized.from_float(p).dequantize())
     return reference
