@@ -20,6 +20,8 @@ def random_blocks(kind: Q, rows: int, cols: int, rng: np.random.Generator) -> np
     """Valid random blocks [rows, bytes per row]: every bit random but the float16 scales,
     which are finite (some negative, some zero)."""
     block, size = GGML_QUANT_SIZES[kind]
+    if cols % block or not cols:
+        raise ValueError(f"{kind.name} needs a multiple of {block} inputs, not {cols}")
     raw = rng.integers(0, 256, size=(rows, cols // block, size), dtype=np.uint8)
     for start in F16_FIELDS[kind]:
         scales = rng.normal(0, 0.05, size=(rows, cols // block)).astype(np.float16)
@@ -64,7 +66,7 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['cont
 
 
 def write_decoder(path: Path, arch: str, types: dict[str, Q], *, layers: int = 2,
-                  hidden: int = 64, heads: int = 4, kv_heads: int = 2, intermediate: int = 128,
+                  hidden: int = 256, heads: int = 4, kv_heads: int = 2, intermediate: int = 256,
                   bias: bool = False, tied: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
     """A tiny llama/qwen2 GGUF with a byte-level tokenizer. `types` gives a GGUF type per
     tensor role ("attn_q", "ffn_down", "token_embd", ...; F32 where absent). Returns the
