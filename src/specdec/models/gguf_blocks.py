@@ -36,8 +36,9 @@ def _blocks(raw: np.ndarray, kind: Q) -> np.ndarray:
 
 def _f16(blocks: np.ndarray, start: int) -> np.ndarray:
     """The float16 at byte `start` of every block, as float32 [rows, blocks]."""
-    return np.ascontiguousarray(blocks[..., start:start + 2]).view(np.float16)[..., 0].astype(
-        np.float32)
+    # a strided float16 view of the blocks (every format keeps d at an even offset), converted
+    # in one pass: copying the 2-byte fields out first costs more than the conversion
+    return blocks[..., start:start + 2].view(np.float16)[..., 0].astype(np.float32)
 
 
 def _words(data: np.ndarray) -> np.ndarray:
@@ -53,6 +54,10 @@ _TWO = np.uint64(0x0303030303030303)
 # byte b -> 8 bytes, byte i 0x10 where bit i of b is set: the fifth bit of 8 values at once
 _FIFTH = np.array([sum(0x10 << (8 * i) for i in range(8) if b >> i & 1) for b in range(256)],
                   dtype=np.uint64)
+# the same with Q5_0's offset folded in: nibble | 0xF0 is nibble - 16 as int8 (fifth bit 0),
+# nibble | 0x00 is nibble + 16 - 16 (fifth bit 1)
+_FIFTH_CENTRED = np.array([sum(0xF0 << (8 * i) for i in range(8) if not b >> i & 1)
+                           for b in range(256)], dtype=np.uint64)
 
 
 def _nibbles(qs: np.ndarray) -> np.ndarray:
@@ -93,23 +98,23 @@ def _q4_1(raw: np.ndarray) -> GroupQuantized:
     return _result(_nibbles(blocks[..., 4:]), _f16(blocks, 0), -_f16(blocks, 2), 32)
 
 
-def _five_bit(qs: np.ndarray, qh: np.ndarray) -> np.ndarray:
-    """The _0/_1 5-bit values: nibbles of qs, fifth bit of element i at bit i of qh."""
+def _five_bit(qs: np.ndarray, qh: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """The _0/_1 5-bit values: nibbles of qs, fifth bit of element i at bit i of qh, spread
+    by `table` (_FIFTH, or _FIFTH_CENTRED for q - 16)."""
     values = _nibbles(qs)
-    values |= _FIFTH[np.ascontiguousarray(qh)].view(np.uint8).reshape(values.shape)
+    values |= table[np.ascontiguousarray(qh)].view(np.uint8).reshape(values.shape)
     return values
 
 
 def _q5_0(raw: np.ndarray) -> GroupQuantized:
     blocks = _blocks(raw, Q.Q5_0)
-    values = _five_bit(blocks[..., 6:], blocks[..., 2:6])
-    values -= 16  # wraps in uint8; read as int8 it is q - 16
+    values = _five_bit(blocks[..., 6:], blocks[..., 2:6], _FIFTH_CENTRED)
     return _result(values, _f16(blocks, 0), None, 32)
 
 
 def _q5_1(raw: np.ndarray) -> GroupQuantized:
     blocks = _blocks(raw, Q.Q5_1)
-    values = _five_bit(blocks[..., 8:], blocks[..., 4:8])
+    values = _five_bit(blocks[..., 8:], blocks[..., 4:8], _FIFTH)
     return _result(values, _f16(blocks, 0), -_f16(blocks, 2), 32)
 
 
