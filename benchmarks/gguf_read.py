@@ -50,7 +50,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--check", default="all", help="'all' or how many tensors to check")
     args = parser.parse_args()
+    start = time.perf_counter()
     path = ensure_model(args.model)
+    verified = time.perf_counter() - start
     start = time.perf_counter()
     file = GGUFFile(path)
     opened = time.perf_counter() - start
@@ -60,7 +62,8 @@ def main() -> None:
     start = time.perf_counter()
     GGUFReader(path)
     reader = time.perf_counter() - start
-    print(f"{args.model}: {path.stat().st_size / 1e6:.0f} MB; open {opened:.3f} s "
+    print(f"{args.model}: {path.stat().st_size / 1e6:.0f} MB; ensure_model (sha256 check) "
+          f"{verified:.3f} s; open {opened:.3f} s "
           f"(gguf.GGUFReader {reader:.2f} s)")
     spec = read_decoder_spec(file)
     print(spec.config)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from gguf_fixtures import CHAT_TEMPLATE, write_decoder
-from specdec.models import file_digest, gguf_tokenizer
-from specdec.models.file_digest import cached_sha256, marker_path, sha256_file
+from specdec.models import gguf_tokenizer
+from specdec.models.file_digest import sha256_file
 from specdec.models.gguf_tokenizer import (
     MANIFEST,
     TOKENIZERS,
@@ -91,23 +90,3 @@ def test_differences_names_what_differs(converted) -> None:
     other = deepcopy(converted)
     other.chat_template = "{{ messages }}"
     assert "chat template" in differences(converted, other)
-
-
-def test_sha256_marker_is_reused_until_the_file_changes(tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    data, markers = tmp_path / "model.gguf", tmp_path / "markers"
-    data.write_bytes(b"abc" * 1000)
-    digest = cached_sha256(data, markers)
-    assert digest == sha256_file(data) and marker_path(data, markers).is_file()
-    calls = []
-    real = file_digest.sha256_file
-    monkeypatch.setattr(file_digest, "sha256_file", lambda p: calls.append(p) or real(p))
-    assert cached_sha256(data, markers) == digest and calls == []
-    data.write_bytes(b"abd" * 1000)  # same size: mtime (and content) change
-    stat = data.stat()
-    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    assert cached_sha256(data, markers) == sha256_file(data) != digest
-    assert len(calls) == 1
-    marker_path(data, markers).write_text("{broken")
-    assert cached_sha256(data, markers) == sha256_file(data)
-    assert len(calls) == 2

@@ -1,10 +1,12 @@
 """sha256 of big files, hashed once: a marker records it with the file's identity.
 
-Hashing a 491 MB GGUF costs about a second; a file whose device, inode, size and
-modification time are unchanged since it was hashed has not been rewritten through the
-filesystem, so the recorded digest is reused. Any change to those re-hashes. (A marker is
-not a defence against someone who edits a file and restores its mtime on purpose: that
-person can edit the marker as well.)
+Hashing a 491 MB GGUF costs about a second; a file whose device, inode, size, modification
+and status-change times are unchanged since it was hashed has not been written to, so the
+recorded digest is reused. Any change to those re-hashes (ctime cannot be set back by
+`touch`, so restoring an edited file's mtime does not fool it). File times tick coarsely
+(a few ms on Linux), so a file changed within `SETTLE_S` of now could be changed again
+without its times moving: such a file is hashed but its digest not recorded yet, as git
+does with "racily clean" index entries.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 CHUNK = 8 << 20
+SETTLE_S = 2.0  # a file's times must be this old before its digest is remembered
 
 
 @dataclass(frozen=True)
@@ -28,12 +32,17 @@ class FileIdentity:
     inode: int
     size: int
     mtime_ns: int
+    ctime_ns: int
 
     @staticmethod
     def of(path: Path) -> FileIdentity:
         stat = path.stat()
         return FileIdentity(str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size,
-                            stat.st_mtime_ns)
+                            stat.st_mtime_ns, stat.st_ctime_ns)
+
+    def settled(self, settle_s: float) -> bool:
+        """Unchanged for settle_s: a later change must move its times."""
+        return time.time_ns() - max(self.mtime_ns, self.ctime_ns) > settle_s * 1e9
 
 
 def sha256_file(path: Path) -> str:
@@ -50,8 +59,9 @@ def marker_path(path: Path, markers: Path) -> Path:
     return markers / f"{key}.json"
 
 
-def cached_sha256(path: Path, markers: Path) -> str:
-    """sha256 of `path`, from its marker in `markers` when the file is unchanged since."""
+def cached_sha256(path: Path, markers: Path, settle_s: float | None = None) -> str:
+    """sha256 of `path`, from its marker in `markers` when the file is unchanged since
+    (settle_s: SETTLE_S unless given)."""
     identity = FileIdentity.of(path)
     marker = marker_path(path, markers)
     try:
@@ -61,7 +71,8 @@ def cached_sha256(path: Path, markers: Path) -> str:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass  # no marker, or a broken one: hash again
     sha256 = sha256_file(path)
-    if FileIdentity.of(path) == identity:  # not rewritten while we read it
+    if FileIdentity.of(path) == identity and identity.settled(
+            SETTLE_S if settle_s is None else settle_s):
         record_sha256(marker, identity, sha256)
     return sha256
 

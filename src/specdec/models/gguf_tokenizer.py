@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from specdec.errors import ModelLoadError
-from specdec.models.fetch import cache_dir
+from specdec.models.fetch import DIGESTS, cache_dir
 from specdec.models.file_digest import cached_sha256
 
 TOKENIZERS = "gguf-tokenizers"
-DIGESTS = "digests"
 MANIFEST = "manifest.json"
 # what a saved copy must reproduce exactly: multi-byte characters, an emoji, whitespace runs,
 # code and numbers
