@@ -15,9 +15,11 @@ from specdec.models.gguf_file import GGUFFile
 from specdec.models.gguf_model import (
     load_dense,
     load_quantized,
+    load_weights,
     read_decoder_spec,
     unpermute_rows,
 )
+from specdec.runtime.group_weights import GroupQuantized
 
 # mixed formats so that un-permuting quantized rows (values, scales and mins) is exercised
 TYPES = {"attn_q": Q.Q8_0, "attn_k": Q.Q4_1, "attn_v": Q.Q5_0, "ffn_down": Q.Q4_K,
@@ -75,6 +77,27 @@ def test_quantized_rows_are_unpermuted_with_their_scales(tmp_path: Path) -> None
     order = unpermute_rows(ref.permuted_heads, ref.shape[0])
     assert torch.equal(weight.dequantize(), in_file[order])
     assert not torch.equal(weight.dequantize(), in_file)
+
+
+def test_load_weights_gives_matrices_quantized_and_vectors_dense(tmp_path: Path) -> None:
+    file, spec = _spec(tmp_path, "qwen2", bias=True, layers=1)
+    weights = load_weights(file, spec)
+    assert set(weights) == set(spec.tensors)
+    for name, weight in weights.items():
+        ref = spec.ref(name)
+        if len(ref.shape) == 2:
+            assert isinstance(weight, GroupQuantized) and weight.shape == ref.shape
+            dense = load_dense(file, ref)
+            if ref.type == Q.F32:  # requantized: int8 per 32, within half a step
+                step = weight.scales.repeat_interleave(32, dim=1)
+                assert bool(((weight.dequantize() - dense).abs() <= step / 2 + 1e-7).all())
+            else:
+                assert torch.equal(weight.dequantize(), dense)
+        else:
+            assert weight.dtype == torch.float32 and weight.shape == ref.shape
+    # float matrices (F32 in this file) are the only ones requantized
+    assert weights["model.layers.0.self_attn.o_proj.weight"].group == 32
+    assert weights["model.layers.0.mlp.up_proj.weight"].group == 16  # Q6_K
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])

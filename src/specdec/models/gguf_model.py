@@ -175,3 +175,10 @@ def load_dense(file: GGUFFile, ref: GGUFTensorRef) -> torch.Tensor:
             tensor = tensor[unpermute_rows(ref.permuted_heads, ref.shape[0])]
         return tensor
     return load_quantized(file, ref).dequantize()
+
+
+def load_weights(file: GGUFFile, spec: GGUFDecoderSpec) -> dict[str, GroupQuantized | torch.Tensor]:
+    """Every tensor by HF name: matrices (embedding and lm_head included) as `GroupQuantized`,
+    vectors (norms, biases) as float32."""
+    return {name: load_quantized(file, ref) if len(ref.shape) == 2 else load_dense(file, ref)
+            for name, ref in spec.tensors.items()}
