@@ -21,7 +21,9 @@ from specdec.models.gguf_blocks import (
 )
 from specdec.models.gguf_file import GGUFFile
 
-BLOCK_TYPES = (Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q4_K, Q.Q5_K, Q.Q6_K)
+BLOCK_TYPES = (Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K,
+               Q.Q6_K)
+GROUP_16 = (Q.Q2_K, Q.Q3_K, Q.Q6_K)
 
 
 def _write(path: Path, tensors: dict[str, tuple[np.ndarray, Q | None]]) -> None:
@@ -86,10 +88,10 @@ def test_random_blocks_decode_exactly_like_gguf_dequantize(kind: Q) -> None:
     raw = random_blocks(kind, 8, 768, rng)
     weight = decode_quantized(kind, raw)
     assert weight.shape == (8, 768)
-    assert weight.group == (16 if kind == Q.Q6_K else 32)
+    assert weight.group == (16 if kind in GROUP_16 else 32)
     expected = torch.from_numpy(dequantize(raw, kind))
     assert torch.equal(weight.dequantize(), expected)
-    assert (weight.mins is None) == (kind in (Q.Q8_0, Q.Q4_0, Q.Q5_0, Q.Q6_K))
+    assert (weight.mins is None) == (kind in (Q.Q8_0, Q.Q4_0, Q.Q5_0, Q.Q3_K, Q.Q6_K))
 
 
 @pytest.mark.parametrize("kind", QUANTIZABLE, ids=lambda k: k.name)
@@ -105,7 +107,8 @@ def test_quantized_weights_decode_exactly(kind: Q) -> None:
 def test_values_stay_in_each_formats_integer_range() -> None:
     rng = np.random.default_rng(3)
     ranges = {Q.Q8_0: (-128, 127), Q.Q4_0: (-8, 7), Q.Q4_1: (0, 15), Q.Q5_0: (-16, 15),
-              Q.Q5_1: (0, 31), Q.Q4_K: (0, 15), Q.Q5_K: (0, 31), Q.Q6_K: (-32, 31)}
+              Q.Q5_1: (0, 31), Q.Q2_K: (0, 3), Q.Q3_K: (-4, 3), Q.Q4_K: (0, 15),
+              Q.Q5_K: (0, 31), Q.Q6_K: (-32, 31)}
     for kind, (low, high) in ranges.items():
         values = decode_quantized(kind, random_blocks(kind, 16, 1024, rng)).values
         assert int(values.min()) == low and int(values.max()) == high, kind.name

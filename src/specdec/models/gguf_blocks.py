@@ -1,10 +1,12 @@
 """GGUF block formats decoded into `GroupQuantized` exactly, and float tensors into float32.
 
-Every supported block format stores, per group of 16 or 32 inputs, integers and a scale (and
-for the "_1" and K formats a minimum) that multiply out to the weight. Decoding unpacks those
-integers and multiplies the block's scale factors out the way ggml does (d * sub-scale in
-float32, both exact), so `GroupQuantized.dequantize()` gives the same float32 numbers as
-gguf-py's `gguf.quants.dequantize`, bit for bit: nothing here rounds a weight.
+Supported: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (groups of 32), Q4_K, Q5_K (32), Q2_K, Q3_K, Q6_K
+(16). Each stores, per group, integers and a scale (and for Q4_1, Q5_1, Q2_K, Q4_K and Q5_K
+a minimum) that multiply out to the weight. Decoding unpacks those integers and multiplies
+the block's scale factors out the way ggml does (d * sub-scale in float32: exact, as an
+11-bit float16 mantissa times a small integer fits float32's 24 bits), so
+`GroupQuantized.dequantize()` gives the same float32 numbers as gguf-py's
+`gguf.quants.dequantize`, bit for bit: nothing here rounds a weight.
 
 The one exception is `requantize_float`: a float (F32/F16/BF16) matrix that must become a
 `GroupQuantized` is quantized symmetric int8 per 32 inputs; that rounds, and it is the only
@@ -164,7 +166,43 @@ def _q6_k(raw: np.ndarray) -> GroupQuantized:
     return _result(low, _f16(blocks, 208)[..., None] * sub, None, 16)
 
 
+def _two_bit(qs: np.ndarray) -> np.ndarray:
+    """Q2_K/Q3_K low bits: [rows, n, 64] bytes -> uint8 [rows, n, 256]; each half of 32
+    bytes gives its bit pairs 0-1, 2-3, 4-5, 6-7 as four runs of 32 values."""
+    rows, n = qs.shape[:2]
+    words = _words(qs.reshape(rows, n, 2, 32))
+    out = np.empty((rows, n, 2, 4), dtype=np.dtype("V32"))
+    for i, shift in enumerate((0, 2, 4, 6)):
+        out[..., i] = ((words >> np.uint64(shift)) & _TWO).view("V32")[..., 0]
+    return out.view(np.uint8).reshape(rows, n, 256)
+
+
+def _q2_k(raw: np.ndarray) -> GroupQuantized:
+    blocks = _blocks(raw, Q.Q2_K)
+    packed = blocks[..., :16]  # per 16 values: scale in the low nibble, min in the high one
+    scales = _f16(blocks, 80)[..., None] * (packed & 0x0F).astype(np.float32)
+    mins = _f16(blocks, 82)[..., None] * (packed >> 4).astype(np.float32)
+    return _result(_two_bit(blocks[..., 16:80]), scales, mins, 16)
+
+
+def _q3_k(raw: np.ndarray) -> GroupQuantized:
+    blocks = _blocks(raw, Q.Q3_K)
+    rows, n = blocks.shape[:2]
+    values = _two_bit(blocks[..., 32:96]).reshape(rows, n, 8, 32)
+    # the third bit of element j of run i is bit i of hmask[j]; a 0 there means q - 4, which
+    # for q in 0..3 is q | 0xFC read as int8
+    high = np.unpackbits(blocks[..., None, :32], axis=-2, count=8, bitorder="little")
+    values |= (high ^ 1) * np.uint8(0xFC)
+    packed = blocks[..., 96:108]
+    low = np.concatenate([packed[..., :8] & 0x0F, packed[..., :8] >> 4], axis=-1)
+    top = packed[..., 8:12]
+    top = np.concatenate([(top >> shift) & 0x03 for shift in (0, 2, 4, 6)], axis=-1)
+    sub = (low | (top << 4)).astype(np.float32) - 32  # 6-bit scales, offset by 32
+    return _result(values, _f16(blocks, 108)[..., None] * sub, None, 16)
+
+
 DECODERS: dict[Q, Callable[[np.ndarray], GroupQuantized]] = {
+    Q.Q2_K: _q2_k, Q.Q3_K: _q3_k,
     Q.Q8_0: _q8_0, Q.Q4_0: _q4_0, Q.Q4_1: _q4_1, Q.Q5_0: _q5_0, Q.Q5_1: _q5_1,
     Q.Q4_K: _q4_k, Q.Q5_K: _q5_k, Q.Q6_K: _q6_k}
 QUANTIZED_TYPES = frozenset(DECODERS)
