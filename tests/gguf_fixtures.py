@@ -68,13 +68,14 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['cont
 
 def write_decoder(path: Path, arch: str, types: dict[str, Q], *, layers: int = 2,
                   hidden: int = 256, heads: int = 4, kv_heads: int = 2, intermediate: int = 256,
-                  bias: bool = False, tied: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
+                  bias: bool = False, tied: bool = False, head_dim: int | None = None,
+                  seed: int = 0) -> dict[str, np.ndarray]:
     """A tiny llama/qwen2 GGUF with a byte-level tokenizer. `types` gives a GGUF type per
     tensor role ("attn_q", "ffn_down", "token_embd", ...; F32 where absent). Returns the
     float32 weights written for F32 tensors (keyed by GGUF name)."""
     rng = np.random.default_rng(seed)
     tokens, merges = byte_level_vocabulary(SPECIALS)
-    vocab, head_dim = len(tokens), hidden // heads
+    vocab, head_dim = len(tokens), head_dim or hidden // heads
     writer = GGUFWriter(str(path), arch)
     writer.add_block_count(layers)
     writer.add_context_length(256)
@@ -86,6 +87,9 @@ def write_decoder(path: Path, arch: str, types: dict[str, Q], *, layers: int = 2
     writer.add_rope_freq_base(10000.0)
     if arch == "llama":
         writer.add_rope_dimension_count(head_dim)
+    if head_dim != hidden // heads:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("qwen2")
     writer.add_token_list(tokens)
@@ -100,9 +104,12 @@ def write_decoder(path: Path, arch: str, types: dict[str, Q], *, layers: int = 2
         shapes["output"] = (vocab, hidden)
     layer_shapes = {"attn_norm": (hidden,), "ffn_norm": (hidden,),
                     "attn_q": (heads * head_dim, hidden), "attn_k": (kv_heads * head_dim, hidden),
-                    "attn_v": (kv_heads * head_dim, hidden), "attn_output": (hidden, hidden),
+                    "attn_v": (kv_heads * head_dim, hidden),
+                    "attn_output": (hidden, heads * head_dim),
                     "ffn_gate": (intermediate, hidden), "ffn_up": (intermediate, hidden),
                     "ffn_down": (hidden, intermediate)}
+    if arch == "qwen3":
+        layer_shapes |= {"attn_q_norm": (head_dim,), "attn_k_norm": (head_dim,)}
     if bias:
         layer_shapes |= {"attn_q.bias": (heads * head_dim,), "attn_k.bias": (kv_heads * head_dim,),
                          "attn_v.bias": (kv_heads * head_dim,)}

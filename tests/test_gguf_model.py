@@ -100,12 +100,15 @@ def test_load_weights_gives_matrices_quantized_and_vectors_dense(tmp_path: Path)
     assert weights["model.layers.0.mlp.up_proj.weight"].group == 16  # Q6_K
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_every_tensor_matches_transformers_gguf_loading(tmp_path: Path, arch: str) -> None:
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging
 
-    file, spec = _spec(tmp_path, arch, bias=arch == "qwen2")
+    # qwen3 heads are wider than hidden / heads (Qwen3-0.6B: 16 x 128 in 1024); transformers
+    # reads no head size from a qwen3 GGUF and assumes Qwen3Config's 128
+    file, spec = _spec(tmp_path, arch, bias=arch == "qwen2",
+                       head_dim=128 if arch == "qwen3" else None)
     level = logging.get_verbosity()
     logging.set_verbosity_error()
     try:
@@ -123,8 +126,8 @@ def test_every_tensor_matches_transformers_gguf_loading(tmp_path: Path, arch: st
         config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
         config.num_key_value_heads, config.intermediate_size, config.vocab_size)
     # transformers' Qwen2Config has no head_dim: it derives it from the hidden size
-    head_dim = (config.head_dim if arch == "llama"
-                else config.hidden_size // config.num_attention_heads)
+    head_dim = (config.hidden_size // config.num_attention_heads if arch == "qwen2"
+                else config.head_dim)
     assert spec.config.head_dim == head_dim
     assert np.isclose(spec.config.rms_eps, config.rms_norm_eps)
 
@@ -139,3 +142,12 @@ def test_other_architectures_are_refused(tmp_path: Path) -> None:
     writer.close()
     with pytest.raises(ModelLoadError, match="gemma3"):
         read_decoder_spec(GGUFFile(tmp_path / "other.gguf"))
+
+
+def test_metadata_that_contradicts_the_tensors_is_refused(tmp_path: Path) -> None:
+    write_decoder(tmp_path / "tiny.gguf", "qwen2", {}, heads=4)
+    file = GGUFFile(tmp_path / "tiny.gguf")
+    # head size 32 where the file has 64: q still has 8 x 32 rows, k (2 heads) does not
+    file._values["qwen2.attention.head_count"] = 8
+    with pytest.raises(ModelLoadError, match="attn_k.weight is of shape"):
+        read_decoder_spec(file)

@@ -112,9 +112,11 @@ class _Cursor:
             if pos + 8 > end:
                 break
             pos += 8 + unpack("<Q", buffer, pos)[0]
-        if pos > end or (count and pos == self.pos):
-            raise ModelLoadError(f"{self.path}: truncated or corrupt GGUF string array")
-        self.pos = pos
+        else:
+            if pos <= end:
+                self.pos = pos
+                return
+        raise ModelLoadError(f"{self.path}: truncated or corrupt GGUF string array")
 
 
 def _value_type(code: int, path: Path) -> GGUFValueType:

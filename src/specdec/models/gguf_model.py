@@ -57,7 +57,8 @@ class GGUFDecoderConfig:
     tied_embeddings: bool  # no output.weight: the embedding doubles as the output layer
     attention_bias: bool  # q/k/v have biases (qwen2)
     qk_norm: bool  # per-head RMS norm of q and k (qwen3)
-    rope_scaling: dict[str, Any] | None = None  # e.g. {"type": "yarn", "factor": 4.0, ...}
+    # GGUF's {arch}.rope.scaling.* keys without the prefix: {"type": "yarn", "factor": 4.0, ...}
+    rope_scaling: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,22 @@ def read_decoder_spec(file: GGUFFile) -> GGUFDecoderSpec:
         hf_name, permuted = _hf_name(name, config)
         if hf_name is not None:
             tensors[hf_name] = GGUFTensorRef(name, info.type, info.shape, permuted)
+    _check_shapes(file, config)
     return GGUFDecoderSpec(config, tensors)
+
+
+def _check_shapes(file: GGUFFile, config: GGUFDecoderConfig) -> None:
+    """The metadata must describe the tensors: a wrong head size would run silently wrong."""
+    expected = {"blk.0.attn_q.weight": (config.heads * config.head_dim, config.hidden),
+                "blk.0.attn_k.weight": (config.kv_heads * config.head_dim, config.hidden),
+                "blk.0.ffn_down.weight": (config.hidden, config.intermediate),
+                f"blk.{config.layers - 1}.attn_norm.weight": (config.hidden,)}
+    for name, shape in expected.items():
+        info = file.tensors.get(name)
+        if info is None or info.shape != shape:
+            found = "missing" if info is None else f"of shape {list(info.shape)}"
+            raise ModelLoadError(f"{file.path}: {name} is {found}; the metadata implies "
+                                 f"{list(shape)}")
 
 
 def _hf_name(name: str, config: GGUFDecoderConfig) -> tuple[str | None, int | None]:
