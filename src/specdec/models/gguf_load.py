@@ -15,9 +15,7 @@ from specdec.errors import ModelLoadError
 from specdec.models.gguf_file import GGUFFile
 from specdec.models.gguf_model import (
     GGUFDecoderConfig,
-    GGUFDecoderSpec,
-    load_dense,
-    load_quantized,
+    load_weights,
     read_decoder_spec,
 )
 from specdec.models.gguf_tokenizer import load_gguf_tokenizer
@@ -42,7 +40,7 @@ def load_low_bit(path: Path, name: str, sha256: str | None = None) -> StaticCaus
     why = _unsupported(spec.config)
     if why is not None:
         raise ModelLoadError(f"{name}: the low-bit runner cannot run it: {why}")
-    tensors = _tensors(file, spec)
+    tensors = load_weights(file, spec)
     tokenizer = load_gguf_tokenizer(path, sha256)
     config = _decoder_config(spec.config, name, tokenizer)
     return StaticCausalLM(build_decoder(config, tensors), tokenizer, name, pack=False)
@@ -52,15 +50,6 @@ def _unsupported(config: GGUFDecoderConfig) -> str | None:
     if config.rope_scaling is not None:
         return f"rotary scaling {config.rope_scaling.get('type')!r}"
     return None
-
-
-def _tensors(file: GGUFFile, spec: GGUFDecoderSpec) -> dict[str, Any]:
-    """Weight matrices as GroupQuantized, norms and biases in float32."""
-    tensors: dict[str, Any] = {}
-    for name, ref in spec.tensors.items():
-        matrix = len(ref.shape) == 2 and name.endswith(".weight") and "norm" not in name
-        tensors[name] = load_quantized(file, ref) if matrix else load_dense(file, ref)
-    return tensors
 
 
 def _decoder_config(config: GGUFDecoderConfig, name: str, tokenizer: Any) -> DecoderConfig:
