@@ -15,8 +15,8 @@ from torch.nn import functional as F  # noqa: N812
 from specdec import SamplingParams, SpeculativeDecoder
 from specdec.drafters.factory import build_drafter
 from specdec.drafters.model import ModelDrafter
-from specdec.runtime import linear as linear_module
 from specdec.models import wrap
+from specdec.runtime import linear as linear_module
 from specdec.runtime.attention import blocked_attention, causal_mask
 from specdec.runtime.linear import PackedLinear, StackedSlice
 from specdec.runtime.packing import pack_decoder, unpack_decoder
