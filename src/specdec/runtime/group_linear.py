@@ -17,9 +17,8 @@ from torch import nn
 from specdec.runtime import group_fallback
 from specdec.runtime.group_pack import pack
 from specdec.runtime.group_weights import GroupQuantized
-from specdec.runtime.kernels import kernel_path, load_kernels
+from specdec.runtime.kernels import FALLBACK, kernel_path
 
-FALLBACK_PATH = "torch"
 BLOCK = 32  # activation inputs per scale: K must be a multiple
 
 
@@ -28,7 +27,7 @@ class GroupLinear(nn.Module):
 
     def __init__(self, weights: GroupQuantized | Sequence[GroupQuantized],
                  path: str | None = None) -> None:
-        """`path` forces a kernel path (avx512vnni, avx2, portable); default
+        """`path` forces a path (avx512vnni, avx2, portable, or torch: the fallback); default
         $SPECDEC_KERNEL_PATH, else the fastest this CPU supports."""
         super().__init__()
         parts = [weights] if isinstance(weights, GroupQuantized) else list(weights)
@@ -38,15 +37,14 @@ class GroupLinear(nn.Module):
             raise ValueError(f"in_features {self.in_features} must be a multiple of {BLOCK}")
         self.splits = tuple(part.shape[0] for part in parts)
         self.group = weight.group
-        if load_kernels().available:
-            self.kernel_path = kernel_path(path)
+        self.kernel_path = kernel_path(path)
+        if self.kernel_path != FALLBACK:
             packed = pack(weight)
             self.scale_bytes, self.has_mins = packed.scale_bytes, packed.mins
             self.register_buffer("packed", packed.data, persistent=False)
             self.bytes = packed.bytes
             self.weight: GroupQuantized | None = None
         else:
-            self.kernel_path = FALLBACK_PATH
             self.weight = weight
             self.bytes = sum(t.numel() * t.element_size()
                              for t in (weight.values, weight.scales, weight.mins) if t is not None)

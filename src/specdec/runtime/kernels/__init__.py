@@ -24,8 +24,9 @@ SOURCE = Path(__file__).with_name("group_gemm.cpp")
 NAME = "specdec_group_gemm"
 # -ffp-contract=off: every fused multiply-add is an explicit fma, so all paths round alike
 CFLAGS = ("-O3", "-std=c++17", "-ffp-contract=off")
-PATH_ENV = "SPECDEC_KERNEL_PATH"  # force a path: avx512vnni, avx2, portable (default auto)
-PATHS = ("avx512vnni", "avx2", "portable")
+PATH_ENV = "SPECDEC_KERNEL_PATH"  # force a path: avx512vnni, avx2, portable, torch (or auto)
+PATHS = ("avx512vnni", "avx2", "portable")  # the compiled ones, fastest first
+FALLBACK = "torch"  # the pure-torch product (group_fallback.py)
 
 
 class KernelBuildError(RuntimeError):
@@ -82,10 +83,14 @@ def load_kernels() -> KernelStatus:
 
 def kernel_path(requested: str | None = None) -> str:
     """The path a product runs: `requested`, else $SPECDEC_KERNEL_PATH, else the fastest this
-    CPU supports. Raises ValueError for an unknown path or one this CPU lacks."""
+    CPU supports; FALLBACK where asked for or where the kernel is unavailable. Raises
+    ValueError for an unknown path or one this CPU lacks."""
     name = requested or os.environ.get(PATH_ENV) or "auto"
-    if name != "auto" and name not in PATHS:
-        raise ValueError(f"unknown kernel path {name!r}: one of auto, {', '.join(PATHS)}")
+    if name not in ("auto", FALLBACK, *PATHS):
+        raise ValueError(f"unknown kernel path {name!r}: one of auto, {', '.join(PATHS)}, "
+                         f"{FALLBACK}")
+    if name == FALLBACK or not load_kernels().available:
+        return FALLBACK
     try:
         return str(torch.ops.specdec.group_gemm_path(name))
     except RuntimeError as error:
