@@ -51,12 +51,11 @@ class GroupLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., in_features] (float32 or bf16) -> float32 [..., out_features]."""
+        if self.weight is None:  # the op takes any leading shape and dtype
+            return torch.ops.specdec.group_gemm(x, self.packed, self.out_features, self.group,
+                                                self.scale_bytes, self.has_mins, self.kernel_path)
         rows = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
-        if self.weight is not None:
-            y = group_fallback.group_gemm(rows, self.weight)
-        else:
-            y = torch.ops.specdec.group_gemm(rows, self.packed, self.out_features, self.group,
-                                             self.scale_bytes, self.has_mins, self.kernel_path)
+        y = group_fallback.group_gemm(rows, self.weight)
         return y.view(*x.shape[:-1], self.out_features)
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -25,6 +25,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -46,43 +47,113 @@ struct Layout {
   int64_t tiles() const { return (n + kTile - 1) / kTile; }
 };
 
-// x quantized once per call, shared by every tile (and every path).
+// x quantized once per call, shared by every tile. Per-group numbers are [groups, R] so that a
+// tile's inner loop over rows walks them contiguously.
 struct Activations {
-  std::vector<int8_t> q;         // [R, K]
-  std::vector<float> scale;      // [R, K / 32]
-  std::vector<int32_t> sum;      // [R, groups]: sum of q over each weight group
-  std::vector<float> min_term;   // [R, groups]: scale * float(sum), what minimums multiply
+  std::unique_ptr<int8_t[]> q;         // [R, K]
+  std::unique_ptr<float[]> scale;      // [groups, R]: the scale of the 32-block holding the group
+  std::unique_ptr<int32_t[]> offset;   // [groups, R]: -128 * sum of q over the group
+  std::unique_ptr<float[]> min_term;   // [groups, R]: scale * float(sum of q over the group)
 };
 
-void quantize(const float* x, int64_t rows, const Layout& L, Activations& a) {
-  const int64_t blocks = L.k / kBlock;
-  a.q.resize(rows * L.k);
-  a.scale.resize(rows * blocks);
-  a.sum.resize(rows * L.groups);
-  a.min_term.resize(rows * L.groups);
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t b = 0; b < blocks; ++b) {
-      const float* xb = x + r * L.k + b * kBlock;
-      int8_t* qb = a.q.data() + r * L.k + b * kBlock;
-      float amax = 0.0f;
-      for (int64_t i = 0; i < kBlock; ++i) amax = std::max(amax, std::fabs(xb[i]));
-      const float d = amax / 127.0f;
-      const float id = d != 0.0f ? 1.0f / d : 0.0f;
-      for (int64_t i = 0; i < kBlock; ++i) {
-        const float v = std::nearbyint(xb[i] * id);
-        qb[i] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, v)));
-      }
-      a.scale[r * blocks + b] = d;
-    }
-    for (int64_t g = 0; g < L.groups; ++g) {
-      const int8_t* qg = a.q.data() + r * L.k + g * L.group;
-      int32_t s = 0;
-      for (int64_t i = 0; i < L.group; ++i) s += qg[i];
-      a.sum[r * L.groups + g] = s;
-      const float d = a.scale[r * blocks + g * L.group / kBlock];
-      a.min_term[r * L.groups + g] = d * static_cast<float>(s);
-    }
+// Quantizes 32 inputs into q, writes the sums of q over each half (16), returns the scale.
+// Every path's version gives the same bits: the same IEEE division and product, round to
+// nearest even, clamp (never active for finite x).
+using BlockFn = float (*)(const float* x, int8_t* q, int32_t* half_sums);
+
+float block_portable(const float* x, int8_t* q, int32_t* half_sums) {
+  float amax = 0.0f;
+  for (int64_t i = 0; i < kBlock; ++i) amax = std::max(amax, std::fabs(x[i]));
+  const float d = amax / 127.0f;
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  half_sums[0] = half_sums[1] = 0;
+  for (int64_t i = 0; i < kBlock; ++i) {
+    q[i] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, std::nearbyint(x[i] * id))));
+    half_sums[i / 16] += q[i];
   }
+  return d;
+}
+
+__attribute__((target("avx512f")))
+float block_avx512(const float* x, int8_t* q, int32_t* half_sums) {
+  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+  const __m512 a = _mm512_loadu_ps(x), b = _mm512_loadu_ps(x + 16);
+  const float amax = _mm512_reduce_max_ps(_mm512_max_ps(
+      _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a), abs_mask)),
+      _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(b), abs_mask))));
+  const float d = amax / 127.0f;
+  const __m512 id = _mm512_set1_ps(d != 0.0f ? 1.0f / d : 0.0f);
+  const __m512 lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+  for (int h = 0; h < 2; ++h) {
+    const __m512 v = _mm512_roundscale_ps(_mm512_mul_ps(h ? b : a, id),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512i i = _mm512_cvtps_epi32(_mm512_min_ps(hi, _mm512_max_ps(lo, v)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16 * h), _mm512_cvtsepi32_epi8(i));
+    half_sums[h] = _mm512_reduce_add_epi32(i);
+  }
+  return d;
+}
+
+__attribute__((target("avx2")))
+float block_avx2(const float* x, int8_t* q, int32_t* half_sums) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  __m256 v[4];
+  __m256 m = _mm256_setzero_ps();
+  for (int i = 0; i < 4; ++i) {
+    v[i] = _mm256_loadu_ps(x + 8 * i);
+    m = _mm256_max_ps(m, _mm256_and_ps(v[i], abs_mask));
+  }
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+  const float amax = _mm_cvtss_f32(m4);
+  const float d = amax / 127.0f;
+  const __m256 id = _mm256_set1_ps(d != 0.0f ? 1.0f / d : 0.0f);
+  const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+  __m256i n[4];
+  for (int i = 0; i < 4; ++i) {
+    const __m256 r = _mm256_round_ps(_mm256_mul_ps(v[i], id),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    n[i] = _mm256_cvtps_epi32(_mm256_min_ps(hi, _mm256_max_ps(lo, r)));
+  }
+  for (int h = 0; h < 2; ++h) {
+    const __m256i s8 = _mm256_add_epi32(n[2 * h], n[2 * h + 1]);
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+    half_sums[h] = _mm_cvtsi128_si32(s4);
+  }
+  // packs interleave 128-bit lanes: bytes come out as 4-value runs of n0 n1 n2 n3 per lane
+  const __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(n[0], n[1]),
+                                            _mm256_packs_epi32(n[2], n[3]));
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), _mm256_permutevar8x32_epi32(packed, order));
+  return d;
+}
+
+void quantize(const float* x, int64_t rows, const Layout& L, BlockFn block, Activations& a) {
+  const int64_t blocks = L.k / kBlock;
+  a.q.reset(new int8_t[rows * L.k]);
+  a.scale.reset(new float[L.groups * rows]);
+  a.offset.reset(new int32_t[L.groups * rows]);
+  a.min_term.reset(new float[L.groups * rows]);
+  // rows in parallel only where there are many inputs: waking the pool costs microseconds
+  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / L.k), [&](int64_t r0, int64_t r1) {
+    std::vector<float> block_scale(blocks);
+    std::vector<int32_t> half_sums(2 * blocks);  // sums of q per 16 inputs
+    for (int64_t r = r0; r < r1; ++r) {
+      int8_t* qr = a.q.get() + r * L.k;
+      for (int64_t b = 0; b < blocks; ++b)
+        block_scale[b] = block(x + r * L.k + b * kBlock, qr + b * kBlock, &half_sums[2 * b]);
+      for (int64_t g = 0; g < L.groups; ++g) {
+        const int32_t s = L.group == 16 ? half_sums[g] : half_sums[2 * g] + half_sums[2 * g + 1];
+        const float d = block_scale[g * L.group / kBlock];
+        a.scale[g * rows + r] = d;
+        a.offset[g * rows + r] = -kOffset * s;
+        a.min_term[g * rows + r] = d * static_cast<float>(s);
+      }
+    }
+  });
 }
 
 float half_to_float(uint16_t h) {
@@ -106,104 +177,114 @@ int32_t chunk(const int8_t* q) {  // 4 activation bytes as one int32 (to broadca
   return v;
 }
 
-// One tile (16 outputs) for rows [r0, r0 + rows): adds into acc[rows][16].
-using TileFn = void (*)(const uint8_t*, const Activations&, int64_t, int64_t, const Layout&,
-                        float*);
+// One tile (16 outputs) for `rows` rows starting at row r0: adds into acc[rows][16].
+struct TileArgs {
+  const uint8_t* tile;
+  const int8_t* q;          // row r0's activations; row r at q + r * k
+  const float* scale;       // group g, row r at [g * stride + r] (pointers start at row r0)
+  const int32_t* offset;
+  const float* min_term;
+  int64_t rows, k, stride, groups, block_bytes;
+  float* acc;
+};
+using TileFn = void (*)(const TileArgs&);
 
-void tile_portable(const uint8_t* tile, const Activations& a, int64_t r0, int64_t rows,
-                   const Layout& L, float* acc) {
-  const int64_t blocks = L.k / kBlock;
-  for (int64_t g = 0; g < L.groups; ++g) {
-    const uint8_t* w = tile + g * L.block_bytes();
-    const uint8_t* sc = w + L.weight_bytes();
-    float sw[kTile], mw[kTile];
+template <int kGroup, bool kMins, bool kHalf>
+void tile_portable_t(const TileArgs& t) {
+  constexpr int64_t kScaleBytes = kHalf ? 2 : 4;
+  for (int64_t g = 0; g < t.groups; ++g) {
+    const uint8_t* w = t.tile + g * t.block_bytes;
+    const uint8_t* sc = w + kGroup * kTile;
+    float sw[kTile], nmw[kTile];
     for (int64_t j = 0; j < kTile; ++j) {
-      if (L.scale_bytes == 2) {
+      if (kHalf) {
         uint16_t h;
         std::memcpy(&h, sc + 2 * j, 2);
         sw[j] = half_to_float(h);
       } else {
         std::memcpy(&sw[j], sc + 4 * j, 4);
       }
-      mw[j] = 0.0f;
-      if (L.mins) std::memcpy(&mw[j], sc + kTile * L.scale_bytes + 4 * j, 4);
+      float m = 0.0f;
+      if (kMins) std::memcpy(&m, sc + kTile * kScaleBytes + 4 * j, 4);
+      nmw[j] = -m;
     }
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t row = r0 + r;
-      const int8_t* qx = a.q.data() + row * L.k + g * L.group;
-      const int32_t off = kOffset * a.sum[row * L.groups + g];
-      const float sx = a.scale[row * blocks + g * L.group / kBlock];
-      const float mx = a.min_term[row * L.groups + g];
+    for (int64_t r = 0; r < t.rows; ++r) {
+      const int8_t* qx = t.q + r * t.k + g * kGroup;
+      const int64_t i = g * t.stride + r;
       for (int64_t j = 0; j < kTile; ++j) {
-        int32_t s = -off;
-        for (int64_t c = 0; c < L.group / 4; ++c)
+        int32_t s = t.offset[i];
+        for (int64_t c = 0; c < kGroup / 4; ++c)
           for (int64_t b = 0; b < 4; ++b)
             s += static_cast<int32_t>(w[c * 64 + j * 4 + b]) * qx[c * 4 + b];
-        float v = std::fma(static_cast<float>(s), sw[j] * sx, acc[r * kTile + j]);
-        if (L.mins) v = std::fma(-mw[j], mx, v);
-        acc[r * kTile + j] = v;
+        float v = std::fma(static_cast<float>(s), sw[j] * t.scale[i], t.acc[r * kTile + j]);
+        if (kMins) v = std::fma(nmw[j], t.min_term[i], v);
+        t.acc[r * kTile + j] = v;
       }
     }
   }
 }
 
-template <int kGroup>
+template <int kGroup, bool kMins, bool kHalf>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
-void tile_avx512vnni_g(const uint8_t* tile, const Activations& a, int64_t r0, int64_t rows,
-                       const Layout& L, float* acc) {
+void tile_avx512vnni_t(const TileArgs& t) {
   constexpr int kChunks = kGroup / 4;
-  const int64_t blocks = L.k / kBlock;
-  const int64_t block_bytes = L.block_bytes();
-  for (int64_t g = 0; g < L.groups; ++g) {
-    const uint8_t* w = tile + g * block_bytes;
+  constexpr int64_t kScaleBytes = kHalf ? 2 : 4;
+  const uint8_t* __restrict w = t.tile;
+  const int8_t* __restrict q = t.q;
+  const float* __restrict scale = t.scale;
+  const int32_t* __restrict offset = t.offset;
+  const float* __restrict min_term = t.min_term;
+  float* __restrict acc = t.acc;
+  const int64_t rows = t.rows, k = t.k, stride = t.stride, groups = t.groups;
+  const int64_t block_bytes = t.block_bytes;
+  for (int64_t g = 0; g < groups; ++g, w += block_bytes, q += kGroup, scale += stride,
+               offset += stride, min_term += stride) {
     const uint8_t* sc = w + kGroup * kTile;
     __m512i wv[kChunks];
     for (int c = 0; c < kChunks; ++c) wv[c] = _mm512_loadu_si512(w + 64 * c);
-    const __m512 sw = L.scale_bytes == 2
+    const __m512 sw = kHalf
         ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc)))
         : _mm512_loadu_ps(reinterpret_cast<const float*>(sc));
-    const __m512 nmw = L.mins
-        ? _mm512_castsi512_ps(_mm512_xor_si512(  // -min, as the portable path's negation
-              _mm512_castps_si512(_mm512_loadu_ps(reinterpret_cast<const float*>(sc + kTile * L.scale_bytes))),
-              _mm512_set1_epi32(INT32_MIN)))
-        : _mm512_setzero_ps();
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t row = r0 + r;
-      const int8_t* qx = a.q.data() + row * L.k + g * kGroup;
+    __m512 nmw = _mm512_setzero_ps();
+    if (kMins)  // -min, as the portable path's negation
+      nmw = _mm512_castsi512_ps(_mm512_xor_si512(
+          _mm512_castps_si512(_mm512_loadu_ps(reinterpret_cast<const float*>(sc + kTile * kScaleBytes))),
+          _mm512_set1_epi32(INT32_MIN)));
+    const int8_t* qx = q;
+    for (int64_t r = 0; r < rows; ++r, qx += k) {
       // two independent chains halve the vpdpbusd latency a single row waits on
-      __m512i s0 = _mm512_set1_epi32(-kOffset * a.sum[row * L.groups + g]);
+      __m512i s0 = _mm512_set1_epi32(offset[r]);
       __m512i s1 = _mm512_setzero_si512();
       for (int c = 0; c < kChunks; c += 2) {
         s0 = _mm512_dpbusd_epi32(s0, wv[c], _mm512_set1_epi32(chunk(qx + 4 * c)));
         s1 = _mm512_dpbusd_epi32(s1, wv[c + 1], _mm512_set1_epi32(chunk(qx + 4 * c + 4)));
       }
-      const __m512 d = _mm512_mul_ps(sw, _mm512_set1_ps(a.scale[row * blocks + g * kGroup / kBlock]));
-      float* out = acc + r * kTile;
+      const __m512 d = _mm512_mul_ps(sw, _mm512_set1_ps(scale[r]));
       __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), d,
-                                 _mm512_loadu_ps(out));
-      if (L.mins) v = _mm512_fmadd_ps(nmw, _mm512_set1_ps(a.min_term[row * L.groups + g]), v);
-      _mm512_storeu_ps(out, v);
+                                 _mm512_loadu_ps(acc + r * kTile));
+      if (kMins) v = _mm512_fmadd_ps(nmw, _mm512_set1_ps(min_term[r]), v);
+      _mm512_storeu_ps(acc + r * kTile, v);
     }
   }
 }
 
-void tile_avx512vnni(const uint8_t* tile, const Activations& a, int64_t r0, int64_t rows,
-                     const Layout& L, float* acc) {
-  if (L.group == 16) tile_avx512vnni_g<16>(tile, a, r0, rows, L, acc);
-  else tile_avx512vnni_g<32>(tile, a, r0, rows, L, acc);
-}
-
-template <int kGroup>
+template <int kGroup, bool kMins, bool kHalf>
 __attribute__((target("avx2,fma,f16c")))
-void tile_avx2_g(const uint8_t* tile, const Activations& a, int64_t r0, int64_t rows,
-                 const Layout& L, float* acc) {
+void tile_avx2_t(const TileArgs& t) {
   constexpr int kChunks = kGroup / 4;
-  const int64_t blocks = L.k / kBlock;
-  const int64_t block_bytes = L.block_bytes();
+  constexpr int64_t kScaleBytes = kHalf ? 2 : 4;
+  const uint8_t* __restrict w = t.tile;
+  const int8_t* __restrict q = t.q;
+  const float* __restrict scale = t.scale;
+  const float* __restrict min_term = t.min_term;
+  float* __restrict acc = t.acc;
+  const int64_t rows = t.rows, k = t.k, stride = t.stride, groups = t.groups;
+  const int64_t block_bytes = t.block_bytes;
   const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
   const __m256i ones = _mm256_set1_epi16(1);
-  for (int64_t g = 0; g < L.groups; ++g) {
-    const uint8_t* w = tile + g * block_bytes;
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int64_t g = 0; g < groups; ++g, w += block_bytes, q += kGroup, scale += stride,
+               min_term += stride) {
     const uint8_t* sc = w + kGroup * kTile;
     // signed values, as |value| (u8) and the value itself (for its sign): with activations in
     // [-127, 127] a pair of products is at most 2 * 128 * 127, so vpmaddubsw never saturates
@@ -213,20 +294,21 @@ void tile_avx2_g(const uint8_t* tile, const Activations& a, int64_t r0, int64_t 
       wa[c] = _mm256_abs_epi8(ws[c]);
     }
     __m256 sw_lo, sw_hi;
-    if (L.scale_bytes == 2) {
+    if (kHalf) {
       sw_lo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc)));
       sw_hi = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + 16)));
     } else {
       sw_lo = _mm256_loadu_ps(reinterpret_cast<const float*>(sc));
       sw_hi = _mm256_loadu_ps(reinterpret_cast<const float*>(sc + 32));
     }
-    const float* mn = reinterpret_cast<const float*>(sc + kTile * L.scale_bytes);
-    const __m256 sign = _mm256_set1_ps(-0.0f);
-    const __m256 nm_lo = L.mins ? _mm256_xor_ps(_mm256_loadu_ps(mn), sign) : _mm256_setzero_ps();
-    const __m256 nm_hi = L.mins ? _mm256_xor_ps(_mm256_loadu_ps(mn + 8), sign) : _mm256_setzero_ps();
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t row = r0 + r;
-      const int8_t* qx = a.q.data() + row * L.k + g * kGroup;
+    __m256 nm_lo = _mm256_setzero_ps(), nm_hi = _mm256_setzero_ps();
+    if (kMins) {
+      const float* mn = reinterpret_cast<const float*>(sc + kTile * kScaleBytes);
+      nm_lo = _mm256_xor_ps(_mm256_loadu_ps(mn), sign);
+      nm_hi = _mm256_xor_ps(_mm256_loadu_ps(mn + 8), sign);
+    }
+    const int8_t* qx = q;
+    for (int64_t r = 0; r < rows; ++r, qx += k) {
       __m256i s_lo = _mm256_setzero_si256(), s_hi = _mm256_setzero_si256();
       for (int c = 0; c < kChunks; ++c) {
         const __m256i xb = _mm256_set1_epi32(chunk(qx + 4 * c));
@@ -235,14 +317,14 @@ void tile_avx2_g(const uint8_t* tile, const Activations& a, int64_t r0, int64_t 
         s_hi = _mm256_add_epi32(s_hi, _mm256_madd_epi16(
             _mm256_maddubs_epi16(wa[2 * c + 1], _mm256_sign_epi8(xb, ws[2 * c + 1])), ones));
       }
-      const __m256 sx = _mm256_set1_ps(a.scale[row * blocks + g * kGroup / kBlock]);
+      const __m256 sx = _mm256_set1_ps(scale[r]);
       float* out = acc + r * kTile;
       __m256 lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s_lo), _mm256_mul_ps(sw_lo, sx),
                                   _mm256_loadu_ps(out));
       __m256 hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s_hi), _mm256_mul_ps(sw_hi, sx),
                                   _mm256_loadu_ps(out + 8));
-      if (L.mins) {
-        const __m256 mx = _mm256_set1_ps(a.min_term[row * L.groups + g]);
+      if (kMins) {
+        const __m256 mx = _mm256_set1_ps(min_term[r]);
         lo = _mm256_fmadd_ps(nm_lo, mx, lo);
         hi = _mm256_fmadd_ps(nm_hi, mx, hi);
       }
@@ -252,15 +334,26 @@ void tile_avx2_g(const uint8_t* tile, const Activations& a, int64_t r0, int64_t 
   }
 }
 
-void tile_avx2(const uint8_t* tile, const Activations& a, int64_t r0, int64_t rows,
-               const Layout& L, float* acc) {
-  if (L.group == 16) tile_avx2_g<16>(tile, a, r0, rows, L, acc);
-  else tile_avx2_g<32>(tile, a, r0, rows, L, acc);
+// The instantiation for a layout: [group 16 / 32][minimums][float16 scales].
+template <template <int, bool, bool> class Kernel>
+TileFn pick(const Layout& L) {
+  const bool half = L.scale_bytes == 2;
+  if (L.group == 16) {
+    if (L.mins) return half ? Kernel<16, true, true>::fn : Kernel<16, true, false>::fn;
+    return half ? Kernel<16, false, true>::fn : Kernel<16, false, false>::fn;
+  }
+  if (L.mins) return half ? Kernel<32, true, true>::fn : Kernel<32, true, false>::fn;
+  return half ? Kernel<32, false, true>::fn : Kernel<32, false, false>::fn;
 }
+
+template <int G, bool M, bool H> struct Portable { static constexpr TileFn fn = tile_portable_t<G, M, H>; };
+template <int G, bool M, bool H> struct Avx512 { static constexpr TileFn fn = tile_avx512vnni_t<G, M, H>; };
+template <int G, bool M, bool H> struct Avx2 { static constexpr TileFn fn = tile_avx2_t<G, M, H>; };
 
 struct Path {
   const char* name;
-  TileFn fn;
+  TileFn (*pick)(const Layout&);
+  BlockFn block;
   bool (*supported)();
 };
 
@@ -276,9 +369,9 @@ bool has_avx2() {
 bool always() { return true; }
 
 // fastest first: "auto" takes the first this CPU supports
-constexpr Path kPaths[] = {{"avx512vnni", tile_avx512vnni, has_avx512vnni},
-                           {"avx2", tile_avx2, has_avx2},
-                           {"portable", tile_portable, always}};
+constexpr Path kPaths[] = {{"avx512vnni", pick<Avx512>, block_avx512, has_avx512vnni},
+                           {"avx2", pick<Avx2>, block_avx2, has_avx2},
+                           {"portable", pick<Portable>, block_portable, always}};
 
 const Path& resolve(const std::string& name) {
   for (const Path& p : kPaths) {
@@ -294,10 +387,11 @@ std::string group_gemm_path(c10::string_view name) {
   return resolve(std::string(name)).name;
 }
 
-at::Tensor group_gemm(const at::Tensor& x, const at::Tensor& packed, int64_t n, int64_t group,
-                      int64_t scale_bytes, bool mins, c10::string_view path) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
-              "x must be a contiguous float32 [R, K] tensor");
+// x [..., K] (any floating dtype; converted to float32 here, one op fewer per call) -> [..., N]
+at::Tensor group_gemm(const at::Tensor& input, const at::Tensor& packed, int64_t n,
+                      int64_t group, int64_t scale_bytes, bool mins, c10::string_view path) {
+  TORCH_CHECK(input.dim() >= 1 && input.is_floating_point(), "x must be a floating tensor");
+  const at::Tensor x = input.reshape({-1, input.size(-1)}).to(at::kFloat).contiguous();
   TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous(),
               "packed must be a contiguous uint8 tensor");
   TORCH_CHECK(group == 16 || group == 32, "group must be 16 or 32");
@@ -308,12 +402,15 @@ at::Tensor group_gemm(const at::Tensor& x, const at::Tensor& packed, int64_t n, 
   TORCH_CHECK(packed.numel() == L.tiles() * L.tile_bytes(),
               "packed holds ", packed.numel(), " bytes, the layout needs ",
               L.tiles() * L.tile_bytes());
-  const TileFn fn = resolve(std::string(path)).fn;
+  const Path& chosen = resolve(std::string(path));
+  const TileFn fn = chosen.pick(L);
   const int64_t rows = x.size(0);
-  at::Tensor y = at::empty({rows, n}, x.options());
+  std::vector<int64_t> shape = input.sizes().vec();
+  shape.back() = n;
+  at::Tensor y = at::empty(shape, x.options());
   if (rows == 0 || n == 0) return y;
   Activations a;
-  quantize(x.data_ptr<float>(), rows, L, a);
+  quantize(x.data_ptr<float>(), rows, L, chosen.block, a);
   const uint8_t* base = packed.data_ptr<uint8_t>();
   float* out = y.data_ptr<float>();
   at::parallel_for(0, L.tiles(), 1, [&](int64_t t0, int64_t t1) {
@@ -323,7 +420,9 @@ at::Tensor group_gemm(const at::Tensor& x, const at::Tensor& packed, int64_t n, 
       for (int64_t r0 = 0; r0 < rows; r0 += kMaxRows) {
         const int64_t nr = std::min(kMaxRows, rows - r0);
         std::fill(acc.begin(), acc.begin() + nr * kTile, 0.0f);
-        fn(base + t * L.tile_bytes(), a, r0, nr, L, acc.data());
+        fn(TileArgs{base + t * L.tile_bytes(), a.q.get() + r0 * k, a.scale.get() + r0,
+                    a.offset.get() + r0, a.min_term.get() + r0, nr, k, rows, L.groups,
+                    L.block_bytes(), acc.data()});
         for (int64_t r = 0; r < nr; ++r)
           std::memcpy(out + (r0 + r) * n + t * kTile, acc.data() + r * kTile, cols * 4);
       }
