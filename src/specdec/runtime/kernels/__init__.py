@@ -22,8 +22,11 @@ from specdec.models.fetch import cache_dir
 
 SOURCE = Path(__file__).with_name("group_gemm.cpp")
 NAME = "specdec_group_gemm"
-# -ffp-contract=off: every fused multiply-add is an explicit fma, so all paths round alike
-CFLAGS = ("-O3", "-std=c++17", "-ffp-contract=off")
+# -ffp-contract=off: every fused multiply-add is an explicit fma, so all paths round alike.
+# -fopenmp: at::parallel_for is inline OpenMP in torch's headers (serial without it); the
+# libgomp.so.1 it links resolves to the copy torch has already loaded, one thread pool.
+CFLAGS = ("-O3", "-std=c++17", "-ffp-contract=off", "-fopenmp")
+LDFLAGS = ("-fopenmp",)
 PATH_ENV = "SPECDEC_KERNEL_PATH"  # force a path: avx512vnni, avx2, portable, torch (or auto)
 PATHS = ("avx512vnni", "avx2", "portable")  # the compiled ones, fastest first
 FALLBACK = "torch"  # the pure-torch product (group_fallback.py)
@@ -44,7 +47,7 @@ class KernelStatus:
 def build_directory() -> Path:
     """Where this source, built with these flags against this torch, lives."""
     digest = hashlib.sha256(SOURCE.read_bytes())
-    digest.update(" ".join(CFLAGS).encode())
+    digest.update(" ".join(CFLAGS + LDFLAGS).encode())
     digest.update(torch.__version__.encode())
     return cache_dir() / "kernels" / digest.hexdigest()[:16]
 
@@ -56,6 +59,7 @@ def build(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     try:
         cpp_extension.load(name=NAME, sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
+                           extra_ldflags=list(LDFLAGS),
                            build_directory=str(directory), is_python_module=False,
                            verbose=False)
     except Exception as error:  # a compiler, ninja or header failure: all mean "no kernel"

@@ -252,16 +252,13 @@ void tile_avx512vnni_t(const TileArgs& t) {
           _mm512_set1_epi32(INT32_MIN)));
     const int8_t* qx = q;
     for (int64_t r = 0; r < rows; ++r, qx += k) {
-      // two independent chains halve the vpdpbusd latency a single row waits on
-      __m512i s0 = _mm512_set1_epi32(offset[r]);
-      __m512i s1 = _mm512_setzero_si512();
-      for (int c = 0; c < kChunks; c += 2) {
-        s0 = _mm512_dpbusd_epi32(s0, wv[c], _mm512_set1_epi32(chunk(qx + 4 * c)));
-        s1 = _mm512_dpbusd_epi32(s1, wv[c + 1], _mm512_set1_epi32(chunk(qx + 4 * c + 4)));
-      }
+      // one chain per row: rows and groups overlap out of order, and one row alone is bound
+      // by memory, not by this chain's latency
+      __m512i sum = _mm512_set1_epi32(offset[r]);
+      for (int c = 0; c < kChunks; ++c)
+        sum = _mm512_dpbusd_epi32(sum, wv[c], _mm512_set1_epi32(chunk(qx + 4 * c)));
       const __m512 d = _mm512_mul_ps(sw, _mm512_set1_ps(scale[r]));
-      __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), d,
-                                 _mm512_loadu_ps(acc + r * kTile));
+      __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), d, _mm512_loadu_ps(acc + r * kTile));
       if (kMins) v = _mm512_fmadd_ps(nmw, _mm512_set1_ps(min_term[r]), v);
       _mm512_storeu_ps(acc + r * kTile, v);
     }
