@@ -2,8 +2,8 @@
 // group of 16 or 32 inputs, read in the tiled layout that specdec/runtime/group_pack.py writes.
 //
 // Numerics (every path, and the pure-torch fallback in group_fallback.py, computes exactly this):
-//   - each row of x is quantized per block of 32 inputs: d = max|x| / 127, q = nearbyint(x / d)
-//     (x times 1/d), clamped to [-127, 127];
+//   - each row of x is quantized per block of 32 inputs: d = max|x| / 127,
+//     q = nearbyint(x * (1 / d)) (ties to even; 0 where d is 0), clamped to [-127, 127];
 //   - per output, per weight group g (in order 0, 1, ...): isum = sum q * value (int32, exact),
 //     acc = fma(float(isum), scale_w * d, acc), then with minimums
 //     acc = fma(-min_w, d * float(sum q over the group), acc).
@@ -387,7 +387,8 @@ std::string group_gemm_path(c10::string_view name) {
 // x [..., K] (any floating dtype; converted to float32 here, one op fewer per call) -> [..., N]
 at::Tensor group_gemm(const at::Tensor& input, const at::Tensor& packed, int64_t n,
                       int64_t group, int64_t scale_bytes, bool mins, c10::string_view path) {
-  TORCH_CHECK(input.dim() >= 1 && input.is_floating_point(), "x must be a floating tensor");
+  TORCH_CHECK(input.dim() >= 1 && input.is_floating_point() && input.device().is_cpu(),
+              "x must be a floating CPU tensor");
   const at::Tensor x = input.reshape({-1, input.size(-1)}).to(at::kFloat).contiguous();
   TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous(),
               "packed must be a contiguous uint8 tensor");
