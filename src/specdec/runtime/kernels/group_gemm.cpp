@@ -224,19 +224,21 @@ void tile_portable_t(const TileArgs& t) {
   }
 }
 
-template <int kGroup, bool kMins, bool kHalf>
+// kRows rows [r0, r0 + kRows) of one tile, their accumulators in registers through all groups
+// (the tile's weights are re-read from cache per block of rows, not from memory).
+template <int kGroup, bool kMins, bool kHalf, int kRows>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
-void tile_avx512vnni_t(const TileArgs& t) {
+void rows_avx512vnni(const TileArgs& t, int64_t r0) {
   constexpr int kChunks = kGroup / 4;
   constexpr int64_t kScaleBytes = kHalf ? 2 : 4;
   const uint8_t* __restrict w = t.tile;
-  const int8_t* __restrict q = t.q;
-  const float* __restrict scale = t.scale;
-  const int32_t* __restrict offset = t.offset;
-  const float* __restrict min_term = t.min_term;
-  float* __restrict acc = t.acc;
-  const int64_t rows = t.rows, k = t.k, stride = t.stride, groups = t.groups;
-  const int64_t block_bytes = t.block_bytes;
+  const int8_t* __restrict q = t.q + r0 * t.k;
+  const float* __restrict scale = t.scale + r0;
+  const int32_t* __restrict offset = t.offset + r0;
+  const float* __restrict min_term = t.min_term + r0;
+  const int64_t k = t.k, stride = t.stride, groups = t.groups, block_bytes = t.block_bytes;
+  __m512 acc[kRows];
+  for (int i = 0; i < kRows; ++i) acc[i] = _mm512_setzero_ps();
   for (int64_t g = 0; g < groups; ++g, w += block_bytes, q += kGroup, scale += stride,
                offset += stride, min_term += stride) {
     const uint8_t* sc = w + kGroup * kTile;
@@ -250,19 +252,30 @@ void tile_avx512vnni_t(const TileArgs& t) {
       nmw = _mm512_castsi512_ps(_mm512_xor_si512(
           _mm512_castps_si512(_mm512_loadu_ps(reinterpret_cast<const float*>(sc + kTile * kScaleBytes))),
           _mm512_set1_epi32(INT32_MIN)));
-    const int8_t* qx = q;
-    for (int64_t r = 0; r < rows; ++r, qx += k) {
+#pragma GCC unroll 8  // fully: the accumulators must stay in registers
+    for (int i = 0; i < kRows; ++i) {
       // one chain per row: rows and groups overlap out of order, and one row alone is bound
       // by memory, not by this chain's latency
-      __m512i sum = _mm512_set1_epi32(offset[r]);
+      const int8_t* qx = q + i * k;
+      __m512i sum = _mm512_set1_epi32(offset[i]);
+#pragma GCC unroll 8
       for (int c = 0; c < kChunks; ++c)
         sum = _mm512_dpbusd_epi32(sum, wv[c], _mm512_set1_epi32(chunk(qx + 4 * c)));
-      const __m512 d = _mm512_mul_ps(sw, _mm512_set1_ps(scale[r]));
-      __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), d, _mm512_loadu_ps(acc + r * kTile));
-      if (kMins) v = _mm512_fmadd_ps(nmw, _mm512_set1_ps(min_term[r]), v);
-      _mm512_storeu_ps(acc + r * kTile, v);
+      const __m512 d = _mm512_mul_ps(sw, _mm512_set1_ps(scale[i]));
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), d, acc[i]);
+      if (kMins) acc[i] = _mm512_fmadd_ps(nmw, _mm512_set1_ps(min_term[i]), acc[i]);
     }
   }
+  for (int i = 0; i < kRows; ++i) _mm512_storeu_ps(t.acc + (r0 + i) * kTile, acc[i]);
+}
+
+template <int kGroup, bool kMins, bool kHalf>
+void tile_avx512vnni_t(const TileArgs& t) {
+  int64_t r = 0;
+  for (; r + 8 <= t.rows; r += 8) rows_avx512vnni<kGroup, kMins, kHalf, 8>(t, r);
+  if (t.rows - r >= 4) rows_avx512vnni<kGroup, kMins, kHalf, 4>(t, r), r += 4;
+  if (t.rows - r >= 2) rows_avx512vnni<kGroup, kMins, kHalf, 2>(t, r), r += 2;
+  if (t.rows - r >= 1) rows_avx512vnni<kGroup, kMins, kHalf, 1>(t, r);
 }
 
 template <int kGroup, bool kMins, bool kHalf>
