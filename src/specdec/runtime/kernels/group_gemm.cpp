@@ -224,6 +224,38 @@ void tile_portable_t(const TileArgs& t) {
   }
 }
 
+// sum += w[c] . broadcast(4 bytes at q + 4c) for every chunk c of a group, the broadcasts
+// embedded in vpdpbusd: GCC emits a separate vpbroadcastd for _mm512_set1_epi32 (one more
+// vector uop per 64 multiply-adds). The bytes read are not named as a memory operand: GCC
+// would then keep every accumulator array in memory too (vector types may alias anything),
+// and nothing needs ordering: the activations are written before the tile loops start.
+template <int kGroup>
+__attribute__((target("avx512f,avx512vnni")))
+inline void dpbusd_group(__m512i& sum, const __m512i* w, const int8_t* q) {
+  if constexpr (kGroup == 16) {
+    __asm__("vpdpbusd 0(%[q])%{1to16%}, %[w0], %[s]\n\t"
+            "vpdpbusd 4(%[q])%{1to16%}, %[w1], %[s]\n\t"
+            "vpdpbusd 8(%[q])%{1to16%}, %[w2], %[s]\n\t"
+            "vpdpbusd 12(%[q])%{1to16%}, %[w3], %[s]"
+            : [s] "+v"(sum)
+            : [q] "r"(q), [w0] "v"(w[0]),
+              [w1] "v"(w[1]), [w2] "v"(w[2]), [w3] "v"(w[3]));
+  } else {
+    __asm__("vpdpbusd 0(%[q])%{1to16%}, %[w0], %[s]\n\t"
+            "vpdpbusd 4(%[q])%{1to16%}, %[w1], %[s]\n\t"
+            "vpdpbusd 8(%[q])%{1to16%}, %[w2], %[s]\n\t"
+            "vpdpbusd 12(%[q])%{1to16%}, %[w3], %[s]\n\t"
+            "vpdpbusd 16(%[q])%{1to16%}, %[w4], %[s]\n\t"
+            "vpdpbusd 20(%[q])%{1to16%}, %[w5], %[s]\n\t"
+            "vpdpbusd 24(%[q])%{1to16%}, %[w6], %[s]\n\t"
+            "vpdpbusd 28(%[q])%{1to16%}, %[w7], %[s]"
+            : [s] "+v"(sum)
+            : [q] "r"(q), [w0] "v"(w[0]),
+              [w1] "v"(w[1]), [w2] "v"(w[2]), [w3] "v"(w[3]), [w4] "v"(w[4]),
+              [w5] "v"(w[5]), [w6] "v"(w[6]), [w7] "v"(w[7]));
+  }
+}
+
 // kRows rows [r0, r0 + kRows) of one tile, their accumulators in registers through all groups
 // (the tile's weights are re-read from cache per block of rows, not from memory).
 template <int kGroup, bool kMins, bool kHalf, int kRows>
@@ -238,9 +270,13 @@ void rows_avx512vnni(const TileArgs& t, int64_t r0) {
   const float* __restrict min_term = t.min_term + r0;
   const int64_t k = t.k, stride = t.stride, groups = t.groups, block_bytes = t.block_bytes;
   __m512 acc[kRows];
-  for (int i = 0; i < kRows; ++i) acc[i] = _mm512_setzero_ps();
-  for (int64_t g = 0; g < groups; ++g, w += block_bytes, q += kGroup, scale += stride,
-               offset += stride, min_term += stride) {
+  const int8_t* qx[kRows];  // each row's activations of the current group: one register each
+  for (int i = 0; i < kRows; ++i) {
+    acc[i] = _mm512_setzero_ps();
+    qx[i] = q + i * k;
+  }
+  for (int64_t g = 0; g < groups; ++g, w += block_bytes, scale += stride, offset += stride,
+               min_term += stride) {
     const uint8_t* sc = w + kGroup * kTile;
     __m512i wv[kChunks];
     for (int c = 0; c < kChunks; ++c) wv[c] = _mm512_loadu_si512(w + 64 * c);
@@ -256,11 +292,9 @@ void rows_avx512vnni(const TileArgs& t, int64_t r0) {
     for (int i = 0; i < kRows; ++i) {
       // one chain per row: rows and groups overlap out of order, and one row alone is bound
       // by memory, not by this chain's latency
-      const int8_t* qx = q + i * k;
       __m512i sum = _mm512_set1_epi32(offset[i]);
-#pragma GCC unroll 8
-      for (int c = 0; c < kChunks; ++c)
-        sum = _mm512_dpbusd_epi32(sum, wv[c], _mm512_set1_epi32(chunk(qx + 4 * c)));
+      dpbusd_group<kGroup>(sum, wv, qx[i]);
+      qx[i] += kGroup;
       const __m512 d = _mm512_mul_ps(sw, _mm512_set1_ps(scale[i]));
       acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), d, acc[i]);
       if (kMins) acc[i] = _mm512_fmadd_ps(nmw, _mm512_set1_ps(min_term[i]), acc[i]);
