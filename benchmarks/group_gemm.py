@@ -5,8 +5,9 @@
 Qwen2.5-0.5B's linear shapes, 24 distinct layers each (beyond the caches; the head once), with
 random weights in each GGUF source's representation: qkv / o / gate+up as Q5_0 (group 32,
 float16 scales), down as Q6_K (group 16, float32 scales) and as Q4_K (group 32, minimums), the
-head as Q8_0. For each shape and row count: ms per call over all its layers and the GB/s of
-the bytes read, for the kernel (`--paths`, default the fastest this CPU has) and for bf16
+head as Q8_0. For each shape and row count: ms per call over all its layers (the fastest of
+the repeats, every variant taking turns; medians in the .json) and the GB/s of the bytes read,
+for the kernel (`--paths`, default the fastest this CPU has) and for bf16
 prepacked by oneDNN (mkldnn _reorder_linear_weight + _linear_pointwise). The streaming rate
 (a sum over 1 GB) is the reference. Writes benchmarks/low_bit/group_gemm.{md,json}.
 """
@@ -63,15 +64,19 @@ def random_weight(shape: Shape, seed: int) -> GroupQuantized:
     return GroupQuantized(values, scales, mins, shape.group)
 
 
-def median_ms(fn, repeats: int) -> float:
-    for _ in range(2):
+def interleaved_ms(fns: dict, repeats: int) -> dict[str, list[float]]:
+    """ms of each call set, the sets taking turns so that all see the same moments of a
+    shared host."""
+    for fn in fns.values():
         fn()
-    times = []
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(1e3 * (time.perf_counter() - start))
+    return times
 
 
 def bf16_layers(shape: Shape) -> list[torch.Tensor]:
@@ -95,22 +100,19 @@ def run_kernel(modules: list[GroupLinear], x: torch.Tensor) -> None:
 
 def measure(shape: Shape, rows: list[int], paths: list[str], repeats: int) -> dict:
     result: dict = {"shape": shape.name, "n": shape.n, "k": shape.k, "layers": shape.layers}
-    modules = [GroupLinear(random_weight(shape, seed)) for seed in range(shape.layers)]
-    result["bytes"] = sum(m.bytes for m in modules)
-    result["bytes_per_weight"] = result["bytes"] / (shape.n * shape.k * shape.layers)
-    for path in paths:
-        for module in modules:
-            module.kernel_path = path
-        for r in rows:
-            x = torch.randn(r, shape.k)
-            result[f"{path}_ms_{r}"] = median_ms(functools.partial(run_kernel, modules, x),
-                                                 repeats)
-    modules.clear()  # free the low-bit copies before the bf16 ones exist
-    layers = bf16_layers(shape)
+    weights = [random_weight(shape, seed) for seed in range(shape.layers)]
+    modules = {path: [GroupLinear(w, path=path) for w in weights] for path in paths}
+    del weights
+    result["bytes"] = sum(m.bytes for m in modules[paths[0]])
     result["bf16_bytes"] = 2 * shape.n * shape.k * shape.layers
+    layers = bf16_layers(shape)
     for r in rows:
-        x = torch.randn(r, shape.k).to(torch.bfloat16)
-        result[f"bf16_ms_{r}"] = median_ms(functools.partial(run_bf16, layers, x), repeats)
+        x = torch.randn(r, shape.k)
+        fns = {path: functools.partial(run_kernel, modules[path], x) for path in paths}
+        fns["bf16"] = functools.partial(run_bf16, layers, x.to(torch.bfloat16))
+        for name, times in interleaved_ms(fns, repeats).items():
+            result[f"{name}_ms_{r}"] = min(times)
+            result[f"{name}_median_ms_{r}"] = statistics.median(times)
     return result
 
 

@@ -290,10 +290,19 @@ void rows_avx512vnni(const TileArgs& t, int64_t r0) {
           _mm512_set1_epi32(INT32_MIN)));
 #pragma GCC unroll 8  // fully: the accumulators must stay in registers
     for (int i = 0; i < kRows; ++i) {
-      // one chain per row: rows and groups overlap out of order, and one row alone is bound
-      // by memory, not by this chain's latency
+      // one chain per row when there are several: they overlap out of order
       __m512i sum = _mm512_set1_epi32(offset[i]);
-      dpbusd_group<kGroup>(sum, wv, qx[i]);
+      if constexpr (kRows == 1) {
+        // one row alone waits on memory: two chains halve the latency between its loads
+        __m512i odd = _mm512_setzero_si512();
+        for (int c = 0; c < kChunks; c += 2) {
+          sum = _mm512_dpbusd_epi32(sum, wv[c], _mm512_set1_epi32(chunk(qx[i] + 4 * c)));
+          odd = _mm512_dpbusd_epi32(odd, wv[c + 1], _mm512_set1_epi32(chunk(qx[i] + 4 * c + 4)));
+        }
+        sum = _mm512_add_epi32(sum, odd);
+      } else {
+        dpbusd_group<kGroup>(sum, wv, qx[i]);
+      }
       qx[i] += kGroup;
       const __m512 d = _mm512_mul_ps(sw, _mm512_set1_ps(scale[i]));
       acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), d, acc[i]);
