@@ -293,13 +293,16 @@ void rows_avx512vnni(const TileArgs& t, int64_t r0) {
       // one chain per row when there are several: they overlap out of order
       __m512i sum = _mm512_set1_epi32(offset[i]);
       if constexpr (kRows == 1) {
-        // one row alone waits on memory: two chains halve the latency between its loads
-        __m512i odd = _mm512_setzero_si512();
-        for (int c = 0; c < kChunks; c += 2) {
-          sum = _mm512_dpbusd_epi32(sum, wv[c], _mm512_set1_epi32(chunk(qx[i] + 4 * c)));
-          odd = _mm512_dpbusd_epi32(odd, wv[c + 1], _mm512_set1_epi32(chunk(qx[i] + 4 * c + 4)));
-        }
-        sum = _mm512_add_epi32(sum, odd);
+        // one row alone is bound by memory, and a chain of dependent vpdpbusd fills the
+        // scheduler and holds back the next groups' loads: independent products, then a tree
+        __m512i part[kChunks];
+        for (int c = 0; c < kChunks; ++c)
+          part[c] = _mm512_dpbusd_epi32(c == 0 ? sum : _mm512_setzero_si512(), wv[c],
+                                        _mm512_set1_epi32(chunk(qx[i] + 4 * c)));
+        for (int step = 1; step < kChunks; step *= 2)
+          for (int c = 0; c + step < kChunks; c += 2 * step)
+            part[c] = _mm512_add_epi32(part[c], part[c + step]);
+        sum = part[0];
       } else {
         dpbusd_group<kGroup>(sum, wv, qx[i]);
       }
