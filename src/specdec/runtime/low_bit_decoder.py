@@ -21,6 +21,7 @@ from torch import nn
 
 from specdec.runtime.group_linear import GroupLinear
 from specdec.runtime.group_weights import GroupQuantized
+from specdec.runtime.kernels import fused_ops_available
 from specdec.runtime.linear import StackedSlice
 
 LOW_BIT_ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral")
@@ -60,15 +61,18 @@ class DecoderConfig:
 
 
 class RMSNorm(nn.Module):
-    """x / rms(x) * weight, in float32."""
+    """x / rms(x) * weight, in float32 (one fused op where the kernels are compiled)."""
 
     def __init__(self, weight: torch.Tensor, eps: float):
         super().__init__()
         self.weight = nn.Parameter(weight.float(), requires_grad=False)
         self.eps = eps
+        self.fused = fused_ops_available()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
+        if self.fused:
+            return torch.ops.specdec.rms_norm(x, self.weight, self.eps)
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 

@@ -1,4 +1,5 @@
-"""Builds, loads and picks the path of the compiled low-bit product (group_gemm.cpp).
+"""Builds, loads and picks the path of the compiled kernels: the low-bit product
+(group_gemm.cpp) and the runner's fused per-layer ops (decoder_ops.cpp).
 
 The extension is compiled with ninja on first use into the cache directory, under a name that
 hashes the source, the flags and the torch version, so a later process (or another checkout of
@@ -20,16 +21,18 @@ import torch
 
 from specdec.models.fetch import cache_dir
 
-SOURCE = Path(__file__).with_name("group_gemm.cpp")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("group_gemm.cpp", "decoder_ops.cpp"))
 NAME = "specdec_group_gemm"
 # -ffp-contract=off: every fused multiply-add is an explicit fma, so all paths round alike.
 # -fopenmp: at::parallel_for is inline OpenMP in torch's headers (serial without it); the
 # libgomp.so.1 it links resolves to the copy torch has already loaded, one thread pool.
-CFLAGS = ("-O3", "-std=c++17", "-ffp-contract=off", "-fopenmp")
+# -fno-math-errno: sqrt and fma inline (no errno to set); it changes no result.
+CFLAGS = ("-O3", "-std=c++17", "-ffp-contract=off", "-fno-math-errno", "-fopenmp")
 LDFLAGS = ("-fopenmp",)
 PATH_ENV = "SPECDEC_KERNEL_PATH"  # force a path: avx512vnni, avx2, portable, torch (or auto)
 PATHS = ("avx512vnni", "avx2", "portable")  # the compiled ones, fastest first
 FALLBACK = "torch"  # the pure-torch product (group_fallback.py)
+FUSED_ENV = "SPECDEC_FUSED"  # "0": the static runner's torch ops instead of decoder_ops.cpp
 
 
 class KernelBuildError(RuntimeError):
@@ -46,7 +49,7 @@ class KernelStatus:
 
 def build_directory() -> Path:
     """Where this source, built with these flags against this torch, lives."""
-    digest = hashlib.sha256(SOURCE.read_bytes())
+    digest = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES))
     digest.update(" ".join(CFLAGS + LDFLAGS).encode())
     digest.update(torch.__version__.encode())
     return cache_dir() / "kernels" / digest.hexdigest()[:16]
@@ -58,8 +61,8 @@ def build(directory: Path) -> Path:
 
     directory.mkdir(parents=True, exist_ok=True)
     try:
-        cpp_extension.load(name=NAME, sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
-                           extra_ldflags=list(LDFLAGS),
+        cpp_extension.load(name=NAME, sources=[str(source) for source in SOURCES],
+                           extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
                            build_directory=str(directory), is_python_module=False,
                            verbose=False)
     except Exception as error:  # a compiler, ninja or header failure: all mean "no kernel"
@@ -99,3 +102,9 @@ def kernel_path(requested: str | None = None) -> str:
         return str(torch.ops.specdec.group_gemm_path(name))
     except RuntimeError as error:
         raise ValueError(str(error).splitlines()[0]) from error
+
+
+def fused_ops_available() -> bool:
+    """Whether the static runner uses the fused per-layer ops (decoder_ops.cpp): compiled
+    here and not switched off with SPECDEC_FUSED=0 (which compares them with torch's)."""
+    return os.environ.get(FUSED_ENV, "1") != "0" and load_kernels().available
