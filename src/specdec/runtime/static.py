@@ -26,15 +26,19 @@ from __future__ import annotations
 import time
 import types
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import PreTrainedModel
 
 from specdec.runtime.attention import blocked_attention, causal_mask, key_span, query_chunk
 from specdec.runtime.hf import HFModel
+from specdec.runtime.kernels import fused_ops_available
 from specdec.runtime.packing import PackReport, pack_decoder, single, stacked_parts
 from specdec.runtime.tree_attention import TreeLayout, tree_layout, tree_rows_attention
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 STATIC_ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral")
 DEFAULT_WIDTHS = (1, 2, 4, 8, 16)
@@ -145,6 +149,9 @@ class StaticCausalLM(HFModel):
         # before HFModel reads the head: packing replaces it (and frees the dense weights);
         # inductor cannot lower the packed products' opaque weights: compiled runners keep
         # F.linear (inductor's freezing packs them its own way)
+        self.pack = pack
+        # the fused per-layer ops (eager CPU steps): one numerics for lines, rows and trees
+        self.fused = not compile and fused_ops_available()
         self.packing = pack_decoder(model) if pack and not compile else \
             PackReport(skipped="compiled steps" if compile else "not requested")
         super().__init__(model, tokenizer, name)
@@ -268,7 +275,7 @@ class StaticCausalLM(HFModel):
     def fork(self) -> StaticCausalLM:
         """A runner over the same weights (packed ones shared) with its own empty cache,
         uncompiled."""
-        return StaticCausalLM(self.model, self.tokenizer, self.name)
+        return StaticCausalLM(self.model, self.tokenizer, self.name, pack=self.pack)
 
     @torch.inference_mode()  # as every later call: dynamo guards on inference mode
     def warmup(self, capacity: int, rows: int = 1) -> float:
@@ -347,9 +354,26 @@ class StaticCausalLM(HFModel):
         are a tree's nodes, written at its layout's slots."""
         assert cache is not None
         hidden = self.embed(ids)
-        # the query heads sharing a key head are stacked as rows (see _attention); the mask,
-        # the slots written and the query chunking are the same for every layer: decided
-        # once here
+        if self.fused and end is not None:
+            visible = Visibility.of(positions, cos, sin, trees)
+
+            def attend(index: int, attn: Any, block: _Projections, x: torch.Tensor
+                       ) -> torch.Tensor:
+                return self._fused_attention(cache, index, attn, block, x, visible)
+        else:
+            attend = self._attention_setup(ids, positions, cos, sin, end, cache, trees)
+        for index, (layer, block) in enumerate(zip(self.layers, self._blocks, strict=True)):
+            attended = attend(index, layer.self_attn, block, layer.input_layernorm(hidden))
+            hidden = hidden + attended
+            hidden = hidden + block.mlp(layer.post_attention_layernorm(hidden))
+        return hidden
+
+    def _attention_setup(self, ids: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
+                         sin: torch.Tensor, end: int | None, cache: StaticKVCache,
+                         trees: list[TreeLayout] | None) -> Callable[..., torch.Tensor]:
+        """The torch attention of every layer of one forward (compiled steps, and where the
+        fused ops are unavailable): the mask, the slots written and the query chunking are
+        the same for every layer, decided once here."""
         capacity = cache.capacity
         span = capacity if end is None else key_span(end, capacity)
         slots = positions if trees is None else torch.stack([t.slots for t in trees])
@@ -357,13 +381,37 @@ class StaticCausalLM(HFModel):
             causal_mask(positions.repeat(1, self.groups), span)
         # compiled steps are a few tokens wide: no chunking (which would guard on capacity)
         chunk = None if end is None else query_chunk(ids.shape[0], self.kv_heads, span)
-        for index, (layer, block) in enumerate(zip(self.layers, self._blocks, strict=True)):
-            attended = self._attention(cache, index, layer.self_attn, block,
-                                       layer.input_layernorm(hidden), slots, cos, sin,
-                                       span, hidden_keys, chunk, trees)
-            hidden = hidden + attended
-            hidden = hidden + block.mlp(layer.post_attention_layernorm(hidden))
-        return hidden
+
+        def attend(index: int, attn: Any, block: _Projections, x: torch.Tensor) -> torch.Tensor:
+            return self._attention(cache, index, attn, block, x, slots, cos, sin, span,
+                                   hidden_keys, chunk, trees)
+
+        return attend
+
+    def _fused_attention(self, cache: StaticKVCache, index: int, attn: Any,
+                         block: _Projections, x: torch.Tensor, visible: Visibility
+                         ) -> torch.Tensor:
+        """q/k/v, rotary, the cache write and attention in two compiled ops
+        (runtime/kernels/decoder_ops.cpp): each query attends to exactly its visible keys in
+        slot order, so a tree node is the bits of its root path's line."""
+        q, k, v = self._qkv(attn, block, x)
+        keys, values = cache.keys[index], cache.values[index]
+        rotated = torch.ops.specdec.rotary_write(q, k, v, visible.cos, visible.sin, keys,
+                                                 values, visible.slots, self.head_dim)
+        out = torch.ops.specdec.attention(rotated, keys, values, visible.upto,
+                                          visible.tree_mask, visible.tree_start,
+                                          attn.scaling, x.shape[1])
+        return block.o(out.to(x.dtype))
+
+    def _qkv(self, attn: Any, block: _Projections, x: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v [R, w, heads * D] in float32 (Qwen3: q and k normed per head)."""
+        q, k, v = block.qkv(x)
+        if hasattr(attn, "q_norm"):
+            shape = (*x.shape[:2], -1, self.head_dim)
+            q = attn.q_norm(q.reshape(shape)).flatten(2)
+            k = attn.k_norm(k.reshape(shape)).flatten(2)
+        return q.float(), k.float(), v.float()
 
     def _attention(self, cache: StaticKVCache, index: int, attn: Any, block: _Projections,
                    x: torch.Tensor, slots: torch.Tensor, cos: torch.Tensor,
@@ -481,6 +529,32 @@ def step_function(width: int) -> Callable[..., torch.Tensor]:
         _STEPS[width] = types.FunctionType(code, full.__globals__, code.co_name,
                                            full.__defaults__, full.__closure__)
     return _STEPS[width]
+
+
+@dataclass(frozen=True)
+class Visibility:
+    """What every layer's fused attention needs of one forward, built once: rotary tables
+    [R|1, w, D], the slots written [R|1, w], and which keys each query sees (slots below
+    `upto` [R|1, w]; with trees, also slot tree_start[r] + t where tree_mask[r, i, t])."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    slots: torch.Tensor
+    upto: torch.Tensor
+    tree_mask: torch.Tensor | None = None
+    tree_start: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+           trees: list[TreeLayout] | None) -> Visibility:
+        cos, sin = cos[:, 0].contiguous(), sin[:, 0].contiguous()
+        if trees is None:  # a line: every key up to the query's own position
+            return cls(cos, sin, positions, positions + 1)
+        starts = torch.tensor([t.start for t in trees], device=positions.device)
+        width = positions.shape[1]
+        return cls(cos, sin, torch.stack([t.slots for t in trees]),
+                   starts[:, None].expand(len(trees), width),
+                   torch.stack([t.ancestors for t in trees]), starts)
 
 
 class _Projections:

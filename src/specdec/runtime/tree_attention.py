@@ -42,6 +42,7 @@ class TreeLayout:
     head: int  # slots [0, head) are whole committed blocks, shared by every node
     gather: torch.Tensor  # [N, T] cache slot at each of a node's tail offsets
     tail_positions: torch.Tensor  # [N, 1] a node's position counted from `head`
+    ancestors: torch.Tensor  # [N, N] bool: node j is node i's ancestor or node i itself
 
     @property
     def nodes(self) -> int:
@@ -80,15 +81,18 @@ def tree_layout(parents: list[int], start: int, device: torch.device) -> TreeLay
     tail = -(-reach // KEY_BLOCK) * KEY_BLOCK - head
     gather = torch.zeros(n, tail, dtype=torch.long)
     gather[:, : start - head] = torch.arange(head, start)
+    ancestors = torch.zeros(n, n, dtype=torch.bool)
     for i in range(n):
         path = root_path(parents, i)
         gather[i, start - head: start - head + len(path)] = start + torch.tensor(path)
+        ancestors[i, path] = True
     # offsets past a node's depth hold slot 0 (any slot: they are masked)
     return TreeLayout(
         start=start, slots=torch.arange(start, start + n, device=device),
         positions=(start + torch.tensor(depths, device=device))[None], head=head,
         gather=gather.to(device),
-        tail_positions=(start - head + torch.tensor(depths, device=device))[:, None])
+        tail_positions=(start - head + torch.tensor(depths, device=device))[:, None],
+        ancestors=ancestors.to(device))
 
 
 def tree_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,

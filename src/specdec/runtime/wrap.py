@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import PreTrainedModel
 
 from specdec.errors import UsageError
 from specdec.language_model import RUNTIMES
 from specdec.runtime.hf import HFCausalLM, HFSeq2SeqLM
 from specdec.runtime.static import DEFAULT_WIDTHS, StaticCausalLM, static_unsupported
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def wrap(model: PreTrainedModel, tokenizer: Any = None, name: str | None = None, *,

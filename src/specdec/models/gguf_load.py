@@ -1,0 +1,65 @@
+"""A GGUF as the low-bit runner runs it: its integer blocks as stored, no dequantized copy.
+
+The file is memory-mapped; each quantized weight becomes `GroupQuantized` without rounding
+anything (runtime/group_weights.py), the products compute with exactly the GGUF's weights,
+and the tokenizer comes from a verified cache (models/gguf_tokenizer.py), so neither
+transformers' modeling code nor a converted bf16 copy is read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from specdec.errors import ModelLoadError
+from specdec.models.gguf_file import GGUFFile
+from specdec.models.gguf_model import (
+    GGUFDecoderConfig,
+    load_weights,
+    read_decoder_spec,
+)
+from specdec.models.gguf_tokenizer import load_gguf_tokenizer
+from specdec.runtime.low_bit_decoder import DecoderConfig, build_decoder
+from specdec.runtime.static import StaticCausalLM
+
+
+def low_bit_unsupported(path: Path) -> str | None:
+    """Why the low-bit runner cannot run this GGUF, or None when it can."""
+    try:
+        spec = read_decoder_spec(GGUFFile(path))
+    except ModelLoadError as error:
+        return str(error)
+    return _unsupported(spec.config)
+
+
+def load_low_bit(path: Path, name: str, sha256: str | None = None) -> StaticCausalLM:
+    """The static runner over the GGUF's own blocks; its tokenizer from the verified cache
+    (sha256: the file's, when the caller has verified it; else computed or remembered)."""
+    file = GGUFFile(path)
+    spec = read_decoder_spec(file)
+    why = _unsupported(spec.config)
+    if why is not None:
+        raise ModelLoadError(f"{name}: the low-bit runner cannot run it: {why}")
+    tensors = load_weights(file, spec)
+    tokenizer = load_gguf_tokenizer(path, sha256)
+    config = _decoder_config(spec.config, name, tokenizer)
+    return StaticCausalLM(build_decoder(config, tensors), tokenizer, name, pack=False)
+
+
+def _unsupported(config: GGUFDecoderConfig) -> str | None:
+    if config.rope_scaling is not None:
+        return f"rotary scaling {config.rope_scaling.get('type')!r}"
+    return None
+
+
+def _decoder_config(config: GGUFDecoderConfig, name: str, tokenizer: Any) -> DecoderConfig:
+    eos = getattr(tokenizer, "eos_token_id", None)
+    return DecoderConfig(
+        model_type=config.architecture, vocab_size=config.vocab_size,
+        hidden_size=config.hidden, intermediate_size=config.intermediate,
+        num_hidden_layers=config.layers, num_attention_heads=config.heads,
+        num_key_value_heads=config.kv_heads, head_dim=config.head_dim,
+        rms_norm_eps=config.rms_eps, rope_theta=config.rope_theta,
+        max_position_embeddings=config.context_length,
+        tie_word_embeddings=config.tied_embeddings,
+        eos_token_ids=() if eos is None else (int(eos),), name_or_path=name)

@@ -1,0 +1,130 @@
+"""The low-bit runner: group-quantized products inside the one static runner.
+
+Row r of a k-token forward, of a batch row and of a tree node must be the same bits as that
+token's one-token forward (integer accumulation makes the products row-invariant; everything
+else computes row by row), so greedy speculative output equals plain greedy output and a seed
+gives one text whatever the drafter, γ or batch slot.
+"""
+
+import copy
+
+import pytest
+import torch
+
+from specdec import SamplingParams, SpeculativeDecoder
+from specdec.drafters.factory import build_drafter
+from specdec.drafters.model import ModelDrafter
+from specdec.runtime.group_weights import GroupQuantized
+from specdec.runtime.rows import StaticRows
+from specdec.runtime.static import StaticCausalLM
+from tiny import low_bit, perturbed, small_decoder
+
+WIDTHS = range(1, 17)
+PROMPTS = [[1, 2, 3, 4, 1, 2, 3], [7] * 5, [5, 9, 11, 5, 9, 40, 41], [30, 31, 32, 33, 34, 35]]
+
+
+def _one_token_logits(runner, prompt: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    runner.prefill(prompt)
+    return torch.cat([runner.extend(tokens[:, i:i + 1]) for i in range(tokens.shape[1])], 1)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_k_token_rows_equal_one_token_forwards_bit_for_bit(kind):
+    runner = low_bit(small_decoder(kind, torch.float32, intermediate=512))
+    generator = torch.Generator().manual_seed(1)
+    prompt = torch.randint(0, 96, (1, 70), generator=generator)  # past one key block
+    tokens = torch.randint(0, 96, (1, 16), generator=generator)
+    reference = _one_token_logits(runner, prompt, tokens)
+    base = prompt.shape[1] - 1
+    for k in WIDTHS:
+        runner.rollback(runner.cached_length - base)
+        assert torch.equal(runner.extend(tokens[:, :k]), reference[:, :k]), k
+    # a tree's nodes are the bits of their root paths' line forwards
+    path = tokens[:, [0, 2, 3]]
+    line = _one_token_logits(runner, prompt, path)
+    runner.rollback(runner.cached_length - base)
+    logits = runner.extend_tree(tokens[:, :4], [-1, 0, 0, 2])
+    assert torch.equal(logits[:, [0, 1]], reference[:, :2])
+    assert torch.equal(logits[:, [0, 2, 3]], line)
+    runner.accept_path([0, 2, 3])  # the kept path's cache continues like the line's
+    after = runner.extend(tokens[:, 4:5])
+    _one_token_logits(runner, prompt, path)
+    assert torch.equal(after, runner.extend(tokens[:, 4:5]))
+
+
+def test_batch_rows_equal_their_one_token_forwards():
+    runner = low_bit(small_decoder("qwen2", torch.float32, intermediate=512))
+    rows = StaticRows(runner.fork(), max_rows=4)
+    generator = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(0, 96, (1, n), generator=generator) for n in (5, 80, 33)]
+    blocks = torch.randint(0, 96, (3, 6), generator=generator)
+    expected = [_one_token_logits(runner, p, blocks[i:i + 1]) for i, p in enumerate(prompts)]
+    rows.add_many(prompts)
+    got = torch.cat([rows.extend(blocks[:, :4]), rows.extend(blocks[:, 4:])], 1)
+    for i in range(3):
+        assert torch.equal(got[i], expected[i][0]), i
+
+
+def test_logits_follow_the_dequantized_model():
+    """The runner computes the quantized weights' model: its logits stay within the error
+    int8 activations add (the same model run by transformers' own static runner in float32
+    on the dequantized weights is the reference), and the top token agrees almost always."""
+    model = small_decoder("qwen2", torch.float32, intermediate=512)
+    runner = low_bit(model)
+    reference = StaticCausalLM(_dequantized_copy(model), None, "ref", pack=False)
+    generator = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 96, (1, 40), generator=generator)
+    runner.prefill(ids[:, :20])
+    reference.prefill(ids[:, :20])
+    ours, theirs = runner.extend(ids[:, 19:]), reference.extend(ids[:, 19:])
+    scale = theirs.abs().amax()
+    assert (ours - theirs).abs().amax() < 0.05 * scale
+    assert (ours.argmax(-1) == theirs.argmax(-1)).float().mean() >= 0.9
+
+
+def _dequantized_copy(model):
+    """A copy of `model` with every weight matrix replaced by the low-bit runner's values."""
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in reference.state_dict().values():
+            if p.dim() == 2:
+                p.copy_(GroupQuantized.from_float(p).dequantize())
+    return reference
+
+
+@pytest.fixture(scope="module")
+def low_bit_pair():
+    model = small_decoder("qwen2", torch.float32, seed=11, intermediate=512)
+    draft = perturbed(model, 0.2, seed=12)
+    return low_bit(model, "target"), low_bit(draft, "draft")
+
+
+@pytest.mark.parametrize("spec", ["ngram", "suffix", "ngram:tree", "model"])
+def test_speculative_greedy_equals_plain_greedy(low_bit_pair, spec):
+    target, draft = low_bit_pair
+    params = SamplingParams(temperature=0, max_new_tokens=24, ignore_eos=True)
+    accepted = 0
+    for prompt in PROMPTS:
+        expected = SpeculativeDecoder(target, None).generate(prompt, params).tokens
+        for gamma in (1, 3, 6):
+            drafter = ModelDrafter(draft) if spec == "model" else \
+                build_drafter(spec, target, None)
+            got = SpeculativeDecoder(target, drafter, gamma=gamma).generate(prompt, params)
+            assert got.tokens == expected, (spec, prompt, gamma)
+            accepted += got.stats.accepted
+    assert accepted > 0
+
+
+def test_seeded_coupled_text_is_the_same_for_every_drafter_gamma_and_slot(low_bit_pair):
+    target, draft = low_bit_pair
+    params = [SamplingParams(temperature=1.0, seed=100 + i, max_new_tokens=20, ignore_eos=True)
+              for i in range(len(PROMPTS))]
+    plain = SpeculativeDecoder(target, None)
+    expected = [plain.generate(p, s).tokens for p, s in zip(PROMPTS, params, strict=True)]
+    for drafter, gamma in [(ModelDrafter(draft), 2), (ModelDrafter(draft), 5),
+                           (build_drafter("ngram", target, None), 4)]:
+        decoder = SpeculativeDecoder(target, drafter, gamma=gamma)
+        for prompt, param, tokens in zip(PROMPTS, params, expected, strict=True):
+            assert decoder.generate(prompt, param).tokens == tokens
+        batched = decoder.generate_batch(PROMPTS[::-1], params[::-1], max_batch_size=4)
+        assert [r.tokens for r in batched] == expected[::-1]
