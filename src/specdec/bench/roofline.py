@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from specdec.runtime.group_linear import GroupLinear
 from specdec.runtime.linear import PackedLinear, StackedSlice
 from specdec.runtime.quantize import Int4Linear, Int8Linear
 
@@ -70,8 +71,8 @@ def stream_bandwidth(repeats: int = 5, size: int = STREAM_BYTES) -> float:
 
 
 def weight_bytes(modules: Iterable[nn.Module]) -> int:
-    """Bytes of the linear layers among `modules` (packed, plain, int8 or int4; a stacked
-    product counted once), what a one-token step streams."""
+    """Bytes of the linear layers among `modules` (packed, plain, group-quantized, int8 or
+    int4; a stacked product counted once), what a one-token step streams."""
     total, seen = 0, set()
     for module in modules:
         if isinstance(module, StackedSlice):
@@ -81,6 +82,8 @@ def weight_bytes(modules: Iterable[nn.Module]) -> int:
         seen.add(id(module))
         if isinstance(module, PackedLinear):
             total += module.in_features * module.out_features * module.dtype.itemsize
+        elif isinstance(module, GroupLinear):
+            total += module.bytes
         elif isinstance(module, Int8Linear | Int4Linear):
             total += sum(b.numel() * b.element_size() for b in module.buffers())
         elif type(module) is nn.Linear:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from specdec.bench.workloads import CATEGORIES, questions_path
-from specdec.cli.options import add_runtime_arguments, runtime_options
+from specdec.cli.options import DTYPE_CHOICES, DTYPE_HELP, add_runtime_arguments, runtime_options
 from specdec.errors import UsageError
 from specdec.machine import contention_warning
 from specdec.models.registry import DEFAULT_TARGET
@@ -47,8 +47,8 @@ def parser() -> argparse.ArgumentParser:
                         "editing (20 code and document edits), or a Spec-Bench-style jsonl file "
                         "(default spec-bench)")
     p.add_argument("--out", default="bench-out", help="output directory (default bench-out)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32", "float16"],
-                   help="auto: bfloat16 where the CPU computes it natively, else float32")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                   help="the target's weights for specdec's methods: " + DTYPE_HELP)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--no-baselines", action="store_true", help="skip transformers' generate")
     p.add_argument("--no-llamacpp", action="store_true", default=None, help="skip llama.cpp")

@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from specdec.cli.options import add_runtime_arguments, runtime_options
+from specdec.cli.options import DTYPE_CHOICES, DTYPE_HELP, add_runtime_arguments, runtime_options
 from specdec.models.registry import DEFAULT_TARGET
 
 
@@ -21,7 +21,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="specdec doctor", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default=DEFAULT_TARGET, help="registry name, directory or .gguf")
-    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32", "float16"])
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help=DTYPE_HELP)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--repeats", type=int, default=7, help="timed forwards per width (median)")
     add_runtime_arguments(p)
@@ -38,6 +38,10 @@ def main(argv: list[str]) -> int:
     runtime = runtime_options(args)
     model = load_model(args.target, dtype=None if args.dtype == "auto" else args.dtype,
                        threads=args.threads, **runtime.load_kwargs())
+    if runtime.device.type == "cpu":
+        from specdec.runtime.low_bit_choice import low_bit_verdict
+
+        print(low_bit_verdict().line())
     print(f"torch {torch.__version__}, {cpu_count()} cores, {args.threads} threads, "
           f"native bf16: {cpu_supports_bfloat16()}")
     dtype = str(model.model.dtype).removeprefix("torch.")

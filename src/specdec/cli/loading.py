@@ -57,9 +57,8 @@ def load_decoder(options: ModelOptions, runtime: RuntimeOptions) -> SpeculativeD
     busy machine gets a warning naming the --threads to pass (machine.contention_warning)."""
     from specdec.decoding import SpeculativeDecoder
     from specdec.machine import contention_warning, default_threads
-    from specdec.models.loading import load_model, resolve_dtype, set_threads
+    from specdec.models.loading import load_model, set_threads
 
-    dtype = resolve_dtype(options.dtype, runtime.device)
     # never the load average: the same command runs the same way whatever ran before it
     set_threads(options.threads if options.threads is not None
                 else default_threads(torch.get_num_threads()))
@@ -69,9 +68,9 @@ def load_decoder(options: ModelOptions, runtime: RuntimeOptions) -> SpeculativeD
         print(f"specdec: {warning}", file=sys.stderr)
 
     def loader(spec: str) -> Any:
-        print(f"specdec: loading {spec} ({str(dtype).removeprefix('torch.')}, "
-              f"{runtime.device}) ...", file=sys.stderr, flush=True)
-        return load_model(spec, dtype=dtype, **runtime.load_kwargs())
+        print(f"specdec: loading {spec} ({options.dtype or 'auto'}, {runtime.device}) ...",
+              file=sys.stderr, flush=True)
+        return load_model(spec, dtype=options.dtype, **runtime.load_kwargs())
 
     target = loader(options.target)
     return SpeculativeDecoder(target, build_drafter(options.draft, target, loader),

@@ -45,13 +45,18 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"draft length per step: an integer or 'auto' (default {DEFAULT_GAMMA})")
 
 
+DTYPE_CHOICES = ("auto", "gguf", "bfloat16", "float32", "float16")
+DTYPE_HELP = ("weights: 'gguf' computes with a GGUF's own quantized blocks (the low-bit runner, "
+              "CPU); default auto: that, for a GGUF of a llama-family model where this machine "
+              "measured it faster (specdec doctor says), else bfloat16 where the device computes "
+              "it natively, else float32 on a CPU, float16 on a GPU")
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """Options naming the target, the drafter and how to load them (generate and chat; serve
     words --dtype and --threads for a server)."""
     add_model_arguments(p)
-    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32", "float16"),
-                   help="weights dtype (default auto: bfloat16 where the device computes it "
-                        "natively, else float32 on a CPU, float16 on a GPU)")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help=DTYPE_HELP)
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's, the physical cores, at most the "
                         "cores this process may use; a busy machine gets a warning)")

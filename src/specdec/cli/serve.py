@@ -10,6 +10,8 @@ from typing import Any
 
 from specdec.cli.loading import MAX_THREADS, load_decoder, model_options
 from specdec.cli.options import (
+    DTYPE_CHOICES,
+    DTYPE_HELP,
     RuntimeOptions,
     add_model_arguments,
     add_runtime_arguments,
@@ -34,11 +36,9 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specdec serve", description=__doc__)
     add_model_arguments(parser)
-    parser.add_argument("--dtype", default="auto",
-                        choices=("auto", "bfloat16", "float32", "float16"),
-                        help="weights dtype (default auto: bfloat16 where the CPU has it and "
-                        "can prepack it; float32 when batching without prepacked bf16; see "
-                        "docs/server.md)")
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                        help=DTYPE_HELP + "; float32 rather than bf16 when batching without "
+                        "prepacked bf16 (docs/server.md)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's, the physical cores, at most "
                         "the cores this process may use)")
@@ -117,6 +117,7 @@ def build_server(args: argparse.Namespace, metrics: Any = None) -> tuple[Any, An
     import torch
 
     from specdec.runtime.linear import onednn_packing_available
+    from specdec.runtime.low_bit_choice import low_bit_verdict
     from specdec.server import Engine, EngineConfig, create_app
 
     options = model_options(args)  # fail on a bad value before loading anything
@@ -124,7 +125,8 @@ def build_server(args: argparse.Namespace, metrics: Any = None) -> tuple[Any, An
     if note and args.compile:  # said only to who asked for --compile
         print(f"specdec serve: {note}", file=sys.stderr)
     dtype = serve_dtype(args.dtype, runtime.device.type, args.max_batch_size,
-                        onednn_packing_available(torch.bfloat16, torch.device("cpu")))
+                        onednn_packing_available(torch.bfloat16, torch.device("cpu")),
+                        runtime.device.type == "cpu" and low_bit_verdict().faster)
     decoder = load_decoder(dataclasses.replace(options, dtype=dtype), runtime)
     if runtime.compile:  # compile before the first request, not during it
         seconds = warm_up(decoder.target, decoder.drafter, args.max_tokens_limit)
@@ -141,8 +143,9 @@ def build_server(args: argparse.Namespace, metrics: Any = None) -> tuple[Any, An
 
 
 def serve_dtype(dtype: str, device: str, max_batch_size: int,
-                bf16_packing: str | None) -> str | None:
-    """The weights' dtype; None lets load_model choose (bfloat16 where the CPU has it).
+                bf16_packing: str | None, low_bit_faster: bool = False) -> str | None:
+    """The weights' dtype; None lets load_model choose (a GGUF's own blocks where they
+    measured faster, else bfloat16 where the CPU has it).
 
     Without AMX, bf16 through F.linear re-lays its weights out on every call, a cost paid
     again for every row of a batch, so a batch costs nearly its rows' single steps; float32
@@ -152,7 +155,7 @@ def serve_dtype(dtype: str, device: str, max_batch_size: int,
     """
     if dtype != "auto":
         return dtype
-    if device != "cpu" or max_batch_size == 1:
+    if device != "cpu" or max_batch_size == 1 or low_bit_faster:
         return None
     return None if bf16_packing is None else "float32"
 

@@ -185,6 +185,11 @@ class LowBitDecoder(nn.Module):
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
 
+    @property
+    def dtype(self) -> str:
+        """What the weights are, as `--dtype` names it (reports print it)."""
+        return "gguf"
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError("a LowBitDecoder runs through the static runner "
                                   "(specdec.runtime.static.StaticCausalLM)")
