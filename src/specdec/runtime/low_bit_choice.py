@@ -23,6 +23,7 @@ import torch
 from specdec.cache import cache_dir
 from specdec.runtime.group_linear import GroupLinear
 from specdec.runtime.group_weights import GroupQuantized
+from specdec.runtime.kernels import build_directory, kernel_path
 from specdec.runtime.linear import PackedLinear, onednn_packing_available
 
 SHAPE = (9728, 896)  # gate and up of a 0.5B llama-family model, stacked
@@ -104,11 +105,10 @@ def measure() -> LowBitVerdict:
 
 
 def _verdict_path() -> Path:
-    """One file per CPU model and flags, torch version, thread count and kernel source."""
-    from specdec.runtime.group_linear import kernel_fingerprint
-
+    """One file per CPU model and flags, torch version, thread count, kernel build and the
+    path it runs (SPECDEC_KERNEL_PATH can force a slower one)."""
     key = "|".join([_cpu_identity(), torch.__version__, str(torch.get_num_threads()),
-                    kernel_fingerprint()])
+                    build_directory().name, kernel_path()])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cache_dir() / "calibration" / f"low_bit.{digest}.json"
 
