@@ -144,7 +144,7 @@ class HFSeq2SeqLM(_CachedModel):
 
     @torch.inference_mode()
     def prefill(self, prompt_ids: torch.Tensor, reserve: int = 0) -> torch.Tensor:
-        from transformers import EncoderDecoderCache
+        from transformers import DynamicCache, EncoderDecoderCache
 
         encoder = self.model.get_encoder()
         self.encoder_outputs = encoder(input_ids=self.to_device(prompt_ids))
