@@ -111,3 +111,11 @@ def test_the_calibration_measures_both_products():
     verdict = low_bit_choice.measure()
     assert len(verdict.low_bit_ms) == len(verdict.dense_ms) == len(low_bit_choice.ROWS)
     assert all(ms > 0 for ms in verdict.low_bit_ms + verdict.dense_ms)
+
+
+def test_self_drafting_a_low_bit_target_is_refused_with_the_way_out(tmp_path):
+    from specdec.drafters.factory import build_drafter
+
+    low = load_model(_tiny(tmp_path, "qwen2"), dtype="gguf")
+    with pytest.raises(UsageError, match="--dtype bfloat16"):
+        build_drafter("self@int4", low, None)

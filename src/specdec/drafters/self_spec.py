@@ -18,6 +18,7 @@ from specdec.drafters.base import RowDrafter
 from specdec.drafters.model import ModelDrafter
 from specdec.errors import UsageError
 from specdec.language_model import LanguageModel
+from specdec.runtime.linear import has_dense_weight
 from specdec.runtime.low_bit_view import (
     VocabularySubsetHead,
     frequent_token_ids,
@@ -142,8 +143,12 @@ def build_self_drafter(target: LanguageModel, config: SelfDraftConfig) -> SelfDr
 
     hf_model = getattr(target, "model", None)
     output = getattr(hf_model, "get_output_embeddings", lambda: None)()
-    if output is None or not hasattr(output, "weight"):
+    if output is None:
         raise UsageError(f"--draft self needs a transformers target, {target.name!r} is not one")
+    if not has_dense_weight(output):
+        raise UsageError(f"--draft self quantizes a dense target's weights; {target.name!r} "
+                         "already computes with quantized ones (--dtype gguf): load it with "
+                         "--dtype bfloat16 or float32 to self-draft, or draft with ngram")
     if hf_model.config.is_encoder_decoder:
         raise UsageError("--draft self supports decoder-only targets")
     head = None
