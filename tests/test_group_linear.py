@@ -192,6 +192,7 @@ def test_fallback_when_the_build_fails(monkeypatch: pytest.MonkeyPatch, tmp_path
     expected = GroupLinear(w)(x)
     monkeypatch.setattr(kernels, "build", no_compiler)
     monkeypatch.setattr(kernels, "build_directory", lambda: tmp_path / "absent")
+    monkeypatch.setattr(kernels, "_registered", lambda: False)  # as in a fresh process
     kernels.load_kernels.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="simulated: no C\\+\\+ compiler"):

@@ -18,6 +18,7 @@ vectorized numpy over the whole tensor: `raw` is [rows, bytes per row] (GGUFFile
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -25,6 +26,7 @@ import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from specdec.runtime.group_weights import GroupQuantized
+from specdec.runtime.kernels import load_kernels
 
 Q = GGMLQuantizationType
 FLOAT_TYPES = frozenset({Q.F32, Q.F16, Q.BF16})
@@ -215,7 +217,26 @@ def decode_quantized(kind: Q, raw: np.ndarray) -> GroupQuantized:
                          f"{sorted(k.name for k in DECODERS)}")
     if raw.ndim != 2:
         raise ValueError(f"expected [rows, bytes per row], got shape {list(raw.shape)}")
+    if kind in NATIVE and load_kernels().available:
+        return _native(kind, raw)
     return DECODERS[kind](raw)
+
+
+# formats the compiled decoder reads (kernels/gguf_ops.cpp): one multithreaded pass, the
+# same numbers as the numpy decoders above, which serve every other format and any machine
+# where the kernels cannot be built
+NATIVE = frozenset({Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q4_K, Q.Q6_K})
+
+
+def _native(kind: Q, raw: np.ndarray) -> GroupQuantized:
+    block, size = GGML_QUANT_SIZES[kind]
+    with warnings.catch_warnings():  # read-only mapping: the op only reads it
+        warnings.simplefilter("ignore", UserWarning)
+        blocks = torch.from_numpy(raw)
+    values, scales, mins = torch.ops.specdec.gguf_decode(blocks, int(kind),
+                                                         raw.shape[1] // size * block)
+    group = values.shape[1] // scales.shape[1]
+    return GroupQuantized(values, scales, mins if mins.numel() else None, group)
 
 
 def decode_float(kind: Q, raw: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:

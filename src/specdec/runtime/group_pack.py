@@ -44,25 +44,17 @@ def fp16_exact(scales: torch.Tensor) -> bool:
 
 
 def pack(weight: GroupQuantized) -> PackedGroupWeight:
-    """`weight` in the tiled layout above."""
+    """`weight` in the tiled layout above (needs the compiled kernels, as the product that
+    reads it does)."""
     n, k = weight.shape
-    group, groups = weight.group, k // weight.group
-    tiles = -(-n // TILE)
-    pad = tiles * TILE - n
-    values = torch.nn.functional.pad(weight.values, (0, 0, 0, pad))
-    stored = (values.view(torch.uint8) ^ OFFSET).view(tiles, TILE, groups, group // CHUNK, CHUNK)
-    parts = [stored.permute(0, 2, 3, 1, 4).reshape(tiles, groups, group * TILE)]
+    pad = -n % TILE
+
+    def padded(rows: torch.Tensor) -> torch.Tensor:  # zero outputs up to a whole tile
+        return torch.nn.functional.pad(rows, (0, 0, 0, pad)) if pad else rows
+
     scale_bytes = 2 if fp16_exact(weight.scales) else 4
-    scales = torch.nn.functional.pad(weight.scales, (0, 0, 0, pad))
-    scales = scales.half() if scale_bytes == 2 else scales
-    parts.append(_per_tile(scales, tiles, groups))
-    if weight.mins is not None:
-        parts.append(_per_tile(torch.nn.functional.pad(weight.mins, (0, 0, 0, pad)), tiles, groups))
-    data = torch.cat(parts, dim=2).reshape(-1)
-    return PackedGroupWeight(data, n, k, group, scale_bytes, weight.mins is not None)
-
-
-def _per_tile(per_output: torch.Tensor, tiles: int, groups: int) -> torch.Tensor:
-    """[tiles * 16, groups] numbers as [tiles, groups, 16 * itemsize] bytes."""
-    grouped = per_output.view(tiles, TILE, groups).permute(0, 2, 1).contiguous()
-    return grouped.view(torch.uint8).view(tiles, groups, -1)
+    mins = torch.empty(0) if weight.mins is None else padded(weight.mins)
+    # one multithreaded pass (kernels/gguf_ops.cpp): loading packs every weight of a model
+    data = torch.ops.specdec.pack_tiles(padded(weight.values), padded(weight.scales), mins,
+                                        scale_bytes)
+    return PackedGroupWeight(data, n, k, weight.group, scale_bytes, weight.mins is not None)

@@ -1,5 +1,6 @@
 """Builds, loads and picks the path of the compiled kernels: the low-bit product
-(group_gemm.cpp) and the runner's fused per-layer ops (decoder_ops.cpp).
+(group_gemm.cpp), the runner's fused per-layer ops (decoder_ops.cpp) and loading's GGUF
+decoding and tile packing (gguf_ops.cpp).
 
 The extension is compiled with ninja on first use into the cache directory, under a name that
 hashes the source, the flags and the torch version, so a later process (or another checkout of
@@ -21,7 +22,8 @@ import torch
 
 from specdec.models.fetch import cache_dir
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("group_gemm.cpp", "decoder_ops.cpp"))
+SOURCES = tuple(Path(__file__).with_name(name)
+                for name in ("group_gemm.cpp", "decoder_ops.cpp", "gguf_ops.cpp"))
 NAME = "specdec_group_gemm"
 # -ffp-contract=off: every fused multiply-add is an explicit fma, so all paths round alike.
 # -fopenmp: at::parallel_for is inline OpenMP in torch's headers (serial without it); the
@@ -73,6 +75,8 @@ def build(directory: Path) -> Path:
 @functools.cache
 def load_kernels() -> KernelStatus:
     """Register the compiled ops in this process (building them first if needed), once."""
+    if _registered():  # loaded already (a cleared cache, or another cache directory): a
+        return KernelStatus(True)  # second copy of the library would register twice
     library = build_directory() / f"{NAME}.so"
     try:
         if library.exists():
@@ -86,6 +90,16 @@ def load_kernels() -> KernelStatus:
                       stacklevel=2)
         return KernelStatus(False, reason)
     return KernelStatus(True)
+
+
+def _registered() -> bool:
+    """Whether this process has the compiled ops already (every source's last op)."""
+    try:
+        for op in ("group_gemm", "attention", "pack_tiles"):
+            getattr(torch.ops.specdec, op)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
 
 
 def kernel_path(requested: str | None = None) -> str:
