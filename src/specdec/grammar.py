@@ -22,8 +22,6 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-import llguidance
-import llguidance.torch
 import torch
 from llguidance import LLMatcher, LLTokenizer
 from llguidance.gbnf_to_lark import any_to_lark
@@ -330,6 +328,8 @@ def _grammar(constraint: Constraint) -> str:
 
 def _bits(matcher: LLMatcher, vocab_size: int) -> torch.Tensor:
     """The matcher's next-token bitmask as bool [vocab_size] (ids past the tokenizer: no)."""
+    import llguidance.torch  # it compiles a kernel at import (seconds): constrained rows only
+
     words = llguidance.torch.allocate_token_bitmask(1, vocab_size)
     llguidance.torch.fill_next_token_bitmask(matcher, words, 0)
     bits = (words[0, :, None] >> _SHIFTS) & 1
