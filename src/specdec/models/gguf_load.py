@@ -8,8 +8,8 @@ transformers' modeling code nor a converted bf16 copy is read.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from specdec.errors import ModelLoadError
 from specdec.models.gguf_file import GGUFFile
@@ -40,10 +40,15 @@ def load_low_bit(path: Path, name: str, sha256: str | None = None) -> StaticCaus
     why = _unsupported(spec.config)
     if why is not None:
         raise ModelLoadError(f"{name}: the low-bit runner cannot run it: {why}")
-    tensors = load_weights(file, spec)
-    tokenizer = load_gguf_tokenizer(path, sha256)
-    config = _decoder_config(spec.config, name, tokenizer)
-    return StaticCausalLM(build_decoder(config, tensors), tokenizer, name, pack=False)
+    # the tokenizer (mostly Python) loads while the weights are decoded and packed (compiled
+    # ops that leave the interpreter free): start-up pays for the longer of the two
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        tokenizer = pool.submit(load_gguf_tokenizer, path, sha256)
+        eos = file.metadata("tokenizer.ggml.eos_token_id")
+        config = _decoder_config(spec.config, name, () if eos is None else (int(eos),))
+        decoder = build_decoder(config, load_weights(file, spec))
+        tokenizer = tokenizer.result()
+    return StaticCausalLM(decoder, tokenizer, name, pack=False)
 
 
 def _unsupported(config: GGUFDecoderConfig) -> str | None:
@@ -52,8 +57,8 @@ def _unsupported(config: GGUFDecoderConfig) -> str | None:
     return None
 
 
-def _decoder_config(config: GGUFDecoderConfig, name: str, tokenizer: Any) -> DecoderConfig:
-    eos = getattr(tokenizer, "eos_token_id", None)
+def _decoder_config(config: GGUFDecoderConfig, name: str, eos: tuple[int, ...]
+                    ) -> DecoderConfig:
     return DecoderConfig(
         model_type=config.architecture, vocab_size=config.vocab_size,
         hidden_size=config.hidden, intermediate_size=config.intermediate,
@@ -62,4 +67,4 @@ def _decoder_config(config: GGUFDecoderConfig, name: str, tokenizer: Any) -> Dec
         rms_norm_eps=config.rms_eps, rope_theta=config.rope_theta,
         max_position_embeddings=config.context_length,
         tie_word_embeddings=config.tied_embeddings,
-        eos_token_ids=() if eos is None else (int(eos),), name_or_path=name)
+        eos_token_ids=eos, name_or_path=name)
