@@ -48,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
                         "(default spec-bench)")
     p.add_argument("--out", default="bench-out", help="output directory (default bench-out)")
     p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
-                   help="the target's weights for specdec's methods: " + DTYPE_HELP)
+                   help="specdec's target, " + DTYPE_HELP)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--no-baselines", action="store_true", help="skip transformers' generate")
     p.add_argument("--no-llamacpp", action="store_true", default=None, help="skip llama.cpp")
