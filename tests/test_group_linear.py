@@ -113,7 +113,7 @@ def test_rows_bit_identical_to_row_alone(path: str, case: str) -> None:
     full = layer(x)  # 70 rows: more than the kernel's 64-row accumulator block
     for r in range(1, 17):
         assert torch.equal(layer(x[:r]), full[:r]), r
-    for r in (0, 5, 15, 63, 64, 69):
+    for r in range(70):
         assert torch.equal(layer(x[r:r + 1]), full[r:r + 1]), r
 
 
