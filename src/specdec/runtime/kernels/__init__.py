@@ -25,11 +25,12 @@ NAME = "specdec_group_gemm"
 # -ffp-contract=off: every fused multiply-add is an explicit fma, so all paths round alike.
 # -fopenmp: at::parallel_for is inline OpenMP in torch's headers (serial without it); the
 # libgomp.so.1 it links resolves to the copy torch has already loaded, one thread pool.
-CFLAGS = ("-O3", "-std=c++17", "-ffp-contract=off", "-fopenmp")
+CFLAGS = ("-O3", "-ffp-contract=off", "-fopenmp")  # the C++ standard: torch's own flag
 LDFLAGS = ("-fopenmp",)
 PATH_ENV = "SPECDEC_KERNEL_PATH"  # force a path: avx512vnni, avx2, portable, torch (or auto)
 PATHS = ("avx512vnni", "avx2", "portable")  # the compiled ones, fastest first
 FALLBACK = "torch"  # the pure-torch product (group_fallback.py)
+REASON_CHARS = 400  # of a build error's first line (the compiler command is in it) in the warning
 
 
 class KernelBuildError(RuntimeError):
@@ -77,7 +78,8 @@ def load_kernels() -> KernelStatus:
         else:
             build(library.parent)  # loads what it built
     except (KernelBuildError, OSError, RuntimeError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        lines = str(error).strip().splitlines()
+        reason = lines[0][:REASON_CHARS] if lines else repr(error)
         warnings.warn(f"specdec: the low-bit product kernel is unavailable ({reason}); using "
                       "the pure-torch fallback (same numbers, much slower)", RuntimeWarning,
                       stacklevel=2)
