@@ -55,7 +55,7 @@ def build_directory() -> Path:
 
 def build(directory: Path) -> Path:
     """Compile the extension into `directory` (ninja; a no-op when up to date); its .so path."""
-    from torch.utils import cpp_extension
+    from torch.utils import cpp_extension  # lazily: it imports setuptools
 
     directory.mkdir(parents=True, exist_ok=True)
     try:
