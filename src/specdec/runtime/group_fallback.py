@@ -20,7 +20,7 @@ CHUNK_OUTPUTS = 8192  # outputs per integer product, to bound the float copy of 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x float32 [R, K] -> (q, d): integers in [-127, 127] as float32 [R, K], scales [R, K/32]."""
-    blocks = x.view(x.shape[0], -1, BLOCK)
+    blocks = x.view(x.shape[0], x.shape[1] // BLOCK, BLOCK)
     amax = blocks.abs().amax(dim=-1)
     d = torch.div(amax, torch.full_like(amax, 127.0))  # a true division, as the kernel's
     inverse = torch.where(d != 0, torch.div(torch.ones_like(d), d), torch.zeros_like(d))

@@ -43,19 +43,19 @@ class GroupLinear(nn.Module):
             self.scale_bytes, self.has_mins = packed.scale_bytes, packed.mins
             self.register_buffer("packed", packed.data, persistent=False)
             self.bytes = packed.bytes
-            self.weight: GroupQuantized | None = None
+            self.unpacked: GroupQuantized | None = None  # the fallback's copy
         else:
-            self.weight = weight
+            self.unpacked = weight
             self.bytes = sum(t.numel() * t.element_size()
                              for t in (weight.values, weight.scales, weight.mins) if t is not None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., in_features] (float32 or bf16) -> float32 [..., out_features]."""
-        if self.weight is None:  # the op takes any leading shape and dtype
+        if self.unpacked is None:  # the op takes any leading shape and dtype
             return torch.ops.specdec.group_gemm(x, self.packed, self.out_features, self.group,
                                                 self.scale_bytes, self.has_mins, self.kernel_path)
         rows = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
-        y = group_fallback.group_gemm(rows, self.weight)
+        y = group_fallback.group_gemm(rows, self.unpacked)
         return y.view(*x.shape[:-1], self.out_features)
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:

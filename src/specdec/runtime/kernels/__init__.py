@@ -29,12 +29,13 @@ NAME = "specdec_group_gemm"
 # -fopenmp: at::parallel_for is inline OpenMP in torch's headers (serial without it); the
 # libgomp.so.1 it links resolves to the copy torch has already loaded, one thread pool.
 # -fno-math-errno: sqrt and fma inline (no errno to set); it changes no result.
-CFLAGS = ("-O3", "-std=c++17", "-ffp-contract=off", "-fno-math-errno", "-fopenmp")
+CFLAGS = ("-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp")  # -std: torch's own
 LDFLAGS = ("-fopenmp",)
 PATH_ENV = "SPECDEC_KERNEL_PATH"  # force a path: avx512vnni, avx2, portable, torch (or auto)
 PATHS = ("avx512vnni", "avx2", "portable")  # the compiled ones, fastest first
 FALLBACK = "torch"  # the pure-torch product (group_fallback.py)
 FUSED_ENV = "SPECDEC_FUSED"  # "0": the static runner's torch ops instead of decoder_ops.cpp
+REASON_CHARS = 400  # of a build error's first line (the compiler command is in it) in the warning
 
 
 class KernelBuildError(RuntimeError):
@@ -59,7 +60,7 @@ def build_directory() -> Path:
 
 def build(directory: Path) -> Path:
     """Compile the extension into `directory` (ninja; a no-op when up to date); its .so path."""
-    from torch.utils import cpp_extension
+    from torch.utils import cpp_extension  # lazily: it imports setuptools
 
     directory.mkdir(parents=True, exist_ok=True)
     try:
@@ -84,7 +85,8 @@ def load_kernels() -> KernelStatus:
         else:
             build(library.parent)  # loads what it built
     except (KernelBuildError, OSError, RuntimeError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        lines = str(error).strip().splitlines()
+        reason = lines[0][:REASON_CHARS] if lines else repr(error)
         warnings.warn(f"specdec: the low-bit product kernel is unavailable ({reason}); using "
                       "the pure-torch fallback (same numbers, much slower)", RuntimeWarning,
                       stacklevel=2)

@@ -19,7 +19,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#if defined(__x86_64__) || defined(__i386__)
+#define SPECDEC_X86 1  // the vector paths; elsewhere only the portable one is built
 #include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -74,6 +77,7 @@ float block_portable(const float* x, int8_t* q, int32_t* half_sums) {
   return d;
 }
 
+#ifdef SPECDEC_X86
 __attribute__((target("avx512f")))
 float block_avx512(const float* x, int8_t* q, int32_t* half_sums) {
   const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
@@ -130,6 +134,8 @@ float block_avx2(const float* x, int8_t* q, int32_t* half_sums) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), _mm256_permutevar8x32_epi32(packed, order));
   return d;
 }
+
+#endif  // SPECDEC_X86
 
 void quantize(const float* x, int64_t rows, const Layout& L, BlockFn block, Activations& a) {
   const int64_t blocks = L.k / kBlock;
@@ -224,6 +230,7 @@ void tile_portable_t(const TileArgs& t) {
   }
 }
 
+#ifdef SPECDEC_X86
 // sum += w[c] . broadcast(4 bytes at q + 4c) for every chunk c of a group, the broadcasts
 // embedded in vpdpbusd: GCC emits a separate vpbroadcastd for _mm512_set1_epi32 (one more
 // vector uop per 64 multiply-adds). The bytes read are not named as a memory operand: GCC
@@ -390,6 +397,8 @@ void tile_avx2_t(const TileArgs& t) {
   }
 }
 
+#endif  // SPECDEC_X86
+
 // The instantiation for a layout: [group 16 / 32][minimums][float16 scales].
 template <template <int, bool, bool> class Kernel>
 TileFn pick(const Layout& L) {
@@ -403,8 +412,10 @@ TileFn pick(const Layout& L) {
 }
 
 template <int G, bool M, bool H> struct Portable { static constexpr TileFn fn = tile_portable_t<G, M, H>; };
+#ifdef SPECDEC_X86
 template <int G, bool M, bool H> struct Avx512 { static constexpr TileFn fn = tile_avx512vnni_t<G, M, H>; };
 template <int G, bool M, bool H> struct Avx2 { static constexpr TileFn fn = tile_avx2_t<G, M, H>; };
+#endif
 
 struct Path {
   const char* name;
@@ -413,6 +424,7 @@ struct Path {
   bool (*supported)();
 };
 
+#ifdef SPECDEC_X86
 bool has_avx512vnni() {
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
@@ -422,12 +434,16 @@ bool has_avx2() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
          __builtin_cpu_supports("f16c");
 }
+#endif
 bool always() { return true; }
 
 // fastest first: "auto" takes the first this CPU supports
-constexpr Path kPaths[] = {{"avx512vnni", pick<Avx512>, block_avx512, has_avx512vnni},
-                           {"avx2", pick<Avx2>, block_avx2, has_avx2},
-                           {"portable", pick<Portable>, block_portable, always}};
+constexpr Path kPaths[] = {
+#ifdef SPECDEC_X86
+    {"avx512vnni", pick<Avx512>, block_avx512, has_avx512vnni},
+    {"avx2", pick<Avx2>, block_avx2, has_avx2},
+#endif
+    {"portable", pick<Portable>, block_portable, always}};
 
 const Path& resolve(const std::string& name) {
   for (const Path& p : kPaths) {
