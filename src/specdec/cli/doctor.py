@@ -31,17 +31,19 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     from specdec.bench.roofline import measure_roofline, packing_lines
     from specdec.machine import cpu_count
-    from specdec.models.loading import load_model
+    from specdec.models.loading import load_model, set_threads
     from specdec.runtime.linear import cpu_supports_bfloat16
+    from specdec.runtime.low_bit_choice import low_bit_verdict
 
     args = parser().parse_args(argv)
     runtime = runtime_options(args)
+    set_threads(args.threads)
+    # measured again (the doctor measures), before loading: --dtype auto follows it
+    verdict = low_bit_verdict(refresh=True) if runtime.device.type == "cpu" else None
     model = load_model(args.target, dtype=None if args.dtype == "auto" else args.dtype,
                        threads=args.threads, **runtime.load_kwargs())
-    if runtime.device.type == "cpu":
-        from specdec.runtime.low_bit_choice import low_bit_verdict
-
-        print(low_bit_verdict().line())
+    if verdict is not None:
+        print(verdict.line())
     print(f"torch {torch.__version__}, {cpu_count()} cores, {args.threads} threads, "
           f"native bf16: {cpu_supports_bfloat16()}")
     dtype = str(model.model.dtype).removeprefix("torch.")
