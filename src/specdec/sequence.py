@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from specdec.acceptance import AcceptanceRule
 from specdec.control.policy import GammaPolicy, StepRecord
 from specdec.drafters.base import Drafter, DraftRequest, GuidedDrafter, Proposal
-from specdec.noise import stream_key
 from specdec.runtime.device import StepClock
 from specdec.sampling import (
     SamplingParams,
@@ -94,9 +94,7 @@ class Sequence:
         self.stop_ids = stop_ids
         self.device = device
         self.generator = make_generator(params.seed, device)
-        self.rule = "greedy" if params.greedy else "coupled" if params.coupled_rule else \
-            "sample"
-        self.key = _row_key(self.rule, params, self.generator)
+        self.rule = AcceptanceRule.of(params, self.generator)  # lines and trees alike
         self.stats = GenerationStats(prompt_tokens=prompt_ids.shape[1])
         self.start = start
         self.finished = False
@@ -210,9 +208,9 @@ class Sequence:
                              "tokens")
         # one-hot p and q (greedy), or a coupled draft with a q, whose p(x) is not its
         # acceptance chance: count what happened, beta 1 where the draft was kept
-        step.counted_betas = params.greedy or (params.coupled_rule and q is not None)
+        step.counted_betas = self.rule.counts_betas(q is not None)
         return RowCheck(drafts[0], None if q is None else q[0], target_probs[0], self.rule,
-                        self.key, self.context.shape[1])  # start: the first emitted position
+                        self.context.shape[1])  # start: the first emitted position
 
     def _mask(self, logits: torch.Tensor, drafts: list[int], step: _Step) -> torch.Tensor:
         """logits [1, k + 1, V] masked by the grammar along the drafts (GrammarMatcher.
@@ -310,16 +308,6 @@ def _with_forced(forced: list[int], proposal: Proposal) -> Proposal:
 def _history(request: DraftRequest) -> dict[str, Any]:
     """The history only when penalties need it: drafters written without it still work."""
     return {} if request.history is None else {"history": request.history}
-
-
-def _row_key(rule: str, params: SamplingParams, generator: torch.Generator) -> int:
-    """The key of a row's verification noise: the coupled rule's is the seed's; Algorithm
-    1's counter-based draws take a stream key drawn once from the request's generator
-    (reproducible per seed); greedy rows draw nothing."""
-    if rule == "coupled":
-        assert params.seed is not None, "resolve_seed(params) first"
-        return params.seed
-    return stream_key(generator) if rule == "sample" else 0
 
 
 def _cut(tokens: list[int], stop_ids: set[int], remaining: int) -> int | None:

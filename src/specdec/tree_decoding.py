@@ -111,19 +111,19 @@ def _mask_tree(seq: Sequence, tokens: list[int], parents: list[int],
 
 def _verify(seq: Sequence, tokens: torch.Tensor, parents: list[int], logits: torch.Tensor,
             draft_probs: torch.Tensor | None) -> TreeVerdict:
-    params = seq.params
-    device = logits.device
+    """The tree's verdict by the request's rule (seq.rule, the one its lines use too)."""
+    rule, device = seq.rule, logits.device
     shape = TreeShape.of(tokens, parents, device)
-    if params.greedy:
+    if rule.name == "greedy":
         return verify_tree_greedy(shape, logits)
-    probs = adjusted_probs(logits, params)
-    if params.coupled_rule:
-        assert params.seed is not None  # resolve_seed gave one
-        return verify_tree_coupled(shape, parents, probs, params.seed, seq.context.shape[1])
+    probs = adjusted_probs(logits, seq.params)
+    start = seq.context.shape[1]  # the position of the token the root decides
+    if rule.name == "coupled":
+        return verify_tree_coupled(shape, parents, probs, rule.key, start)
     if draft_probs is not None:  # sampled candidates: q per node, the root's row unused
         draft_probs = draft_probs.to(device)
         draft_probs = torch.cat([torch.zeros_like(draft_probs[:, :1]), draft_probs], 1)
-    return verify_tree(shape, draft_probs, probs, seq.generator)
+    return verify_tree(shape, draft_probs, probs, [rule.key], start)
 
 
 def _event(seq: Sequence, tree: DraftTree, parents: list[int], path: list[int],

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import torch
 
+from specdec.acceptance import RULES, AcceptanceRule
 from specdec.noise import keyed_gumbel_argmax, mix32_, row_position_keys, token_keys, uniforms
 from specdec.verify import residual
 
-RULES = ("greedy", "coupled", "sample")
 ACCEPT_ID = -1  # the acceptance uniform's "token": no real id, so independent of the noise
 
 
@@ -148,15 +148,14 @@ class RowCheck:
     """One row's verification inputs (Sequence.prepare), on the target's device.
 
     drafts [k], draft_probs [k, V] or None (deterministic drafts, or a greedy row),
-    target_probs [k + 1, V] (penalties and filters applied; one-hot for a greedy row); rule,
-    key and start as in RowRules.
+    target_probs [k + 1, V] (penalties and filters applied; one-hot for a greedy row); rule:
+    the request's (its name and key go to RowRules); start as in RowRules.
     """
 
     drafts: torch.Tensor
     draft_probs: torch.Tensor | None
     target_probs: torch.Tensor
-    rule: str
-    key: int
+    rule: AcceptanceRule
     start: int
 
 
@@ -180,6 +179,6 @@ def verify_checks(checks: list[RowCheck]) -> list[RowResult]:
                            if c.draft_probs is None else c.draft_probs for c in checks],
                           batch_first=True)
     lengths = [c.drafts.shape[0] for c in checks]
-    rules = RowRules(lengths, [c.rule for c in checks], [c.key for c in checks],
+    rules = RowRules(lengths, [c.rule.name for c in checks], [c.rule.key for c in checks],
                      [c.start for c in checks], has_q)
     return verify_rows(drafts, draft_probs, target, rules).to_host(drafts, lengths)
