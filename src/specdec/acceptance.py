@@ -5,7 +5,10 @@ verification (verify_rows.py) and tree verification (verify_tree.py) alike.
   coupled  seed-keyed Gumbel-max noise (noise.py): keep drafts while they equal the target's
            Gumbel-max token; the text depends on the seed and the target only;
   sample   Algorithm 1 (Leviathan et al.), its uniforms and residual draws counter-based,
-           keyed by a stream key drawn once from the request's generator.
+           keyed by a stream key drawn once from the request's generator;
+  block    block verification (verify_block.py, Sun et al. 2025) for lines, with the sample
+           rule's key (SamplingParams.block_verification); a tree row walks its tree by
+           the sample rule (verify_tree.py), block verification being a rule for one line.
 Every rule's randomness is a function of its key and absolute token positions, never of a
 generator's state, so a seed means the same draws for lines and trees, on any device, at any
 batch position.
@@ -20,7 +23,7 @@ import torch
 from specdec.noise import stream_key
 from specdec.sampling import SamplingParams
 
-RULES = ("greedy", "coupled", "sample")
+RULES = ("greedy", "coupled", "sample", "block")
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ class AcceptanceRule:
         if params.coupled_rule:
             assert params.seed is not None, "resolve_seed(params) first"
             return cls("coupled", params.seed)
-        return cls("sample", stream_key(generator))
+        return cls("block" if params.block_verification else "sample", stream_key(generator))
 
     def counts_betas(self, has_q: bool) -> bool:
         """Whether a line step's betas are counted from what happened (1 per kept draft)

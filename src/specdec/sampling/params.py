@@ -25,8 +25,11 @@ class SamplingParams:
     `logprobs` alternatives under the target's raw distribution (0 = the token's only).
     coupled chooses the verification rule when sampling: True = Gumbel-max noise keyed by
     (seed, position, token), so the text depends on the seed and the target only (see
-    specdec.noise); False = Algorithm 1's rejection rule (the highest acceptance); None =
-    coupled exactly when a seed is given.
+    specdec.noise); False = Algorithm 1's rejection rule; None = coupled exactly when a seed
+    is given and block_verification is off. block_verification: uncoupled sampling verifies
+    a line of drafts jointly (specdec.verify_block, Sun et al. 2025: exact, never fewer
+    tokens than Algorithm 1 in expectation) instead of token by token; trees keep Algorithm 1.
+    The rule itself is decided once per request: specdec.acceptance.AcceptanceRule.
     max_draft_tokens caps the tokens (tree nodes) drafted per step for this request, 0 = no
     speculation, None = the decoder's own gamma; it changes speed only, never the text's
     distribution (every rule above is exact whatever is drafted).
@@ -54,6 +57,7 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = field(default_factory=tuple)  # or a Mapping
     logprobs: int | None = None
     coupled: bool | None = None
+    block_verification: bool = False
     max_draft_tokens: int | None = None
     constraint: Constraint | None = None
 
@@ -76,6 +80,12 @@ class SamplingParams:
         if self.coupled is not None and not isinstance(self.coupled, bool):
             raise InvalidParameter("coupled",
                                    f"coupled must be true, false or None, got {self.coupled!r}")
+        if not isinstance(self.block_verification, bool):
+            raise InvalidParameter("block_verification", f"block_verification must be true "
+                                   f"or false, got {self.block_verification!r}")
+        if self.block_verification and self.coupled:
+            raise InvalidParameter("block_verification", "block_verification is a rule for "
+                                   "uncoupled sampling: it cannot be combined with coupled=true")
         self._check_penalties()
         for name in ("max_draft_tokens", "logprobs"):
             if getattr(self, name) is not None:
@@ -131,7 +141,9 @@ class SamplingParams:
         """Sampling with seed-keyed noise (drafts and verification): see `coupled`."""
         if self.greedy:
             return False
-        return self.seed is not None if self.coupled is None else self.coupled
+        if self.coupled is None:  # a seed asks for coupling unless block verification is
+            return self.seed is not None and not self.block_verification
+        return self.coupled
 
 
 def _pairs(items: Iterable) -> Iterable[tuple]:
