@@ -29,9 +29,21 @@ import specdec.verify_block as block
 from power import noncentrality_lower_bound, pearson, power
 from specdec import SamplingParams, SpeculativeDecoder
 from specdec.models import wrap
-from specdec.sampling import make_generator, one_hot, sample
+from specdec.sampling import make_generator, one_hot
 from specdec.verify_rows import RowRules, verify_rows
-from test_verify_power import ALPHA, CONTEXT, DRAWS, POWER, TV_BIAS, K, P, Q, V, draft_batch
+from test_verify_power import (
+    ALPHA,
+    CONTEXT,
+    DRAWS,
+    POWER,
+    TV_BIAS,
+    K,
+    P,
+    Q,
+    V,
+    completed_counts,
+    draft_batch,
+)
 from test_verify_power import EXACT as TARGET_LAW
 from test_verify_power import _index as index_of
 from tiny import perturbed, tiny_llama
@@ -157,13 +169,7 @@ def draw_sequences(seed: int, sampled: bool) -> np.ndarray:
     keys = torch.randint(0, 2**62, (DRAWS,), generator=gen).tolist()
     rules = RowRules([K] * DRAWS, ["block"] * DRAWS, keys, [0] * DRAWS, [sampled] * DRAWS)
     verdict = verify_rows(drafts, q, p, rules)
-    seqs = torch.cat([drafts, torch.zeros(DRAWS, 1, dtype=torch.long)], 1)
-    rows = torch.arange(DRAWS)
-    seqs[rows, verdict.accepted] = verdict.next_token
-    for j in range(1, K + 1):
-        fill = sample(P[j, seqs[:, j - 1]], gen)
-        seqs[:, j] = torch.where(j > verdict.accepted, fill, seqs[:, j])
-    return np.bincount(index_of(seqs), minlength=V ** (K + 1)).astype(float)
+    return completed_counts(drafts, verdict.accepted, verdict.next_token, gen)
 
 
 DF = int((TARGET_LAW > 0).sum()) - 1
