@@ -245,3 +245,23 @@ def test_block_verification_is_chosen_by_the_request():
     assert not SamplingParams(seed=1, block_verification=True).coupled_rule
     with pytest.raises(ValueError, match="block_verification"):
         SamplingParams(coupled=True, block_verification=True)
+
+
+def test_the_command_line_and_the_server_ask_for_block_verification():
+    import argparse
+
+    from specdec.cli.generate import add_sampling_options, sampling_params
+    from specdec.server.schemas import APIError, CompletionRequest, parse
+
+    parser = argparse.ArgumentParser()
+    add_sampling_options(parser)
+    params = sampling_params(parser.parse_args(["--temperature", "1", "--seed", "3",
+                                                "--block-verification"]))
+    assert params.block_verification and not params.coupled_rule
+    assert not sampling_params(parser.parse_args(["--seed", "3"])).block_verification
+    body = b'{"prompt": "a", "seed": 3, "block_verification": true}'
+    assert parse(CompletionRequest, body).sampling_params(8).block_verification
+    with pytest.raises(ValueError, match="block_verification"):
+        parse(CompletionRequest, body.replace(b"}", b', "coupled": true}')).sampling_params(8)
+    with pytest.raises(APIError):
+        parse(CompletionRequest, b'{"prompt": "a", "block_verification": 1}')  # strict bool

@@ -79,6 +79,8 @@ class _Sampling(BaseModel):
     # extension: seed-keyed noise, the same text for a seed whatever the drafter and gamma
     # (None: on exactly when seed is given); false: the rejection rule
     coupled: bool | None = None
+    # extension: block verification (Sun et al. 2025) for uncoupled sampling
+    block_verification: bool = False
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -134,7 +136,7 @@ class _Sampling(BaseModel):
             ignore_eos=self.ignore_eos, repetition_penalty=self.repetition_penalty,
             frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty,
             logit_bias=_logit_bias(self.logit_bias), logprobs=self.top_logprobs_wanted(),
-            coupled=self.coupled,
+            coupled=self.coupled, block_verification=self.block_verification,
             max_draft_tokens=None if self.speculative is None else self.speculative.cap(),
             constraint=self.constraint())
 
