@@ -6,7 +6,8 @@ generations (fixed seeds) are compared with it two ways:
 - chi-square over bins with expected count >= 5 (rarer ones pooled), p-value > 1e-4;
 - total variation below the 99.9th percentile of the TV that N exact samples would show
   (simulated, 2,000 multinomial draws): a false-alarm rate of 0.1%.
-Two configurations, so the family-wise false-alarm rate is <= 0.2% + 0.02%.
+Three configurations (two of Algorithm 1, one of block verification), so the family-wise
+false-alarm rate is <= 0.3% + 0.03%.
 Power (tests/power.py): the default N (3,000 / 2,000) catches any TV bias of 11% / 12% with
 99% probability (worst-case direction, df = pooled bins - 1); the `slow` variants draw the N
 at which the pooled chi-square catches any 2% TV bias with >= 99% probability (141,230 /
@@ -74,6 +75,18 @@ def test_continuations_match_the_target_distribution(gamma, draws, params, size)
     # Algorithm 1: not the coupled rule, which seeded requests take by default
     assert_continuations_match(SpeculativeDecoder(target, drafter, gamma), model, params,
                                draws if size == "default" else None, coupled=False)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_block_verification_continuations_match_the_target_distribution(size):
+    """Block verification (verify_block.py) over whole continuations: a 2-draft block (3
+    tokens, gamma 3: the room caps it) then the rest, at the default N's power (TV >= 11%)
+    or, under `-m slow`, at 2%."""
+    model = _target()
+    target, drafter = wrap(model), wrap(perturbed(model, 0.6, seed=4))
+    assert_continuations_match(SpeculativeDecoder(target, drafter, 3), model,
+                               dict(temperature=1.0), 3000 if size == "default" else None,
+                               block_verification=True)
 
 
 def assert_continuations_match(decoder: SpeculativeDecoder, model, params: dict,

@@ -128,7 +128,9 @@ def test_low_bit_layers_on_cuda_run_cuda_kernels_close_to_the_cpu_layers(bits):
 
 
 def test_verify_rows_on_cuda_equals_the_cpu_bit_for_bit():
-    """Coupled and sample rows draw counter-based noise: the same verdicts on both devices."""
+    """Coupled, sample and block rows draw counter-based noise: the same verdicts on both
+    devices (block's thresholds sum over the vocabulary: a flip needs a uniform within
+    rounding of one, about 1e-7 a row)."""
     from specdec.verify_rows import RowRules, verify_rows
 
     g = torch.Generator().manual_seed(4)
@@ -137,10 +139,26 @@ def test_verify_rows_on_cuda_equals_the_cpu_bit_for_bit():
     draft = torch.softmax(torch.randn(rows, k, vocab, generator=g) * 2, dim=-1)
     drafts = torch.randint(0, vocab, (rows, k), generator=g)
     lengths = torch.randint(0, k + 1, (rows,), generator=g).tolist()
-    rules = RowRules(lengths, ["sample", "coupled", "greedy", "sample"] * 4,
+    rules = RowRules(lengths, ["sample", "coupled", "greedy", "block"] * 4,
                      [11 * i for i in range(rows)], [7 * i for i in range(rows)],
                      [bool(i % 2) for i in range(rows)])
     on_cpu = verify_rows(drafts, draft, target, rules).to_host(drafts, lengths)
     on_cuda = verify_rows(drafts.to(CUDA), draft.to(CUDA), target.to(CUDA),
                           rules).to_host(drafts.to(CUDA), lengths)
     assert [r[:3] for r in on_cuda] == [r[:3] for r in on_cpu]
+
+
+def test_verify_tree_on_cuda_equals_the_cpu():
+    """Trees draw the same counter-based noise as lines: the same paths on both devices."""
+    from specdec.verify_tree import TreeShape, verify_tree
+
+    g = torch.Generator().manual_seed(5)
+    rows, vocab = 32, 50
+    parents = [-1, 0, 0, 0, 1, 1, 2, 4]
+    target = torch.softmax(torch.randn(rows, len(parents), vocab, generator=g) * 2, dim=-1)
+    tokens = torch.randint(0, vocab, (rows, len(parents)), generator=g)
+    keys = [13 * i for i in range(rows)]
+    on_cpu = verify_tree(TreeShape.of(tokens, parents), None, target, keys, 9)
+    on_cuda = verify_tree(TreeShape.of(tokens, parents, CUDA), None, target.to(CUDA), keys, 9)
+    assert torch.equal(on_cuda.nodes.cpu(), on_cpu.nodes)
+    assert torch.equal(on_cuda.next_token.cpu(), on_cpu.next_token)

@@ -3,6 +3,7 @@ nothing, the KV cache keeps to its budget, and a prompt prefilled in pieces betw
 changes nobody's output (float32, greedy: bit-for-bit comparisons)."""
 
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -80,7 +81,9 @@ def test_a_row_that_breaks_the_shared_verification_leaves_alone(decoder, monkeyp
     def bogus(*args):
         calls[0] += 1
         check = original(*args)
-        return replace(check, rule="bogus") if calls[0] == 3 else check
+        # a rule no verification knows (AcceptanceRule itself refuses to be one)
+        bad = SimpleNamespace(name="bogus", key=0)
+        return replace(check, rule=bad) if calls[0] == 3 else check
 
     added[1].prepare = bogus
     reads, to_host = [0], RowsVerdict.to_host

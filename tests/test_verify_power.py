@@ -125,9 +125,17 @@ def draw_sequences(seed: int, mutation: str | None = None, draws: int = DRAWS) -
     drafts, q, p = draft_batch(gen, draws, mutation)
     core = None if mutation == "q before the filters" else mutation  # the caller's bug
     accepted, next_token = rule(drafts, q, p, gen, core)
+    return completed_counts(drafts, accepted, next_token, gen)
+
+
+def completed_counts(drafts: torch.Tensor, accepted: torch.Tensor, next_token: torch.Tensor,
+                     gen: torch.Generator) -> np.ndarray:
+    """Counts of the (k + 1)-token sequences: each row's emitted tokens (x_1..x_n, then the
+    next token), completed from the target's own p."""
+    draws = drafts.shape[0]
     seqs = torch.cat([drafts, torch.zeros(draws, 1, dtype=torch.long)], 1)
     seqs[torch.arange(draws), accepted] = next_token
-    for j in range(1, K + 1):  # complete after the emitted tokens from the target's own p
+    for j in range(1, K + 1):
         fill = sample(P[j, seqs[:, j - 1]], gen)
         seqs[:, j] = torch.where(j > accepted, fill, seqs[:, j])
     return np.bincount(_index(seqs), minlength=V ** (K + 1)).astype(float)

@@ -24,9 +24,10 @@ import pytest
 import torch
 
 from power import noncentrality_lower_bound, pearson, power, required_draws
+from specdec.noise import keyed_gumbel_argmax
 from specdec.sampling import SamplingParams, adjusted_probs, make_generator, sample
 from specdec.verify import residual
-from specdec.verify_tree import TreeShape, _walk, verify_tree
+from specdec.verify_tree import TreeShape, _walk, child_uniforms, node_keys, verify_tree
 
 V, DEPTH = 5, 3  # vocabulary; emitted sequence length checked (tree depth 2, plus one)
 DRAWS = 120_000
@@ -84,11 +85,13 @@ def trees(gen: torch.Generator, rows: int, sampled: bool, without_replacement: b
     return tokens, q, p
 
 
-def reference(shape: TreeShape, q, p, gen, mutation: str | None = None):
+def reference(shape: TreeShape, q, p, keys: list[int], mutation: str | None = None):
     """verify_tree's rule re-stated so single lines can be mutated (None: the real rule,
-    asserted equal to verify_tree draw for draw)."""
+    asserted equal to verify_tree draw for draw: the same counter-based noise, rows keyed by
+    `keys`, the root deciding position 0)."""
     rows = p.shape[0]
     index = torch.arange(rows)
+    at = node_keys(shape, keys, 0)
 
     def decide(cur):
         kids = shape.children[cur]
@@ -104,17 +107,21 @@ def reference(shape: TreeShape, q, p, gen, mutation: str | None = None):
             ratios.append(torch.where(valid, ratio.nan_to_num(0.0), 0.0))
             if mutation != "residual keeps the rejected candidate":
                 r = torch.where(valid[:, None], residual(r, q_j), r)
-        hit = torch.rand(rows, kids.shape[1], generator=gen) < torch.stack(ratios, 1)
+        here = at[index, cur]
+        hit = child_uniforms(here, kids.shape[1]) < torch.stack(ratios, 1)
         final = p_node if mutation == "final token from p" else r
 
         def draw(done):
-            out = torch.zeros(rows, dtype=torch.long)
-            out[done] = sample(final[done], gen)
-            return out
+            return keyed_gumbel_argmax(final, here)
 
         return hit, draw
 
     return _walk(shape, rows, decide)
+
+
+def row_keys(gen: torch.Generator, rows: int) -> list[int]:
+    """A stream key per row (as Sequence draws one per request): rows draw independently."""
+    return torch.randint(0, 2**62, (rows,), generator=gen).tolist()
 
 
 def draw_sequences(seed: int, sampled: bool, mutation: str | None = None) -> np.ndarray:
@@ -122,7 +129,8 @@ def draw_sequences(seed: int, sampled: bool, mutation: str | None = None) -> np.
     tokens, q, p = trees(gen, DRAWS, sampled, mutation == "candidates without replacement")
     shape = TreeShape.of(tokens, PARENTS)
     core = None if mutation == "candidates without replacement" else mutation
-    verdict = reference(shape, q, p, gen, core) if core else verify_tree(shape, q, p, gen)
+    keys = row_keys(gen, DRAWS)
+    verdict = reference(shape, q, p, keys, core) if core else verify_tree(shape, q, p, keys, 0)
     seqs = torch.zeros(DRAWS, DEPTH, dtype=torch.long)
     for d in range(DEPTH - 1):  # the accepted path's tokens
         node = verdict.nodes[:, d]
@@ -155,10 +163,9 @@ def test_the_local_rule_is_verify_tree(sampled):
     gen = make_generator(5)
     tokens, q, p = trees(gen, 5000, sampled)
     shape = TreeShape.of(tokens, PARENTS)
-    state = gen.get_state()
-    mine = reference(shape, q, p, gen)
-    gen.set_state(state)
-    real = verify_tree(shape, q, p, gen)
+    keys = row_keys(gen, 5000)
+    mine = reference(shape, q, p, keys)
+    real = verify_tree(shape, q, p, keys, 0)
     assert torch.equal(mine.nodes, real.nodes) and torch.equal(mine.next_token, real.next_token)
     # every outcome occurs: each depth reached, both possible root candidates accepted (the
     # deterministic third has p = 0; a sampled third is rarely left any residual mass)

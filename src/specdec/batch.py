@@ -200,11 +200,14 @@ class BatchDecoder:
         sequences = list(self.sequences)
         if not sequences:
             return []
-        if any(s.trees for s in sequences):
-            return step_trees(self, sequences)  # a tree for each such row (batch_trees.py)
         clock = self.clock
         started = time.perf_counter()
         gammas = self.gammas(sequences)
+        if any(s.trees for s in sequences):  # a tree for each such row (batch_trees.py)
+            tree = step_trees(self.rows, clock, sequences, gammas)
+            self._observe(sequences, tree.width, tree.forward_marks, tree.drafted)
+            return self._conclude(sequences, tree.events, tree.failures, tree.width > 1,
+                                 started)
         failures: dict[int, Exception] = {}
         if self._row_drafter is None:
             drafts = [_guarded(failures, i, seq.propose, k, clock) for i, (seq, k) in
@@ -229,14 +232,18 @@ class BatchDecoder:
         # drop each row's rejected drafts and padding: x_1..x_n stay cached (a failed row
         # keeps its block: it leaves below)
         self.rows.rollback([0 if e is None else width - 1 - len(e.accepted) for e in events])
-        self.batch_policy.observe(len(sequences) * width, clock.seconds(*marks),
-                                  sum(d.shape[1] for d in drafts),
+        self._observe(sequences, width, marks, sum(d.shape[1] for d in drafts))
+        return self._conclude(sequences, events, failures, width > 1, started)
+
+    def _observe(self, sequences: list[Sequence], width: int, marks: tuple[Any, Any],
+                 drafted: int) -> None:
+        """The batch policy sees the step's forward: its cost and what the rows drafted."""
+        self.batch_policy.observe(len(sequences) * width, self.clock.seconds(*marks), drafted,
                                   sum(s.last_drafter_s for s in sequences),
                                   sum(s.last_betas for s in sequences),
                                   sum(s.last_beta_count for s in sequences))
-        return self.conclude(sequences, events, failures, width > 1, started)
 
-    def conclude(self, sequences: list[Sequence], events: list[StepEvent | None],
+    def _conclude(self, sequences: list[Sequence], events: list[StepEvent | None],
                  failures: dict[int, Exception], drafted: bool,
                  started: float) -> list[tuple[Sequence, StepEvent | RowFailure]]:
         """The end of a step: each row's event cut and appended (`advance`); failed and

@@ -1,6 +1,6 @@
 """A batch step with trees: each row verifies its own tree, all rows in ONE target forward.
 
-BatchDecoder.step hands its step here when any row decodes with trees (`Sequence.trees`,
+BatchDecoder.step runs its step here when any row decodes with trees (`Sequence.trees`,
 decided by tree_decoding.uses_trees: a tree drafter, rows that verify trees, no penalties).
 Each such row proposes its own tree with its own budget (tree_decoding.propose_tree); every
 other row proposes its line (Sequence.propose), which goes in as a chain. The blocks (the
@@ -20,22 +20,19 @@ StaticCausalLM.extend_tree), for every rule.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from specdec.drafters.tree import DraftTree
-from specdec.row_failure import RowFailure, guarded
+from specdec.row_failure import guarded
 from specdec.runtime.device import StepClock
+from specdec.runtime.rows import Rows
 from specdec.runtime.tree_attention import is_chain
 from specdec.sequence import Sequence, StepEvent
 from specdec.tree_decoding import judge_tree, propose_tree, tree_block
 from specdec.verify_rows import verify_checks
-
-if TYPE_CHECKING:
-    from specdec.batch import BatchDecoder
 
 
 @dataclass
@@ -53,15 +50,26 @@ class _RowDraft:
 _NOTHING = _RowDraft(torch.zeros(1, 1, dtype=torch.long), [-1])  # a row that failed to draft
 
 
-def step_trees(decoder: BatchDecoder,
-               sequences: list[Sequence]) -> list[tuple[Sequence, StepEvent | RowFailure]]:
-    """One step of `sequences` (decoder's rows, in order), trees where the rows use them."""
-    rows, clock = decoder.rows, decoder.clock
-    started = time.perf_counter()
+@dataclass
+class TreeStep:
+    """What a tree step did, for the loop to conclude it (BatchDecoder.step): each row's
+    event (None where the row failed; `failures` says why), the block's width, the nodes
+    drafted and the clock's marks around the forward."""
+
+    events: list[StepEvent | None]
+    failures: dict[int, Exception]
+    width: int
+    drafted: int
+    forward_marks: tuple[Any, Any]
+
+
+def step_trees(rows: Rows, clock: StepClock, sequences: list[Sequence],
+               budgets: list[int]) -> TreeStep:
+    """Draft, verify in one forward and keep each row's path, for `sequences` (the rows'
+    sequences, in order) with these draft budgets; trees where the rows use them."""
     failures: dict[int, Exception] = {}
     drafts = [guarded(failures, i, _draft, seq, budget, clock) or _NOTHING
-              for i, (seq, budget) in enumerate(zip(sequences, decoder.gammas(sequences),
-                                                    strict=True))]
+              for i, (seq, budget) in enumerate(zip(sequences, budgets, strict=True))]
     width = max(len(d.parents) for d in drafts)
     block = torch.zeros(len(sequences), width, dtype=torch.long)
     for i, d in enumerate(drafts):
@@ -80,13 +88,8 @@ def step_trees(decoder: BatchDecoder,
         rows.rollback([width - len(path) for path in kept])
     else:
         rows.accept_paths(kept)
-    decoder.batch_policy.observe(len(sequences) * width, clock.seconds(*marks),
-                                 sum(len(d.parents) - 1 for d in drafts),
-                                 sum(s.last_drafter_s for s in sequences),
-                                 sum(s.last_betas for s in sequences),
-                                 sum(s.last_beta_count for s in sequences))
-    return decoder.conclude(sequences, [None if j is None else j[0] for j in judged], failures,
-                            width > 1, started)
+    return TreeStep([None if j is None else j[0] for j in judged], failures, width,
+                    sum(len(d.parents) - 1 for d in drafts), marks)
 
 
 def _draft(seq: Sequence, budget: int, clock: StepClock) -> _RowDraft:

@@ -154,8 +154,9 @@ def keyed_gumbel_argmax(probs: torch.Tensor, keys: torch.Tensor,
 
 
 def stream_key(generator: torch.Generator) -> int:
-    """A 62-bit key for counter-based draws (verify_rows' "sample" rule), drawn from
-    `generator` on its device (one read back, once per request)."""
+    """A 62-bit key for counter-based draws (the "sample" and "block" rules, lines and
+    trees alike: acceptance.AcceptanceRule), drawn from `generator` on its device (one read
+    back, once per request)."""
     return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
 
 

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from specdec.acceptance import AcceptanceRule
 from specdec.control.policy import GammaPolicy, StepRecord
 from specdec.drafters.base import Drafter, DraftRequest, GuidedDrafter, Proposal
-from specdec.noise import stream_key
 from specdec.runtime.device import StepClock
 from specdec.sampling import (
     SamplingParams,
@@ -94,9 +94,7 @@ class Sequence:
         self.stop_ids = stop_ids
         self.device = device
         self.generator = make_generator(params.seed, device)
-        self.rule = "greedy" if params.greedy else "coupled" if params.coupled_rule else \
-            "sample"
-        self.key = _row_key(self.rule, params, self.generator)
+        self.rule = AcceptanceRule.of(params, self.generator)  # lines and trees alike
         self.stats = GenerationStats(prompt_tokens=prompt_ids.shape[1])
         self.start = start
         self.finished = False
@@ -169,12 +167,10 @@ class Sequence:
         """Take the step's proposal (or its drafter's error), drafted between the clock's
         marks; share: this row's part of that time (drafts for several rows at once).
         Returns the drafts [1, k'] on the target's device."""
-        if isinstance(proposal, Exception):  # a broken drafter costs speed, never correctness
-            warnings.warn(f"drafter {self.drafter_name!r} failed ({proposal!r}); decoding this "
-                          "step without drafts", RuntimeWarning, stacklevel=3)
-            self.stats.drafter_failures += 1
+        if isinstance(proposal, Exception):
+            self.drafter_failed(proposal)
             proposal = Proposal.empty(1)
-        self.stats.drafter_calls += proposal.forwards
+        self.count_drafter_forwards(proposal.forwards)
         if self._forced:
             k = max(0, min(k, self.draft_room - len(self._forced)))
         if proposal.length > k:
@@ -210,9 +206,9 @@ class Sequence:
                              "tokens")
         # one-hot p and q (greedy), or a coupled draft with a q, whose p(x) is not its
         # acceptance chance: count what happened, beta 1 where the draft was kept
-        step.counted_betas = params.greedy or (params.coupled_rule and q is not None)
+        step.counted_betas = self.rule.counts_betas(q is not None)
         return RowCheck(drafts[0], None if q is None else q[0], target_probs[0], self.rule,
-                        self.key, self.context.shape[1])  # start: the first emitted position
+                        self.context.shape[1])  # start: the first emitted position
 
     def _mask(self, logits: torch.Tensor, drafts: list[int], step: _Step) -> torch.Tensor:
         """logits [1, k + 1, V] masked by the grammar along the drafts (GrammarMatcher.
@@ -223,6 +219,44 @@ class Sequence:
         step.forced_at = (masks.sum(dim=-1) == 1).tolist()
         self.stats.grammar_s += time.perf_counter() - t0
         return logits.float().masked_fill(~masks.to(logits.device)[None], float("-inf"))
+
+    def drafter_failed(self, error: Exception) -> None:
+        """A broken drafter costs speed, never correctness: warned, counted, no drafts."""
+        warnings.warn(f"drafter {self.drafter_name!r} failed ({error!r}); decoding this "
+                      "step without drafts", RuntimeWarning, stacklevel=4)
+        self.stats.drafter_failures += 1
+
+    def count_drafter_forwards(self, forwards: int) -> None:
+        self.stats.drafter_calls += forwards
+
+    def tree_masks(self, tokens: list[int], parents: list[int]) -> torch.Tensor:
+        """The constraint's mask at every node of a tree [N, V] (bool), along each node's
+        root path (GrammarMatcher.tree_masks), its time counted."""
+        assert self.grammar is not None
+        t0 = time.perf_counter()
+        masks = self.grammar.tree_masks(tokens, parents)
+        self.stats.grammar_s += time.perf_counter() - t0
+        return masks
+
+    def record(self, drafted: int, accepted: int, betas: list[float], drafter_s: float,
+               target_s: float, forwards: int, forced_at: list[bool],
+               depth: int | None = None, budget: int | None = None) -> None:
+        """A verified step's statistics and what the gamma policy learns from it; lines give
+        no depth, trees their depth and node budget. forced_at: per token of the step's
+        event, whether the constraint's mask forced it (counted by `advance`)."""
+        stats = self.stats
+        self.last_drafter_s = drafter_s
+        stats.drafter_s += drafter_s
+        stats.target_s += target_s
+        if depth is None:
+            stats.record_step(drafted, accepted, betas)
+        else:
+            stats.record_tree_step(drafted, depth, accepted, betas)
+        self.last_betas, self.last_beta_count = sum(betas), len(betas)
+        self.forced_at = forced_at
+        self.policy.observe(StepRecord(
+            drafted=drafted, accepted=accepted, betas=betas, drafter_s=drafter_s,
+            drafter_forwards=forwards, target_s=target_s, budget=budget))
 
     def judge(self, result: RowResult, forward_marks: tuple[Any, Any],
               clock: StepClock) -> StepEvent:
@@ -242,19 +276,10 @@ class Sequence:
         # read after the sync: the forward is the target's time, the verification math loop time
         target_s = clock.seconds(*forward_marks)
         drafter_s = clock.seconds(*step.drafter_marks) * step.drafter_share
-        self.last_drafter_s = drafter_s
-        stats = self.stats
-        stats.drafter_s += drafter_s
-        stats.target_s += target_s
-        kept_betas = beta_list[: min(n + 1, k)]
-        self.last_betas, self.last_beta_count = sum(kept_betas), len(kept_betas)
-        stats.record_step(k, n, kept_betas)
-        self.policy.observe(StepRecord(
-            drafted=k, accepted=n, betas=kept_betas, drafter_s=drafter_s,
-            drafter_forwards=step.proposal.forwards, target_s=target_s))
+        self.record(k, n, beta_list[: min(n + 1, k)], drafter_s, target_s,
+                    step.proposal.forwards, step.forced_at[: n + 1])
         event = StepEvent(accepted=draft_list[:n], rejected=draft_list[n:],
                           next_token=next_token, bonus=n == k)
-        self.forced_at = step.forced_at[: n + 1]
         if self.params.logprobs is not None:  # the verify forward's logits: no extra forward
             assert step.raw is not None
             event.logprobs = token_logprobs(step.raw[0, : n + 1], event.tokens,
@@ -310,16 +335,6 @@ def _with_forced(forced: list[int], proposal: Proposal) -> Proposal:
 def _history(request: DraftRequest) -> dict[str, Any]:
     """The history only when penalties need it: drafters written without it still work."""
     return {} if request.history is None else {"history": request.history}
-
-
-def _row_key(rule: str, params: SamplingParams, generator: torch.Generator) -> int:
-    """The key of a row's verification noise: the coupled rule's is the seed's; Algorithm
-    1's counter-based draws take a stream key drawn once from the request's generator
-    (reproducible per seed); greedy rows draw nothing."""
-    if rule == "coupled":
-        assert params.seed is not None, "resolve_seed(params) first"
-        return params.seed
-    return stream_key(generator) if rule == "sample" else 0
 
 
 def _cut(tokens: list[int], stop_ids: set[int], remaining: int) -> int | None:

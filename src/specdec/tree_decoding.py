@@ -17,12 +17,9 @@ accepted path length and times.
 
 from __future__ import annotations
 
-import time
-import warnings
-
 import torch
 
-from specdec.control.policy import StepRecord, TreePolicy
+from specdec.control.policy import TreePolicy
 from specdec.drafters.tree import DraftTree, TreeDrafter
 from specdec.language_model import LanguageModel
 from specdec.runtime.device import StepClock
@@ -59,15 +56,13 @@ def propose_tree(seq: Sequence, budget: int) -> DraftTree:
     try:
         tree = drafter.propose_tree(seq.context, budget, depth, seq.params, seq.generator)
     except Exception as error:
-        warnings.warn(f"drafter {drafter.name!r} failed ({error!r}); decoding this step "
-                      "without drafts", RuntimeWarning, stacklevel=3)
-        seq.stats.drafter_failures += 1
+        seq.drafter_failed(error)
         return DraftTree.empty()
     if tree.size > budget:  # the first nodes keep their parents (parents come first)
         tree = DraftTree(tree.tokens[:, :budget], tree.parents[:budget],
                          None if tree.probs is None else tree.probs[:, :budget],
                          tree.forwards, tree.score)
-    seq.stats.drafter_calls += tree.forwards
+    seq.count_drafter_forwards(tree.forwards)
     return tree
 
 
@@ -90,10 +85,9 @@ def judge_tree(seq: Sequence, tree: DraftTree, tokens: torch.Tensor, parents: li
         logits, forced = _mask_tree(seq, tokens[0].tolist(), parents, logits)
     verdict = _verify(seq, tokens[0], parents, logits, tree.probs)
     path = verdict.path(0)
-    if seq.grammar is not None:
-        seq.forced_at = [forced[i] for i in [0, *path]]
+    forced_at = [] if seq.grammar is None else [forced[i] for i in [0, *path]]
     event = _event(seq, tree, parents, path, int(verdict.next_token[0]), logits, clock,
-                   drafter_marks, target_marks, budget)
+                   drafter_marks, target_marks, budget, forced_at)
     return event, [0, *path]
 
 
@@ -101,36 +95,33 @@ def _mask_tree(seq: Sequence, tokens: list[int], parents: list[int],
                logits: torch.Tensor) -> tuple[torch.Tensor, list[bool]]:
     """logits [1, N + 1, V] masked node by node (after no penalties: tree rows have none,
     before the filters, as a line's); and which nodes' masks allowed one token only."""
-    assert seq.grammar is not None
-    t0 = time.perf_counter()
-    masks = seq.grammar.tree_masks(tokens, parents)
-    seq.stats.grammar_s += time.perf_counter() - t0
+    masks = seq.tree_masks(tokens, parents)
     masked = logits.float().masked_fill(~masks.to(logits.device)[None], float("-inf"))
     return masked, (masks.sum(dim=-1) == 1).tolist()
 
 
 def _verify(seq: Sequence, tokens: torch.Tensor, parents: list[int], logits: torch.Tensor,
             draft_probs: torch.Tensor | None) -> TreeVerdict:
-    params = seq.params
-    device = logits.device
+    """The tree's verdict by the request's rule (seq.rule, the one its lines use too)."""
+    rule, device = seq.rule, logits.device
     shape = TreeShape.of(tokens, parents, device)
-    if params.greedy:
+    if rule.name == "greedy":
         return verify_tree_greedy(shape, logits)
-    probs = adjusted_probs(logits, params)
-    if params.coupled_rule:
-        assert params.seed is not None  # resolve_seed gave one
-        return verify_tree_coupled(shape, parents, probs, params.seed, seq.context.shape[1])
+    probs = adjusted_probs(logits, seq.params)
+    start = seq.context.shape[1]  # the position of the token the root decides
+    if rule.name == "coupled":
+        return verify_tree_coupled(shape, parents, probs, rule.key, start)
     if draft_probs is not None:  # sampled candidates: q per node, the root's row unused
         draft_probs = draft_probs.to(device)
         draft_probs = torch.cat([torch.zeros_like(draft_probs[:, :1]), draft_probs], 1)
-    return verify_tree(shape, draft_probs, probs, seq.generator)
+    return verify_tree(shape, draft_probs, probs, [rule.key], start)
 
 
 def _event(seq: Sequence, tree: DraftTree, parents: list[int], path: list[int],
            next_token: int, logits: torch.Tensor, clock: StepClock, drafter_marks: tuple,
-           target_marks: tuple, budget: int) -> StepEvent:
-    """The step's event and statistics (before `advance` cuts it at stop tokens)."""
-    stats = seq.stats
+           target_marks: tuple, budget: int, forced_at: list[bool]) -> StepEvent:
+    """The step's event, its statistics recorded by the sequence (before `advance` cuts it
+    at stop tokens)."""
     tokens = [seq.pending, *tree.tokens[0].tolist()]
     accepted = [tokens[node] for node in path]
     last = path[-1] if path else 0
@@ -138,18 +129,9 @@ def _event(seq: Sequence, tree: DraftTree, parents: list[int], path: list[int],
     depth = max(tree_depths(tree.parents), default=-1) + 1
     n = len(path)
     betas = [1.0] * n + ([0.0] if tested else [])  # what happened, as greedy counts it
-    drafter_s, target_s = clock.seconds(*drafter_marks), clock.seconds(*target_marks)
-    stats.drafter_s += drafter_s
-    stats.target_s += target_s
-    if is_chain(parents):
-        stats.record_step(tree.size, n, betas)
-    else:
-        stats.record_tree_step(tree.size, depth, n, betas)
-    seq.last_drafter_s = drafter_s
-    seq.last_betas, seq.last_beta_count = sum(betas), len(betas)
-    seq.policy.observe(StepRecord(drafted=tree.size, accepted=n, betas=betas,
-                                  drafter_s=drafter_s, drafter_forwards=tree.forwards,
-                                  target_s=target_s, budget=budget))
+    seq.record(tree.size, n, betas, clock.seconds(*drafter_marks),
+               clock.seconds(*target_marks), tree.forwards, forced_at,
+               None if is_chain(parents) else depth, budget)
     event = StepEvent(accepted=accepted, rejected=[tokens[i] for i in tested],
                       next_token=next_token, bonus=not tested)
     if seq.params.logprobs is not None:  # the verify forward's logits: no extra forward

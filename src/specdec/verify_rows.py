@@ -13,6 +13,10 @@ its own rule and its own randomness:
            start + n and the next starts at start + n + 1; the uniforms past the rejection it
            did not read), so every draw is fresh: the rule is exact, and one kernel serves
            every row, where per-row generators need a call (and a sync) per row.
+  block    block verification (verify_block.py): the same noise, except that draft offset i's
+           uniform is U(h(stream, start + i, -2 - i)): the rule reads every uniform of its
+           block, and keying them by offset too makes the next step's (its start past this
+           step's) fresh: a step's (position, offset) pairs determine its start.
 Shapes: drafts [B, K], draft_probs [B, K, V] or None, target_probs [B, K + 1, V] (each row's
 adjusted distribution, penalties applied; a greedy row's argmax is taken from it).
 Pure tensor code; nothing here reads a device value back except `RowsVerdict.to_host`.
@@ -24,10 +28,11 @@ from dataclasses import dataclass
 
 import torch
 
+from specdec.acceptance import RULES, AcceptanceRule
 from specdec.noise import keyed_gumbel_argmax, mix32_, row_position_keys, token_keys, uniforms
 from specdec.verify import residual
+from specdec.verify_block import verify_block
 
-RULES = ("greedy", "coupled", "sample")
 ACCEPT_ID = -1  # the acceptance uniform's "token": no real id, so independent of the noise
 
 
@@ -123,10 +128,21 @@ def verify_rows(drafts: torch.Tensor, draft_probs: torch.Tensor | None,
             q_next = torch.where(has_q[:, None], draft_probs[index, rejected_at], q_next)
         next_probs = torch.where((accepted == lengths)[:, None], p_next,
                                  residual(p_next, q_next))
+    if "block" in rules.rules:
+        is_block = kind[:, 0] == RULES.index("block")
+        q_full = torch.zeros_like(target_probs[:, :k]).scatter_(-1, drafts[..., None], 1.0)
+        if draft_probs is not None:
+            q_full = torch.where(has_q[:, None, None], draft_probs, q_full)
+        offsets = token_keys(-2 - torch.arange(k, device=device))
+        eta = uniforms(mix32_(keys[:, :k].bitwise_xor(offsets)))
+        tau, block_probs = verify_block(drafts, q_full, target_probs, lengths, eta)
+        accepted = torch.where(is_block, tau, accepted)
+        next_probs = torch.where(is_block[:, None], block_probs, next_probs)
     next_token = chosen[index, accepted]
-    if "sample" in rules.rules:
+    if "sample" in rules.rules or "block" in rules.rules:
         sampled = keyed_gumbel_argmax(next_probs, keys[index, accepted])
-        next_token = torch.where(kind[:, 0] == RULES.index("sample"), sampled, next_token)
+        drawn = (kind[:, 0] == RULES.index("sample")) | (kind[:, 0] == RULES.index("block"))
+        next_token = torch.where(drawn, sampled, next_token)
     return RowsVerdict(accepted, next_token, _betas(drafts, draft_probs, target_probs, has_q))
 
 
@@ -148,15 +164,14 @@ class RowCheck:
     """One row's verification inputs (Sequence.prepare), on the target's device.
 
     drafts [k], draft_probs [k, V] or None (deterministic drafts, or a greedy row),
-    target_probs [k + 1, V] (penalties and filters applied; one-hot for a greedy row); rule,
-    key and start as in RowRules.
+    target_probs [k + 1, V] (penalties and filters applied; one-hot for a greedy row); rule:
+    the request's (its name and key go to RowRules); start as in RowRules.
     """
 
     drafts: torch.Tensor
     draft_probs: torch.Tensor | None
     target_probs: torch.Tensor
-    rule: str
-    key: int
+    rule: AcceptanceRule
     start: int
 
 
@@ -180,6 +195,6 @@ def verify_checks(checks: list[RowCheck]) -> list[RowResult]:
                            if c.draft_probs is None else c.draft_probs for c in checks],
                           batch_first=True)
     lengths = [c.drafts.shape[0] for c in checks]
-    rules = RowRules(lengths, [c.rule for c in checks], [c.key for c in checks],
+    rules = RowRules(lengths, [c.rule.name for c in checks], [c.rule.key for c in checks],
                      [c.start for c in checks], has_q)
     return verify_rows(drafts, draft_probs, target, rules).to_host(drafts, lengths)

@@ -28,6 +28,14 @@ speculative sampling, Miao et al. 2024; Yang et al. 2024, multi-candidate specul
 decoding) both qualify. Candidates drawn WITHOUT replacement do not: they need the recursive
 rejection sampling of Jeong et al. 2024, not implemented. Duplicate deterministic siblings are
 harmless: after rejecting x, r(x) = 0 and the duplicate is always rejected.
+
+The sampled rule's randomness is counter-based, as the line rule's (verify_rows.py): the node
+at depth d decides the token at absolute position t = start + d; child slot j's acceptance
+uniform is U(h(key, t, -1 - j)) and the token emitted there is the Gumbel-max of its final
+residual under noise h(key, t, x) (noise.py). The walk visits one node per depth and the next
+step starts past the last position it decided, so every draw is fresh (the rule is exact),
+and a seed means the same draws on any device, in any batch. A chain (one child per node)
+draws exactly what the line rule draws: the same verdict, bit for bit.
 """
 
 from __future__ import annotations
@@ -37,9 +45,15 @@ from dataclasses import dataclass
 
 import torch
 
-from specdec.noise import gumbel_argmax
+from specdec.noise import (
+    gumbel_argmax,
+    keyed_gumbel_argmax,
+    mix32_,
+    row_position_keys,
+    token_keys,
+    uniforms,
+)
 from specdec.runtime.tree_attention import tree_depths
-from specdec.sampling import sample
 from specdec.verify import residual
 
 
@@ -63,6 +77,7 @@ class TreeShape:
     tokens: torch.Tensor  # [1, N], or [B, N] when rows drew different candidates
     children: torch.Tensor  # [N, F]
     depth: int  # deepest node's depth
+    depths: torch.Tensor  # [N] each node's depth (the root's 0)
 
     @classmethod
     def of(cls, tokens: torch.Tensor | list[int], parents: list[int],
@@ -78,7 +93,8 @@ class TreeShape:
         for i, k in enumerate(kids):
             table[i, : len(k)] = torch.tensor(k, dtype=torch.long)
         ids = torch.as_tensor(tokens, dtype=torch.long).to(device)
-        return cls(ids.view(-1, len(parents)), table.to(device), max(depths))
+        return cls(ids.view(-1, len(parents)), table.to(device), max(depths),
+                   torch.tensor(depths, device=device))
 
     def child_tokens(self, kids: torch.Tensor) -> torch.Tensor:
         """Tokens of child nodes kids [B, F] (-1 padding reads node 0)."""
@@ -142,14 +158,31 @@ def verify_tree_coupled(shape: TreeShape, parents: list[int], target_probs: torc
     return _matching(shape, gumbel_argmax(target_probs, seed, position + depths))
 
 
+def node_keys(shape: TreeShape, keys: list[int], start: int) -> torch.Tensor:
+    """The position key of every node per row, int32 [B, N]: row i's key `keys[i]` at the
+    absolute position its node decides (start + the node's depth)."""
+    positions = (start + shape.depths).expand(len(keys), -1)
+    return row_position_keys(keys, positions)
+
+
+def child_uniforms(keys: torch.Tensor, fan: int) -> torch.Tensor:
+    """The acceptance uniforms of child slots 0..fan-1 at nodes with position keys [B]:
+    [B, fan] float64, slot j's drawn with "token" -1 - j (no real id: independent of the
+    Gumbel noise of the token emitted there; slot 0's is the line rule's ACCEPT_ID)."""
+    slots = token_keys(-1 - torch.arange(fan, device=keys.device))
+    return uniforms(mix32_(keys[:, None].bitwise_xor(slots)))
+
+
 def verify_tree(shape: TreeShape, draft_probs: torch.Tensor | None, target_probs: torch.Tensor,
-                generator: torch.Generator | None = None) -> TreeVerdict:
+                keys: list[int], start: int) -> TreeVerdict:
     """Algorithm 1 over the tree, children tested in turn against the residuals (module
-    docstring: exact for deterministic candidates and for i.i.d. sampled ones)."""
+    docstring: exact for deterministic candidates and for i.i.d. sampled ones). keys: each
+    row's stream key; start: the absolute position of the token the root decides."""
     rows = target_probs.shape[0]
     device = target_probs.device
     index = torch.arange(rows, device=device)
     fan = shape.children.shape[1]
+    at = node_keys(shape, keys, start)
 
     def decide(cur: torch.Tensor):
         kids = shape.children[cur]  # [B, F]
@@ -171,14 +204,13 @@ def verify_tree(shape: TreeShape, draft_probs: torch.Tensor | None, target_probs
                 ratio = torch.where(q_x > 0, r_x / q_x.clamp_min(1e-38), torch.zeros_like(r_x))
             ratios.append(torch.where(valid, ratio, torch.zeros_like(ratio)))
             r = torch.where(valid[:, None], residual(r, q), r)
-        # r in [0, 1): r < ratio has probability min(1, ratio); ratio 0 always rejects
-        hit = torch.rand(rows, fan, generator=generator, device=device) < torch.stack(ratios, 1)
+        here = at[index, cur]
+        # U in (0, 1): U < ratio has probability min(1, ratio); ratio 0 always rejects
+        hit = child_uniforms(here, fan) < torch.stack(ratios, 1)
         final = r  # the residual after every child (p itself at a leaf)
 
         def draw(done: torch.Tensor) -> torch.Tensor:
-            out = torch.zeros(rows, dtype=torch.long, device=device)
-            out[done] = sample(final[done], generator)
-            return out
+            return keyed_gumbel_argmax(final, here)
 
         return hit, draw
 

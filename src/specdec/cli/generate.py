@@ -43,6 +43,11 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
                    help="seed-keyed noise: the same seed gives the same text whatever the "
                         "drafter and gamma (default: on with --seed; --no-coupled: Algorithm "
                         "1's rejection rule, a little more acceptance)")
+    p.add_argument("--block-verification", action="store_true",
+                   help="uncoupled sampling: verify each block of drafts jointly (block "
+                        "verification, Sun et al. 2025: exact, at least Algorithm 1's "
+                        "acceptance); a seed then keeps Algorithm 1's noise, not the coupled "
+                        "rule's")
     p.add_argument("--repetition-penalty", type=float, default=1.0,
                    help="divide the logits of tokens already in the prompt or output "
                         "(transformers' rule; 1 = off)")
@@ -172,7 +177,7 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
         repetition_penalty=args.repetition_penalty, frequency_penalty=args.frequency_penalty,
         presence_penalty=args.presence_penalty, logit_bias=logit_bias(args.logit_bias),
         logprobs=getattr(args, "logprobs", None), coupled=args.coupled,
-        constraint=constraint_from_args(args))
+        block_verification=args.block_verification, constraint=constraint_from_args(args))
 
 
 def logit_bias(values: list[str]) -> dict[int, float]:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from specdec.constraint import Constraint
 from specdec.errors import InvalidParameter
-from specdec.sampling import MAX_DRAFT_TOKENS, MAX_LOGIT_BIAS, MAX_LOGPROBS, SamplingParams
+from specdec.sampling import BOUNDS, MAX_LOGIT_BIAS, SamplingParams
 from specdec.server.tools import ToolPlan, tool_plan
 
 MAX_STOP_STRINGS = 4  # as the OpenAI API
@@ -55,7 +55,7 @@ class Speculative(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
     enabled: bool = True  # false: plain decoding for this request (as max_draft_tokens 0)
     # at most this many tokens (tree nodes) drafted per step; null: the server's own gamma
-    max_draft_tokens: int | None = Field(default=None, ge=0, le=MAX_DRAFT_TOKENS)
+    max_draft_tokens: int | None = Field(default=None, **BOUNDS["max_draft_tokens"].pydantic())
 
     def cap(self) -> int | None:
         """SamplingParams.max_draft_tokens: 0 when disabled."""
@@ -68,24 +68,29 @@ class _Sampling(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
     model: str | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0)
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    top_k: int = Field(default=0, ge=0)  # extension (vLLM, llama.cpp)
-    min_p: float = Field(default=0.0, ge=0, lt=1)  # extension
-    seed: int | None = None
+    # bounds: sampling.bounds.BOUNDS, the table SamplingParams checks against
+    max_tokens: int | None = Field(default=None, **BOUNDS["max_new_tokens"].pydantic())
+    temperature: float = Field(default=1.0, **BOUNDS["temperature"].pydantic())
+    top_p: float = Field(default=1.0, **BOUNDS["top_p"].pydantic())
+    top_k: int = Field(default=0, **BOUNDS["top_k"].pydantic())  # extension (vLLM, llama.cpp)
+    min_p: float = Field(default=0.0, **BOUNDS["min_p"].pydantic())  # extension
+    seed: int | None = Field(default=None, **BOUNDS["seed"].pydantic())
     ignore_eos: bool = False  # extension (vLLM): generate max_tokens whatever the model says
     # extension: seed-keyed noise, the same text for a seed whatever the drafter and gamma
     # (None: on exactly when seed is given); false: the rejection rule
     coupled: bool | None = None
+    # extension: block verification (Sun et al. 2025) for uncoupled sampling
+    block_verification: bool = False
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[Annotated[str, Field(max_length=MAX_STOP_LENGTH)]] | None = None
-    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
-    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
-    repetition_penalty: float = Field(default=1.0, gt=0)  # extension (vLLM, transformers)
-    logit_bias: dict[str, float] | None = Field(default=None, max_length=MAX_LOGIT_BIAS)
+    presence_penalty: float = Field(default=0.0, **BOUNDS["presence_penalty"].pydantic())
+    frequency_penalty: float = Field(default=0.0, **BOUNDS["frequency_penalty"].pydantic())
+    # extension (vLLM, transformers)
+    repetition_penalty: float = Field(default=1.0, **BOUNDS["repetition_penalty"].pydantic())
+    logit_bias: dict[str, Annotated[float, Field(**BOUNDS["logit_bias"].pydantic())]] | None = \
+        Field(default=None, max_length=MAX_LOGIT_BIAS)
     speculative: Speculative | None = None  # extension: per-request speculation control
     # {"type": "text" | "json_object" | "json_schema", ...} as OpenAI's; extensions:
     # {"type": "regex", "regex": ...} and {"type": "grammar", "grammar": ...} (Lark or GBNF)
@@ -131,7 +136,7 @@ class _Sampling(BaseModel):
             ignore_eos=self.ignore_eos, repetition_penalty=self.repetition_penalty,
             frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty,
             logit_bias=_logit_bias(self.logit_bias), logprobs=self.top_logprobs_wanted(),
-            coupled=self.coupled,
+            coupled=self.coupled, block_verification=self.block_verification,
             max_draft_tokens=None if self.speculative is None else self.speculative.cap(),
             constraint=self.constraint())
 
@@ -143,7 +148,7 @@ class _Sampling(BaseModel):
 class CompletionRequest(_Sampling):
     prompt: str | TokenIds | list[str] | list[TokenIds]
     echo: bool = False
-    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    logprobs: int | None = Field(default=None, **BOUNDS["logprobs"].pydantic())
     best_of: int | None = None
     suffix: str | None = None
 
@@ -217,9 +222,10 @@ def _template_call(call: dict) -> dict:
 
 class ChatCompletionRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)  # newer name of max_tokens
+    # newer name of max_tokens
+    max_completion_tokens: int | None = Field(default=None, **BOUNDS["max_new_tokens"].pydantic())
     logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    top_logprobs: int | None = Field(default=None, **BOUNDS["logprobs"].pydantic())
     tools: list[dict] | None = None
     tool_choice: str | dict | None = None
 
