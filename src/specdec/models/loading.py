@@ -85,8 +85,7 @@ def load_model(spec: str | os.PathLike, dtype: str | torch.dtype | None = None,
 def _low_bit_allowed(dtype: str | torch.dtype | None, device: torch.device, compile: bool,
                      runtime: str) -> bool:
     """Whether a GGUF may load into the low-bit runner: asked for ("gguf": refused with the
-    reason where it cannot run), or chosen (dtype None) where this machine measured it
-    faster."""
+    reason where it cannot run), or left to the calibration (dtype None)."""
     why = None
     if device.type != "cpu":
         why = f"device {device.type} (the low-bit runner is the CPU's)"
@@ -94,23 +93,23 @@ def _low_bit_allowed(dtype: str | torch.dtype | None, device: torch.device, comp
         why = "compiled steps (the low-bit products are not compiled)"
     elif runtime == "dynamic":
         why = "runtime 'dynamic' (the low-bit runner is a static one)"
-    if dtype == LOW_BIT:
-        if why is not None:
-            raise UsageError(f"dtype {LOW_BIT!r} cannot run with {why}")
-        return True
-    if dtype is not None or why is not None:
-        return False
-    from specdec.runtime.low_bit_choice import low_bit_verdict
-
-    return low_bit_verdict().faster
+    if dtype == LOW_BIT and why is not None:
+        raise UsageError(f"dtype {LOW_BIT!r} cannot run with {why}")
+    return dtype in (LOW_BIT, None) and why is None
 
 
 def _runs_low_bit(path: Path, dtype: str | torch.dtype | None) -> bool:
-    """The GGUF is one the low-bit runner runs; asked for explicitly, it must be."""
+    """The GGUF is one the low-bit runner runs (asked for explicitly, it must be), and it
+    was asked for or measured faster here (the calibration runs only now: for a GGUF it
+    applies to, once the file is at hand)."""
     why = low_bit_unsupported(path)
     if why is not None and dtype == LOW_BIT:
         raise ModelLoadError(f"{path.name}: dtype {LOW_BIT!r}: {why}")
-    return why is None
+    if why is not None:
+        return False
+    from specdec.runtime.low_bit_choice import low_bit_verdict
+
+    return dtype == LOW_BIT or low_bit_verdict().faster
 
 
 def _is_gguf(path: Path) -> bool:
