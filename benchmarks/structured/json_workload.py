@@ -11,7 +11,9 @@ token, and the grammar's host time per token against the target's time per step.
     python benchmarks/structured/json_workload.py --target qwen2.5-coder-0.5b \
         --draft qwen2.5-coder-0.5b-q4 --threads 2 --out benchmarks/structured
 
-llama.cpp with its own JSON-schema grammar (`llama-cli --json-schema`) is not run here.
+`--llamacpp` adds llama.cpp (llama-cpp-python) on the same GGUF with its own JSON-schema
+grammar (`LlamaGrammar.from_json_schema`, built inside the timed call as ours compiles inside
+its own), same prompts, threads and temperatures (temperature only: top-k/p/min-p off).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--requests", type=int, default=20, help="the first N requests")
+    parser.add_argument("--llamacpp", action="store_true",
+                        help="also llama.cpp with its JSON-schema grammar on the same GGUF")
     parser.add_argument("--out", default=str(HERE))
     return parser.parse_args(argv)
 
@@ -67,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.draft or ["ngram"]:
         decoders[spec] = SpeculativeDecoder(target, build_drafter(spec, target, loader),
                                             build_gamma(args.gamma))
+    if args.llamacpp:
+        decoders["llama.cpp grammar"] = LlamaCppGrammar(args.target, args.threads,
+                                                        target.tokenizer)
     prompts = [user_prompt_ids(target.tokenizer, r["prompt"]) for r in requests]
     constraints = [Constraint.json_schema(r["schema"]) for r in requests]
     decoders["plain"].generate(prompts[0], SamplingParams(max_new_tokens=4,
@@ -102,6 +109,44 @@ def main(argv: list[str] | None = None) -> int:
     (out_dir / "json_workload.md").write_text(report)
     print(report)
     return 0
+
+
+class LlamaCppGrammar:
+    """llama.cpp constrained by its own grammar for the request's schema; `generate` answers
+    like SpeculativeDecoder.generate for what this script reads."""
+
+    def __init__(self, target: str, threads: int, tokenizer) -> None:
+        from llama_cpp import Llama
+
+        from specdec.models.fetch import ensure_model
+
+        self.llm = Llama(model_path=str(ensure_model(target)), n_ctx=4096, n_threads=threads,
+                         n_threads_batch=threads, verbose=False, seed=0)
+        self.tokenizer = tokenizer
+
+    def generate(self, prompt: list[int], params: SamplingParams):
+        from types import SimpleNamespace
+
+        from llama_cpp import LlamaGrammar
+
+        grammar = LlamaGrammar.from_json_schema(params.constraint.source,
+                                                verbose=False)
+        self.llm.reset()
+        if params.seed is not None:
+            self.llm.set_seed(params.seed)
+        tokens: list[int] = []
+        finish = "length"
+        for token in self.llm.generate(prompt, temp=params.temperature, top_k=0, top_p=1.0,
+                                       min_p=0.0, repeat_penalty=1.0, grammar=grammar):
+            if token == self.llm.token_eos():
+                finish = "stop"
+                break
+            tokens.append(int(token))
+            if len(tokens) >= params.max_new_tokens:
+                break
+        stats = SimpleNamespace(forced_tokens=0, grammar_s=0.0, target_s=0.0, target_calls=0)
+        return SimpleNamespace(tokens=tokens, text=self.tokenizer.decode(tokens), stats=stats,
+                               finish_reason=finish)
 
 
 def summarize(rows: list[dict], methods: list[str]) -> str:
