@@ -324,11 +324,21 @@ void rows_avx512vnni(const TileArgs& t, int64_t r0) {
 
 template <int kGroup, bool kMins, bool kHalf>
 void tile_avx512vnni_t(const TileArgs& t) {
+  // blocks of 8 rows, then the rest in ONE block: each block re-reads the tile's weights, so
+  // 7 rows as 4 + 2 + 1 cost three passes where one does (integer sums are exact and each
+  // row's float steps are its own: the blocking changes no bit)
   int64_t r = 0;
   for (; r + 8 <= t.rows; r += 8) rows_avx512vnni<kGroup, kMins, kHalf, 8>(t, r);
-  if (t.rows - r >= 4) rows_avx512vnni<kGroup, kMins, kHalf, 4>(t, r), r += 4;
-  if (t.rows - r >= 2) rows_avx512vnni<kGroup, kMins, kHalf, 2>(t, r), r += 2;
-  if (t.rows - r >= 1) rows_avx512vnni<kGroup, kMins, kHalf, 1>(t, r);
+  switch (t.rows - r) {
+    case 7: rows_avx512vnni<kGroup, kMins, kHalf, 7>(t, r); break;
+    case 6: rows_avx512vnni<kGroup, kMins, kHalf, 6>(t, r); break;
+    case 5: rows_avx512vnni<kGroup, kMins, kHalf, 5>(t, r); break;
+    case 4: rows_avx512vnni<kGroup, kMins, kHalf, 4>(t, r); break;
+    case 3: rows_avx512vnni<kGroup, kMins, kHalf, 3>(t, r); break;
+    case 2: rows_avx512vnni<kGroup, kMins, kHalf, 2>(t, r); break;
+    case 1: rows_avx512vnni<kGroup, kMins, kHalf, 1>(t, r); break;
+    default: break;
+  }
 }
 
 template <int kGroup, bool kMins, bool kHalf>
