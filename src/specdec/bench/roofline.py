@@ -120,6 +120,18 @@ def measure_roofline(model: Any, widths: Iterable[int] = WIDTHS, repeats: int = 
                     threads=torch.get_num_threads())
 
 
+def linear_lines(target: Any) -> list[str]:
+    """How the target's linear layers compute, in words: the GGUF's own blocks (with the
+    kernel path), or the packing report."""
+    products = [m for m in target.model.modules() if isinstance(m, GroupLinear)] \
+        if isinstance(getattr(target, "model", None), nn.Module) else []
+    if products:
+        paths = sorted({m.kernel_path for m in products})
+        return [f"linear layers: the GGUF's own blocks, {len(products)} low-bit products "
+                f"(kernel path {', '.join(paths)}; rows bit-identical at every width)"]
+    return packing_lines(getattr(target, "packing", None))
+
+
 def packing_lines(report: Any) -> list[str]:
     """The runner's packing report in words."""
     if report is None:

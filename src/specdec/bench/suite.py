@@ -15,7 +15,7 @@ from specdec.bench import llamacpp
 from specdec.bench.methods import PLAIN, Method, hf_methods, specdec_method
 from specdec.bench.metrics import summarize
 from specdec.bench.report import write_outputs
-from specdec.bench.roofline import measure_roofline, packing_lines
+from specdec.bench.roofline import linear_lines, measure_roofline
 from specdec.bench.runner import Prompt, RunConfig, run
 from specdec.bench.workloads import Question, load_questions
 from specdec.drafters.factory import build_drafter, build_gamma, parse_draft, split_gammas
@@ -138,7 +138,7 @@ def run_benchmark(config: BenchConfig, target: LanguageModel, loader: Loader,
         # before the run, on the same idle machine: how far the step is from its limit
         roofline = measure_roofline(target, repeats=5)
         environment["roofline"] = roofline.as_dict()
-        environment["packing"] = packing_lines(getattr(target, "packing", None))
+        environment["packing"] = linear_lines(target)
     load_before, others = load_average(), OtherJobsMeter()
     start = time.perf_counter()
     records = run(methods, prompts, run_config)

@@ -29,7 +29,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    from specdec.bench.roofline import measure_roofline, packing_lines
+    from specdec.bench.roofline import linear_lines, measure_roofline
     from specdec.machine import cpu_count
     from specdec.models.loading import load_model, set_threads
     from specdec.runtime.linear import cpu_supports_bfloat16
@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
           f"native bf16: {cpu_supports_bfloat16()}")
     dtype = str(model.model.dtype).removeprefix("torch.")
     print(f"target {model.name} in {dtype} on {model.device}")
-    for line in packing_lines(getattr(model, "packing", None)):
+    for line in linear_lines(model):
         print(line)
     print("measuring (bandwidth, then forwards of 1..16 tokens) ...", file=sys.stderr,
           flush=True)
