@@ -12,9 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from specdec import SamplingParams, SpeculativeDecoder
+from identity_checks import check_greedy_identity, check_seeded_identity
 from specdec.drafters.factory import build_drafter
-from specdec.drafters.model import ModelDrafter
 from specdec.models import wrap
 from specdec.runtime import linear as linear_module
 from specdec.runtime.attention import blocked_attention, causal_mask
@@ -182,9 +181,6 @@ def test_blocked_attention_matches_sdpa():
 
 # --- what the numerics buy: identity of outputs in bfloat16 ------------------------------
 
-PROMPTS = [[1, 2, 3, 4, 1, 2, 3], [7] * 5, [5, 9, 11, 5, 9, 40, 41], [30, 31, 32, 33, 34, 35]]
-
-
 @pytest.fixture(scope="module")
 def bf16_pair():
     model = small_decoder("qwen2", torch.bfloat16, seed=11)
@@ -197,34 +193,11 @@ def bf16_pair():
 @pytest.mark.parametrize("spec", ["ngram", "model", "self@int4", "self@int8",
                                   "ngram+self@int4@vocab=40"])
 def test_bf16_speculative_greedy_equals_plain_greedy(bf16_pair, spec):
-    target, draft = bf16_pair
-    params = SamplingParams(temperature=0, max_new_tokens=24, ignore_eos=True)
-    accepted = 0
-    for prompt in PROMPTS:
-        expected = SpeculativeDecoder(target, None).generate(prompt, params).tokens
-        for gamma in (1, 3, 6):
-            drafter = ModelDrafter(draft) if spec == "model" else \
-                build_drafter(spec, target, None)
-            got = SpeculativeDecoder(target, drafter, gamma=gamma).generate(prompt, params)
-            assert got.tokens == expected, (spec, prompt, gamma)
-            accepted += got.stats.accepted
-    assert accepted > 0
+    check_greedy_identity(*bf16_pair, spec)
 
 
 def test_bf16_seeded_coupled_text_is_the_same_for_every_drafter_gamma_and_slot(bf16_pair):
-    target, draft = bf16_pair
-    params = [SamplingParams(temperature=1.0, seed=100 + i, max_new_tokens=20, ignore_eos=True)
-              for i in range(len(PROMPTS))]
-    plain = SpeculativeDecoder(target, None)
-    expected = [plain.generate(p, s).tokens for p, s in zip(PROMPTS, params, strict=True)]
-    for drafter, gamma in [(ModelDrafter(draft), 2), (ModelDrafter(draft), 5),
-                           (build_drafter("ngram", target, None), 4)]:
-        decoder = SpeculativeDecoder(target, drafter, gamma=gamma)
-        for prompt, param, tokens in zip(PROMPTS, params, expected, strict=True):
-            assert decoder.generate(prompt, param).tokens == tokens
-        # the same requests in one batch, in reversed slots
-        batched = decoder.generate_batch(PROMPTS[::-1], params[::-1], max_batch_size=4)
-        assert [r.tokens for r in batched] == expected[::-1]
+    check_seeded_identity(*bf16_pair)
 
 
 def test_self_drafter_of_a_packed_target_quantizes_and_shares_its_packed_layers(bf16_pair):
