@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from specdec.models.fetch import cache_dir
+from specdec.cache import cache_dir
 
 SOURCES = tuple(Path(__file__).with_name(name)
                 for name in ("group_gemm.cpp", "decoder_ops.cpp", "gguf_ops.cpp"))
