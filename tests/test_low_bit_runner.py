@@ -11,55 +11,40 @@ import copy
 import pytest
 import torch
 
-from identity_checks import check_greedy_identity, check_seeded_identity
+from identity_checks import (
+    check_batch_rows,
+    check_greedy_identity,
+    check_seeded_identity,
+    check_widths,
+    one_token_logits,
+)
 from specdec.runtime.group_weights import GroupQuantized
 from specdec.runtime.rows import StaticRows
 from specdec.runtime.static import StaticCausalLM
 from tiny import low_bit, perturbed, small_decoder
 
-WIDTHS = range(1, 17)
-
-
-def _one_token_logits(runner, prompt: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    runner.prefill(prompt)
-    return torch.cat([runner.extend(tokens[:, i:i + 1]) for i in range(tokens.shape[1])], 1)
-
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 def test_k_token_rows_equal_one_token_forwards_bit_for_bit(kind):
     runner = low_bit(small_decoder(kind, torch.float32, intermediate=512))
-    generator = torch.Generator().manual_seed(1)
-    prompt = torch.randint(0, 96, (1, 70), generator=generator)  # past one key block
-    tokens = torch.randint(0, 96, (1, 16), generator=generator)
-    reference = _one_token_logits(runner, prompt, tokens)
-    base = prompt.shape[1] - 1
-    for k in WIDTHS:
-        runner.rollback(runner.cached_length - base)
-        assert torch.equal(runner.extend(tokens[:, :k]), reference[:, :k]), k
+    prompt, tokens, reference = check_widths(runner)
     # a tree's nodes are the bits of their root paths' line forwards
+    base = prompt.shape[1] - 1
     path = tokens[:, [0, 2, 3]]
-    line = _one_token_logits(runner, prompt, path)
+    line = one_token_logits(runner, prompt, path)
     runner.rollback(runner.cached_length - base)
     logits = runner.extend_tree(tokens[:, :4], [-1, 0, 0, 2])
     assert torch.equal(logits[:, [0, 1]], reference[:, :2])
     assert torch.equal(logits[:, [0, 2, 3]], line)
     runner.accept_path([0, 2, 3])  # the kept path's cache continues like the line's
     after = runner.extend(tokens[:, 4:5])
-    _one_token_logits(runner, prompt, path)
+    one_token_logits(runner, prompt, path)
     assert torch.equal(after, runner.extend(tokens[:, 4:5]))
 
 
 def test_batch_rows_equal_their_one_token_forwards():
     runner = low_bit(small_decoder("qwen2", torch.float32, intermediate=512))
-    rows = StaticRows(runner.fork(), max_rows=4)
-    generator = torch.Generator().manual_seed(2)
-    prompts = [torch.randint(0, 96, (1, n), generator=generator) for n in (5, 80, 33)]
-    blocks = torch.randint(0, 96, (3, 6), generator=generator)
-    expected = [_one_token_logits(runner, p, blocks[i:i + 1]) for i, p in enumerate(prompts)]
-    rows.add_many(prompts)
-    got = torch.cat([rows.extend(blocks[:, :4]), rows.extend(blocks[:, 4:])], 1)
-    for i in range(3):
-        assert torch.equal(got[i], expected[i][0]), i
+    check_batch_rows(runner, StaticRows(runner.fork(), max_rows=4))
 
 
 def test_logits_follow_the_dequantized_model():

@@ -12,7 +12,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from identity_checks import check_greedy_identity, check_seeded_identity
+from identity_checks import (
+    check_batch_rows,
+    check_greedy_identity,
+    check_seeded_identity,
+    check_widths,
+)
 from specdec.drafters.factory import build_drafter
 from specdec.models import wrap
 from specdec.runtime import linear as linear_module
@@ -24,7 +29,6 @@ from tiny import perturbed, small_decoder
 
 DTYPES = [torch.bfloat16, torch.float32]
 KINDS = ["llama", "qwen2"]
-WIDTHS = range(1, 17)
 
 
 def _require_one_numerics(runner) -> None:
@@ -36,11 +40,6 @@ def _require_one_numerics(runner) -> None:
         pytest.skip(f"this machine does not give one numerics: {report.skipped or 'probe'}")
 
 
-def _one_token_logits(runner, prompt: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    runner.prefill(prompt)
-    return torch.cat([runner.extend(tokens[:, i:i + 1]) for i in range(tokens.shape[1])], 1)
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", KINDS)
 def test_k_token_rows_equal_one_token_forwards_bit_for_bit(kind, dtype):
@@ -48,20 +47,7 @@ def test_k_token_rows_equal_one_token_forwards_bit_for_bit(kind, dtype):
     if dtype == torch.bfloat16:
         _require_one_numerics(runner)
     assert runner.packing.packed > 0 and runner.packing.row_invariant
-    generator = torch.Generator().manual_seed(1)
-    prompt = torch.randint(0, 96, (1, 70), generator=generator)  # past one key block
-    tokens = torch.randint(0, 96, (1, 16), generator=generator)
-    reference = _one_token_logits(runner, prompt, tokens)
-    base = prompt.shape[1] - 1
-    for k in WIDTHS:
-        runner.rollback(runner.cached_length - base)
-        assert torch.equal(runner.extend(tokens[:, :k]), reference[:, :k]), k
-    # blocks of mixed widths after rollbacks reach the same bits
-    runner.rollback(runner.cached_length - base)
-    runner.extend(tokens[:, :5])
-    runner.rollback(3)
-    got = torch.cat([runner.extend(tokens[:, 2:9]), runner.extend(tokens[:, 9:16])], 1)
-    assert torch.equal(got, reference[:, 2:16])
+    check_widths(runner)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -70,14 +56,7 @@ def test_batch_rows_equal_their_one_token_forwards(dtype):
     single, rows = wrap(model), StaticRows(wrap(model), max_rows=4)
     if dtype == torch.bfloat16:
         _require_one_numerics(single)
-    generator = torch.Generator().manual_seed(2)
-    prompts = [torch.randint(0, 96, (1, n), generator=generator) for n in (5, 80, 33)]
-    blocks = torch.randint(0, 96, (3, 6), generator=generator)
-    expected = [_one_token_logits(single, p, blocks[i:i + 1]) for i, p in enumerate(prompts)]
-    rows.add_many(prompts)
-    got = torch.cat([rows.extend(blocks[:, :4]), rows.extend(blocks[:, 4:])], 1)
-    for i in range(3):
-        assert torch.equal(got[i], expected[i][0]), i
+    check_batch_rows(single, rows)
 
 
 def test_single_rows_are_padded_where_the_probe_sees_them_differ():
