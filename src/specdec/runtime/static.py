@@ -419,16 +419,12 @@ class StaticCausalLM(HFModel):
                    chunk: int | None, trees: list[TreeLayout] | None = None) -> torch.Tensor:
         rows, width, _ = x.shape
         shape = (rows, width, -1, self.head_dim)
-        q, k, v = block.qkv(x)
+        q, k, v = self._qkv(attn, block, x)
         heads = q.shape[-1] // self.head_dim
-        if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm per head before rotary
-            q = attn.q_norm(q.reshape(shape)).flatten(2)
-            k = attn.k_norm(k.reshape(shape)).flatten(2)
         # queries and keys rotated together, in float32 like the cache and attention
-        qk = torch.cat([q, k], dim=-1).view(shape).float()
-        qk = _rotate(qk.transpose(1, 2), cos, sin)
+        qk = _rotate(torch.cat([q, k], dim=-1).view(shape).transpose(1, 2), cos, sin)
         q, k = qk[:, :heads], qk[:, heads:]
-        v = v.reshape(shape).transpose(1, 2).float()
+        v = v.reshape(shape).transpose(1, 2)
         keys, values = cache.keys[index], cache.values[index]
         if slots.shape[0] == 1:  # every row writes the same slots
             keys.index_copy_(2, slots[0], k)
