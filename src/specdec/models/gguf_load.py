@@ -9,12 +9,14 @@ transformers' modeling code nor a converted bf16 copy is read.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from specdec.errors import ModelLoadError
 from specdec.models.gguf_file import GGUFFile
 from specdec.models.gguf_model import (
     GGUFDecoderConfig,
+    GGUFDecoderSpec,
     load_weights,
     read_decoder_spec,
 )
@@ -23,38 +25,40 @@ from specdec.runtime.low_bit_decoder import DecoderConfig, build_decoder
 from specdec.runtime.static import StaticCausalLM
 
 
-def low_bit_unsupported(path: Path) -> str | None:
-    """Why the low-bit runner cannot run this GGUF, or None when it can."""
+@dataclass(frozen=True)
+class LowBitSource:
+    """A GGUF the low-bit runner runs, opened and its decoder spec read once."""
+
+    path: Path
+    file: GGUFFile
+    spec: GGUFDecoderSpec
+
+
+def open_low_bit(path: Path) -> LowBitSource | str:
+    """The GGUF opened for the low-bit runner, or why the runner cannot run it."""
     try:
-        spec = read_decoder_spec(GGUFFile(path))
+        file = GGUFFile(path)
+        spec = read_decoder_spec(file)
     except ModelLoadError as error:
         return str(error)
-    return _unsupported(spec.config)
+    if spec.config.rope_scaling is not None:
+        return f"rotary scaling {spec.config.rope_scaling.get('type')!r}"
+    return LowBitSource(path, file, spec)
 
 
-def load_low_bit(path: Path, name: str, sha256: str | None = None) -> StaticCausalLM:
+def load_low_bit(source: LowBitSource, name: str, sha256: str | None = None) -> StaticCausalLM:
     """The static runner over the GGUF's own blocks; its tokenizer from the verified cache
     (sha256: the file's, when the caller has verified it; else computed or remembered)."""
-    file = GGUFFile(path)
-    spec = read_decoder_spec(file)
-    why = _unsupported(spec.config)
-    if why is not None:
-        raise ModelLoadError(f"{name}: the low-bit runner cannot run it: {why}")
+    file, spec = source.file, source.spec
     # the tokenizer (mostly Python) loads while the weights are decoded and packed (compiled
     # ops that leave the interpreter free): start-up pays for the longer of the two
     with ThreadPoolExecutor(max_workers=1) as pool:
-        tokenizer = pool.submit(load_gguf_tokenizer, path, sha256)
+        tokenizer = pool.submit(load_gguf_tokenizer, source.path, sha256)
         eos = file.metadata("tokenizer.ggml.eos_token_id")
         config = _decoder_config(spec.config, name, () if eos is None else (int(eos),))
         decoder = build_decoder(config, load_weights(file, spec))
         tokenizer = tokenizer.result()
     return StaticCausalLM(decoder, tokenizer, name, pack=False)
-
-
-def _unsupported(config: GGUFDecoderConfig) -> str | None:
-    if config.rope_scaling is not None:
-        return f"rotary scaling {config.rope_scaling.get('type')!r}"
-    return None
 
 
 def _decoder_config(config: GGUFDecoderConfig, name: str, eos: tuple[int, ...]

@@ -19,7 +19,7 @@ from specdec.errors import ModelLoadError, UsageError
 from specdec.language_model import LanguageModel
 from specdec.models.convert import CopyKey, dtype_name, load_copy, save_copy, sha256_file
 from specdec.models.fetch import Downloader, ensure_model, pip_download
-from specdec.models.gguf_load import load_low_bit, low_bit_unsupported
+from specdec.models.gguf_load import LowBitSource, load_low_bit, open_low_bit
 from specdec.models.registry import REGISTRY, get_entry
 from specdec.runtime.device import resolve_device
 from specdec.runtime.linear import cpu_supports_bfloat16
@@ -59,9 +59,9 @@ def load_model(spec: str | os.PathLike, dtype: str | torch.dtype | None = None,
     if text in REGISTRY:
         entry = get_entry(text)
         if low_bit:
-            path = ensure_model(text, downloader)
-            if _runs_low_bit(path, dtype):
-                return load_low_bit(path, text, entry.sha256)
+            source = _low_bit_source(ensure_model(text, downloader), dtype)
+            if source is not None:
+                return load_low_bit(source, text, entry.sha256)
         key = CopyKey(entry.filename, entry.sha256, dtype_name(torch_dtype))
         # with a verified copy at hand the GGUF is not needed: not even fetched or hashed
         return _load_gguf(lambda: ensure_model(text, downloader), key, torch_dtype, text,
@@ -73,8 +73,9 @@ def load_model(spec: str | os.PathLike, dtype: str | torch.dtype | None = None,
                              "transformers directory (pick bfloat16 or float32)")
         return _load_directory(path, torch_dtype, **runner)
     if path.suffix.lower() == ".gguf" or path.is_file():
-        if low_bit and _is_gguf(path) and _runs_low_bit(path, dtype):
-            return load_low_bit(path, path.name)
+        source = _low_bit_source(path, dtype) if low_bit and _is_gguf(path) else None
+        if source is not None:
+            return load_low_bit(source, path.name)
         return _load_file(path, torch_dtype, convert, **runner)
     if os.sep in text or "/" in text or text.startswith("."):
         raise ModelLoadError(f"no such model file or directory: {text}")
@@ -98,18 +99,18 @@ def _low_bit_allowed(dtype: str | torch.dtype | None, device: torch.device, comp
     return dtype in (LOW_BIT, None) and why is None
 
 
-def _runs_low_bit(path: Path, dtype: str | torch.dtype | None) -> bool:
-    """The GGUF is one the low-bit runner runs (asked for explicitly, it must be), and it
-    was asked for or measured faster here (the calibration runs only now: for a GGUF it
-    applies to, once the file is at hand)."""
-    why = low_bit_unsupported(path)
-    if why is not None and dtype == LOW_BIT:
-        raise ModelLoadError(f"{path.name}: dtype {LOW_BIT!r}: {why}")
-    if why is not None:
-        return False
+def _low_bit_source(path: Path, dtype: str | torch.dtype | None) -> LowBitSource | None:
+    """The GGUF opened for the low-bit runner where it runs it (asked for explicitly, it must)
+    and it was asked for or measured faster here (the calibration runs only now: for a GGUF
+    it applies to, once the file is at hand); else None."""
+    source = open_low_bit(path)
+    if isinstance(source, str):
+        if dtype == LOW_BIT:
+            raise ModelLoadError(f"{path.name}: dtype {LOW_BIT!r}: {source}")
+        return None
     from specdec.runtime.low_bit_choice import low_bit_verdict
 
-    return dtype == LOW_BIT or low_bit_verdict().faster
+    return source if dtype == LOW_BIT or low_bit_verdict().faster else None
 
 
 def _is_gguf(path: Path) -> bool:
