@@ -156,23 +156,20 @@ def test_a_failing_tree_row_leaves_alone(target, how):
 
 
 def test_a_row_failing_in_its_verification_leaves_alone(target, monkeypatch):
-    import specdec.batch_trees as batch_trees
-
     params = [_params("coupled", 7 + i, n) for i, n in enumerate(LENGTHS)]
     decoder = SpeculativeDecoder(target, _drafter(target), GAMMA)
     loop = decoder.batch(make_rows(target, 4))
     added = loop.add_many([(torch.tensor([p]), q) for p, q in zip(PROMPTS, params,
                                                                   strict=True)])
-    original, calls = batch_trees.judge_tree, [0]
+    original, calls = added[2].judge, [0]
 
-    def broken(seq, *args):
-        if seq is added[2]:
-            calls[0] += 1
-            if calls[0] == 2:
-                raise RuntimeError("judge broke")
-        return original(seq, *args)
+    def broken(*args):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise RuntimeError("judge broke")
+        return original(*args)
 
-    monkeypatch.setattr(batch_trees, "judge_tree", broken)
+    monkeypatch.setattr(added[2], "judge", broken)
     outcomes = []
     index = {id(s): i for i, s in enumerate(added)}
     tokens: dict[int, list[int]] = {i: [] for i in range(4)}

@@ -54,7 +54,7 @@ def fail_at(sequence, method: str, call: int) -> None:
     setattr(sequence, method, broken)
 
 
-@pytest.mark.parametrize("method", ["judge", "propose", "advance"])
+@pytest.mark.parametrize("method", ["judge", "draft", "advance"])
 def test_a_failing_row_leaves_alone_and_the_others_are_untouched(decoder, method) -> None:
     loop = decoder.batch(make_rows(decoder.target, 4))
     added = loop.add_many([(torch.tensor([p]), GREEDY) for p in PROMPTS])

@@ -102,7 +102,7 @@ def test_cpu_server_picks_float32_when_it_batches_without_packed_bf16() -> None:
 
 def test_suffix_trees_in_the_batch_give_plain_greedy_text(pair) -> None:
     """`--draft suffix`: concurrent requests share steps that verify each row's suffix tree
-    (batch_trees.py); every client gets plain greedy's text, with drafts accepted."""
+    (step.py); every client gets plain greedy's text, with drafts accepted."""
     target, _ = pair
     jobs = [(f"{'abcab' * (2 + i)} {i}: abcab", 24 + 4 * i) for i in range(4)]
     want = alone(target, jobs)

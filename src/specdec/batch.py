@@ -1,12 +1,12 @@
 """The decoding loop over rows: sequences join and leave between steps (continuous batching).
 
-Each step every active sequence drafts its own gamma_i tokens; ONE target forward scores all
-of them (blocks padded to a common width); ONE vectorized call verifies every row with its own
-rule and randomness (verify_rows.py), read back in one host sync; each sequence rolls back
-its own positions; a finished sequence leaves without disturbing the others. A drafter with
-rows (`Drafter.batched`) drafts every row in one forward per draft position; others draft
-row by row. Batch 1 (SpeculativeDecoder.stream) is this loop with one row. Rows whose drafter
-proposes trees verify their trees in that same single forward (batch_trees.py).
+Each step (step.py) every active sequence drafts its own block, a line of gamma_i drafts or a
+tree of gamma_i nodes; ONE target forward scores all of them; every row is verified by its
+own rule and randomness and keeps its accepted path; a finished sequence leaves without
+disturbing the others. A drafter with rows (`Drafter.batched`) drafts every row in one
+forward per draft position; others draft row by row. Batch 1 (SpeculativeDecoder.stream) is
+this loop with one row. This module keeps the rows (join, prefill, leave), decides each
+row's draft budget and lets the batch's gamma policy see every step.
 """
 
 from __future__ import annotations
@@ -17,20 +17,18 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from specdec.batch_trees import step_trees
 from specdec.control.batch import BatchGammaController
 from specdec.control.budget import tree_policy
 from specdec.control.policy import FixedGamma, GammaPolicy
-from specdec.drafters.base import Drafter, Proposal, RowDrafter
+from specdec.drafters.base import Drafter
 from specdec.noise import resolve_seed
-from specdec.row_failure import RowFailure
-from specdec.row_failure import guarded as _guarded
+from specdec.row_failure import RowFailure, guarded
 from specdec.runtime.device import StepClock
 from specdec.runtime.rows import Joining, Rows
 from specdec.sampling import SamplingParams
 from specdec.sequence import Sequence, StepEvent
+from specdec.step import run_step
 from specdec.tree_decoding import uses_trees
-from specdec.verify_rows import RowCheck, RowResult, verify_checks
 
 if TYPE_CHECKING:  # specdec.grammar imports llguidance: only requests with a constraint do
     from specdec.grammar import GrammarCompiler
@@ -200,40 +198,12 @@ class BatchDecoder:
         sequences = list(self.sequences)
         if not sequences:
             return []
-        clock = self.clock
         started = time.perf_counter()
-        gammas = self.gammas(sequences)
-        if any(s.trees for s in sequences):  # a tree for each such row (batch_trees.py)
-            tree = step_trees(self.rows, clock, sequences, gammas)
-            self._observe(sequences, tree.width, tree.forward_marks, tree.drafted)
-            return self._conclude(sequences, tree.events, tree.failures, tree.width > 1,
-                                 started)
-        failures: dict[int, Exception] = {}
-        if self._row_drafter is None:
-            drafts = [_guarded(failures, i, seq.propose, k, clock) for i, (seq, k) in
-                      enumerate(zip(sequences, gammas, strict=True))]
-        else:
-            drafts = self._draft_rows(self._row_drafter, sequences, gammas, failures)
-        drafts = [_NO_DRAFTS if d is None else d for d in drafts]
-        width = 1 + max(d.shape[1] for d in drafts)
-        block = torch.zeros(len(sequences), width, dtype=torch.long, device=self.rows.device)
-        for i, (seq, d) in enumerate(zip(sequences, drafts, strict=True)):
-            block[i, 0] = seq.pending  # the context's last token: not yet in the cache
-            block[i, 1:1 + d.shape[1]] = d[0]
-        t0 = clock.mark()
-        logits = self.rows.extend(block)  # p_1..p_{k+1} of every row, one forward
-        marks = (t0, clock.mark())
-        checks = [None if i in failures else
-                  _guarded(failures, i, seq.prepare, logits[i:i + 1, : d.shape[1] + 1])
-                  for i, (seq, d) in enumerate(zip(sequences, drafts, strict=True))]
-        verdicts = _verify(checks, failures)  # every row at once: one host sync
-        events = [None if v is None else _guarded(failures, i, seq.judge, v, marks, clock)
-                  for i, (seq, v) in enumerate(zip(sequences, verdicts, strict=True))]
-        # drop each row's rejected drafts and padding: x_1..x_n stay cached (a failed row
-        # keeps its block: it leaves below)
-        self.rows.rollback([0 if e is None else width - 1 - len(e.accepted) for e in events])
-        self._observe(sequences, width, marks, sum(d.shape[1] for d in drafts))
-        return self._conclude(sequences, events, failures, width > 1, started)
+        outcome = run_step(self.rows, self.clock, sequences, self.gammas(sequences),
+                           self._row_drafter)
+        self._observe(sequences, outcome.width, outcome.forward_marks, outcome.drafted)
+        return self._conclude(sequences, outcome.events, outcome.failures, outcome.width > 1,
+                              started)
 
     def _observe(self, sequences: list[Sequence], width: int, marks: tuple[Any, Any],
                  drafted: int) -> None:
@@ -251,7 +221,7 @@ class BatchDecoder:
         out: list[tuple[Sequence, StepEvent | RowFailure]] = []
         for i, (seq, event) in enumerate(zip(sequences, events, strict=True)):
             if event is not None:
-                event = _guarded(failures, i, seq.advance, event)
+                event = guarded(failures, i, seq.advance, event)
             if i in failures:
                 out.append((seq, RowFailure(failures[i])))
                 self.remove(seq)
@@ -265,22 +235,6 @@ class BatchDecoder:
                                            if isinstance(e, StepEvent)),
                                        time.perf_counter() - started)
         return out
-
-    def _draft_rows(self, drafter: RowDrafter, sequences: list[Sequence], gammas: list[int],
-                    failures: dict[int, Exception]) -> list[torch.Tensor | None]:
-        """Every row's drafts from one drafter call (one forward per draft position); an
-        error of that call costs every row its drafts this step, as a row's own drafter's
-        would cost it its own."""
-        t0 = self.clock.mark()
-        proposals: list[Proposal | Exception]
-        try:
-            proposals = drafter.propose([seq.draft_request(k) for seq, k in
-                                         zip(sequences, gammas, strict=True)])
-        except Exception as error:
-            proposals = [error] * len(sequences)
-        marks, share = (t0, self.clock.mark()), 1 / len(sequences)
-        return [None if i in failures else _guarded(failures, i, seq.offer, p, k, marks, share)
-                for i, (seq, p, k) in enumerate(zip(sequences, proposals, gammas, strict=True))]
 
     def gammas(self, sequences: list[Sequence]) -> list[int]:
         """Each row's draft budget this step (its own policy's, or the batch policy's)."""
@@ -304,29 +258,6 @@ class BatchDecoder:
         if self._prototype is None:
             return None
         return self._prototype.fork()  # ValueError when it cannot
-
-
-_NO_DRAFTS = torch.zeros(1, 0, dtype=torch.long)
-
-
-def _verify(checks: list[RowCheck | None],
-            failures: dict[int, Exception]) -> list[RowResult | None]:
-    """Every checked row's verdict in one vectorized call. Should that call raise, each row
-    is verified alone (a row's verdict does not depend on the others), so that only a row
-    whose own inputs break it fails."""
-    live = [i for i, check in enumerate(checks) if check is not None]
-    try:
-        results = verify_checks([checks[i] for i in live])  # type: ignore[misc]
-    except Exception:
-        results = [_guarded(failures, i, _verify_one, checks[i]) for i in live]
-    verdicts: list[RowResult | None] = [None] * len(checks)
-    for i, result in zip(live, results, strict=True):
-        verdicts[i] = result
-    return verdicts
-
-
-def _verify_one(check: RowCheck) -> RowResult:
-    return verify_checks([check])[0]
 
 
 def forks(drafter: Any) -> bool:

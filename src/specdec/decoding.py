@@ -79,7 +79,7 @@ class SpeculativeDecoder:
         """Yield one StepEvent per target call until a stop token or max_new_tokens.
 
         A tree drafter (`--draft suffix`) on a target that verifies trees gets a tree per
-        step (batch_trees.py, one row); elsewhere drafts are lines."""
+        step (step.py, one row); elsewhere drafts are lines."""
         params = params or SamplingParams()
         prompt_ids = self.encode(prompt)
         self.check(prompt_ids, params)

@@ -1,11 +1,13 @@
 """One sequence being decoded: its drafts, its verification, its output (Algorithm 1's body).
 
 A Sequence owns everything that is per request: sampling parameters, random generator, gamma
-policy, drafter, context, penalties history and statistics. The target forward that verifies
-its drafts is not here: the loop (batch.py) runs one forward for all sequences of a step and
-hands each its rows of logits; the verification of every row is one vectorized call
-(verify_rows.py) between `prepare` and `judge`. The target's cache holds the context minus
-its last (pending) token; after verification it is cut back to the accepted prefix.
+policy, drafter, context, penalties history and statistics, and every change to them. The
+target forward that verifies its drafts is not here: the step (step.py) runs one forward for
+every sequence's `draft` block and hands each its logits; `prepare` turns them into a check,
+the step verifies every row's check (line rows in one vectorized call, verify_rows.py; tree
+rows each, tree_decoding.py), `judge` takes the verdict and says which block nodes the cache
+keeps, `advance` appends the output. The target's cache holds the context minus its last
+(pending) token.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from specdec.acceptance import AcceptanceRule
-from specdec.control.policy import GammaPolicy, StepRecord
+from specdec.control.policy import GammaPolicy, StepRecord, TreePolicy
 from specdec.drafters.base import Drafter, DraftRequest, GuidedDrafter, Proposal
+from specdec.drafters.tree import DraftTree, TreeDrafter
 from specdec.runtime.device import StepClock
+from specdec.runtime.tree_attention import is_chain
 from specdec.sampling import (
     SamplingParams,
     TokenHistory,
@@ -32,7 +36,9 @@ from specdec.sampling import (
     token_logprobs,
 )
 from specdec.stats import GenerationStats
+from specdec.tree_decoding import TreeCheck, propose_tree, tree_block, tree_outcome
 from specdec.verify_rows import RowCheck, RowResult
+from specdec.verify_tree import TreeVerdict
 
 if TYPE_CHECKING:  # specdec.grammar imports llguidance: only requests with a constraint do
     from specdec.grammar import GrammarMatcher
@@ -60,8 +66,25 @@ class StepEvent:
 
 
 @dataclass
+class Block:
+    """A row's part of the step's forward: tokens [n] on the target's device, node 0 the
+    pending token and the drafts after it, and each node's parent (a line is a chain)."""
+
+    tokens: torch.Tensor
+    parents: list[int]
+
+    @property
+    def size(self) -> int:
+        return len(self.parents)
+
+    @property
+    def is_chain(self) -> bool:
+        return is_chain(self.parents)
+
+
+@dataclass
 class _Step:
-    """A step in flight: the proposal and what it cost."""
+    """A line step in flight: the proposal and what it cost."""
 
     proposal: Proposal
     drafts: torch.Tensor  # on the target's device
@@ -72,9 +95,22 @@ class _Step:
     forced_at: list[bool] = field(default_factory=list)  # a constraint's one-token masks
 
 
+@dataclass
+class _TreeStep:
+    """A tree step in flight: the tree, its block (tokens, parents) and what it cost."""
+
+    tree: DraftTree
+    tokens: list[int]  # the block's: the pending token, then the tree's nodes
+    parents: list[int]
+    drafter_marks: tuple[Any, Any]
+    budget: int  # the node budget the drafter was given
+    logits: torch.Tensor | None = None  # the target's, masked by the constraint
+    forced_at: list[bool] = field(default_factory=list)  # per block node
+
+
 class Sequence:
-    """A request's decoding state; `propose`, `prepare` the target's logits (verified with
-    the step's other rows), `judge` the verdict, then `advance`."""
+    """A request's decoding state; `draft` a block, `prepare` the target's logits (verified
+    with the step's other rows), `judge` the verdict, then `advance`."""
 
     def __init__(self, prompt_ids: torch.Tensor, context: torch.Tensor, params: SamplingParams,
                  drafter: Drafter | None, policy: GammaPolicy, stop_ids: set[int],
@@ -85,7 +121,7 @@ class Sequence:
         self.params = params
         self.drafter = drafter  # None when the loop drafts for every row at once
         self.drafter_name = drafter.name if drafter is not None else drafter_name
-        self.trees = trees  # drafts and verifies trees (batch_trees.py), fixed for the request
+        self.trees = trees  # drafts and verifies trees (tree_decoding.py), fixed for the request
         self.grammar = grammar  # the constraint's matcher at the end of the output, or None
         self._forced: list[int] = []  # the step's forced drafts, before the drafter's
         # per token of the step's event: whether the mask forced it (counted by `advance`)
@@ -101,7 +137,7 @@ class Sequence:
         # penalties: tokens seen so far and output counts, on the target's device
         self.history = TokenHistory.of(context.to(device), context.shape[1],
                                        vocab_size) if params.penalized else None
-        self._step: _Step | None = None
+        self._step: _Step | _TreeStep | None = None
         self.last_drafter_s = 0.0  # the last step's drafting time
         self.last_betas, self.last_beta_count = 0.0, 0  # the last step's examined betas
 
@@ -125,9 +161,11 @@ class Sequence:
         """The policy's gamma within the room (draft_room)."""
         return min(self.policy.choose(), self.draft_room)
 
-    def propose(self, k: int, clock: StepClock) -> torch.Tensor:
-        """Draft up to k tokens with this sequence's drafter; returns them [1, k'] on the
-        target's device."""
+    def draft(self, k: int, clock: StepClock) -> Block:
+        """This step's block: the pending token, then a tree of at most k nodes (a tree row)
+        or a line of at most k drafts from this sequence's drafter."""
+        if self.trees:
+            return self._draft_tree(k, clock)
         t0 = clock.mark()
         proposal: Proposal | Exception = Proposal.empty(1)
         if self.drafter is not None and k > 0:
@@ -163,10 +201,10 @@ class Sequence:
         return DraftRequest(context, k, self.params, self.generator, history, guide)
 
     def offer(self, proposal: Proposal | Exception, k: int, marks: tuple[Any, Any],
-              share: float = 1.0) -> torch.Tensor:
-        """Take the step's proposal (or its drafter's error), drafted between the clock's
-        marks; share: this row's part of that time (drafts for several rows at once).
-        Returns the drafts [1, k'] on the target's device."""
+              share: float = 1.0) -> Block:
+        """Take the step's line proposal (or its drafter's error), drafted between the
+        clock's marks; share: this row's part of that time (drafts for several rows at
+        once). Returns the line's block."""
         if isinstance(proposal, Exception):
             self.drafter_failed(proposal)
             proposal = Proposal.empty(1)
@@ -182,14 +220,36 @@ class Sequence:
             self._forced = []
         drafts = proposal.tokens.to(self.device, non_blocking=True)  # moved once
         self._step = _Step(proposal, drafts, marks, share)
-        return drafts
+        pending = torch.tensor([self.pending]).to(self.device, non_blocking=True)
+        return Block(torch.cat([pending, drafts[0]]), list(range(-1, drafts.shape[1])))
 
-    def prepare(self, logits: torch.Tensor) -> RowCheck:
-        """The proposal's verification inputs against the target's logits [1, k + 1, V]
-        (p_1..p_{k+1}): penalties and filters applied, on the target's device. The loop
-        verifies every row's check together (verify_rows.verify_checks), then `judge`s."""
-        assert self._step is not None, "prepare() without propose()"
+    def _draft_tree(self, budget: int, clock: StepClock) -> Block:
+        """The drafter's tree within the budget (a TreePolicy also caps its depth); a
+        drafter that fails costs this step its drafts, never correctness."""
+        t0 = clock.mark()
+        tree, policy = DraftTree.empty(), self.policy
+        if budget > 0 and isinstance(self.drafter, TreeDrafter):
+            depth = min(policy.depth_cap(budget), budget) if isinstance(policy, TreePolicy) \
+                else budget
+            try:
+                tree = propose_tree(self.drafter, self.context, budget, depth, self.params,
+                                    self.generator)
+            except Exception as error:
+                self.drafter_failed(error)
+        marks = (t0, clock.mark())
+        self.count_drafter_forwards(tree.forwards)
+        tokens, parents = tree_block(self.pending, tree)
+        self._step = _TreeStep(tree, tokens.tolist(), parents, marks, budget)
+        return Block(tokens.to(self.device, non_blocking=True), parents)
+
+    def prepare(self, logits: torch.Tensor) -> RowCheck | TreeCheck:
+        """The block's verification inputs against the target's logits [1, n, V] (p after
+        each node): penalties, the constraint's mask and filters applied, on the target's
+        device. The step verifies every row's check, then `judge`s."""
         step, params = self._step, self.params
+        assert step is not None, "prepare() without draft()"
+        if isinstance(step, _TreeStep):
+            return self._prepare_tree(step, logits)
         drafts = step.drafts
         k = drafts.shape[1]
         step.raw = logits
@@ -210,6 +270,19 @@ class Sequence:
         return RowCheck(drafts[0], None if q is None else q[0], target_probs[0], self.rule,
                         self.context.shape[1])  # start: the first emitted position
 
+    def _prepare_tree(self, step: _TreeStep, logits: torch.Tensor) -> TreeCheck:
+        """A tree's check: each node's p masked by the constraint along its root path
+        (trees have no penalties), before the filters as a line's."""
+        if self.grammar is not None:
+            t0 = time.perf_counter()
+            masks = self.grammar.tree_masks(step.tokens, step.parents)
+            self.stats.grammar_s += time.perf_counter() - t0
+            step.forced_at = (masks.sum(dim=-1) == 1).tolist()
+            logits = logits.float().masked_fill(~masks.to(logits.device)[None], float("-inf"))
+        step.logits = logits
+        return TreeCheck(torch.tensor(step.tokens), step.parents, logits, step.tree.probs,
+                         self.rule, self.params, self.context.shape[1])
+
     def _mask(self, logits: torch.Tensor, drafts: list[int], step: _Step) -> torch.Tensor:
         """logits [1, k + 1, V] masked by the grammar along the drafts (GrammarMatcher.
         masks_along); records which positions it forced."""
@@ -228,15 +301,6 @@ class Sequence:
 
     def count_drafter_forwards(self, forwards: int) -> None:
         self.stats.drafter_calls += forwards
-
-    def tree_masks(self, tokens: list[int], parents: list[int]) -> torch.Tensor:
-        """The constraint's mask at every node of a tree [N, V] (bool), along each node's
-        root path (GrammarMatcher.tree_masks), its time counted."""
-        assert self.grammar is not None
-        t0 = time.perf_counter()
-        masks = self.grammar.tree_masks(tokens, parents)
-        self.stats.grammar_s += time.perf_counter() - t0
-        return masks
 
     def record(self, drafted: int, accepted: int, betas: list[float], drafter_s: float,
                target_s: float, forwards: int, forced_at: list[bool],
@@ -258,23 +322,27 @@ class Sequence:
             drafted=drafted, accepted=accepted, betas=betas, drafter_s=drafter_s,
             drafter_forwards=forwards, target_s=target_s, budget=budget))
 
-    def judge(self, result: RowResult, forward_marks: tuple[Any, Any],
-              clock: StepClock) -> StepEvent:
-        """The step's event from its verdict (n, next token, drafts, betas: read back with
-        every row's in one host sync); forward_marks: the clock's marks around the target
-        forward. Records statistics and informs the gamma policy.
+    def judge(self, verdict: RowResult | TreeVerdict, forward_marks: tuple[Any, Any],
+              clock: StepClock) -> tuple[StepEvent, list[int]]:
+        """The step's event from its verdict (a line's n, next token, drafts and betas, read
+        back with every line row's in one host sync; or a tree's path); forward_marks: the
+        clock's marks around the target forward. Records statistics and informs the gamma
+        policy.
 
-        Returns the step's event (not yet cut at stop tokens: see `advance`); the caller rolls
-        the target's cache back by `rejected` + the block's padding.
+        Returns the step's event (not yet cut at stop tokens: see `advance`) and the block's
+        nodes the cache keeps (the root first: a line keeps its accepted prefix).
         """
-        assert self._step is not None, "judge() without propose()"
         step, self._step = self._step, None
-        n, next_token, draft_list, beta_list = result
+        assert step is not None, "judge() without draft()"
+        target_s = clock.seconds(*forward_marks)
+        if isinstance(step, _TreeStep):
+            assert isinstance(verdict, TreeVerdict)
+            return self._judge_tree(step, verdict, clock.seconds(*step.drafter_marks), target_s)
+        assert not isinstance(verdict, TreeVerdict)
+        n, next_token, draft_list, beta_list = verdict
         k = len(draft_list)
         if step.counted_betas:
             beta_list = [1.0] * n + [0.0] * (k - n)
-        # read after the sync: the forward is the target's time, the verification math loop time
-        target_s = clock.seconds(*forward_marks)
         drafter_s = clock.seconds(*step.drafter_marks) * step.drafter_share
         self.record(k, n, beta_list[: min(n + 1, k)], drafter_s, target_s,
                     step.proposal.forwards, step.forced_at[: n + 1])
@@ -284,7 +352,26 @@ class Sequence:
             assert step.raw is not None
             event.logprobs = token_logprobs(step.raw[0, : n + 1], event.tokens,
                                             self.params.logprobs)
-        return event
+        return event, list(range(n + 1))
+
+    def _judge_tree(self, step: _TreeStep, verdict: TreeVerdict, drafter_s: float,
+                    target_s: float) -> tuple[StepEvent, list[int]]:
+        """A tree step's event and kept nodes; its betas count what happened (1 per
+        accepted node, 0 where every child of the last was rejected)."""
+        path = verdict.path(0)
+        kept = [0, *path]
+        outcome = tree_outcome(step.tokens, step.parents, path)
+        forced_at = [step.forced_at[node] for node in kept] if step.forced_at else []
+        self.record(step.tree.size, len(path), outcome.betas,
+                    drafter_s, target_s, step.tree.forwards,
+                    forced_at, outcome.depth, step.budget)
+        event = StepEvent(accepted=outcome.accepted, rejected=outcome.rejected,
+                          next_token=int(verdict.next_token[0]), bonus=not outcome.rejected)
+        if self.params.logprobs is not None:  # the verify forward's logits: no extra forward
+            assert step.logits is not None
+            event.logprobs = token_logprobs(step.logits[0, kept], event.tokens,
+                                            self.params.logprobs)
+        return event, kept
 
     def advance(self, event: StepEvent) -> StepEvent:
         """Cut the event at a stop token or max_new_tokens, append it to the output."""
