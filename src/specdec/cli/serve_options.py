@@ -27,6 +27,14 @@ MAX_GRACE = 3600.0
 API_KEY_ENV = "SPECDEC_API_KEY"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MAX_REPLICAS = 1024
+# each flag's least and greatest value (a flag left unset, None, is not checked)
+BOUNDS = (("port", 0, 65535), ("max_queue", 0, MAX_QUEUE_LIMIT),
+          ("max_batch_size", 1, MAX_BATCH_LIMIT), ("max_tokens_limit", 1, MAX_TOKENS_CEILING),
+          ("prefill_chunk", 1, MAX_PREFILL_CHUNK), ("max_body_bytes", 1, MAX_BODY_CEILING),
+          ("shutdown_grace", 0, MAX_GRACE),
+          # also checked where the models load (model_options); here before replicas start
+          ("threads", 1, MAX_THREADS))
+REPLICA_BOUNDS = (("replicas", 1, MAX_REPLICAS), ("max_ongoing_requests", 1, 100_000))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,7 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse (parser.error) a value out of its bounds, before anything loads or starts."""
-    _check_bounds(parser, args)
+    _check_bounds(parser, args, BOUNDS)
+    try:
+        parse_budget(args.kv_cache_memory)
+    except ValueError as error:
+        parser.error(f"--kv-cache-memory: {error}")
+    if args.api_key is not None and (not args.api_key.strip() or len(args.api_key) > 4096):
+        parser.error("--api-key must be 1 to 4096 characters, not only spaces")
     check_replica_arguments(parser, args)
 
 
@@ -133,41 +147,18 @@ def check_replica_arguments(parser: argparse.ArgumentParser, args: argparse.Name
         if used:
             parser.error(f"{', '.join(used)} need --replicas")
         return
-    if not 1 <= args.replicas <= MAX_REPLICAS:
-        parser.error(f"--replicas must be in [1, {MAX_REPLICAS}], got {args.replicas}")
+    _check_bounds(parser, args, REPLICA_BOUNDS)
     if not 0 < args.replica_cpus <= 1024 or not 0 <= args.replica_gpus <= 1024:
         parser.error("--replica-cpus must be > 0 and --replica-gpus >= 0")
-    if args.max_ongoing_requests is not None and not 1 <= args.max_ongoing_requests <= 100_000:
-        parser.error("--max-ongoing-requests must be in [1, 100000]")
     if (scaling[0] is None) != (scaling[1] is None):
         parser.error("autoscaling needs both --min-replicas and --max-replicas")
     if scaling[0] is not None and not 0 <= scaling[0] <= scaling[1] <= MAX_REPLICAS:
         parser.error(f"need 0 <= --min-replicas <= --max-replicas <= {MAX_REPLICAS}")
 
 
-def _check_bounds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if not 0 <= args.port <= 65535:
-        parser.error(f"--port must be in [0, 65535], got {args.port}")
-    if not 0 <= args.max_queue <= MAX_QUEUE_LIMIT:
-        parser.error(f"--max-queue must be in [0, {MAX_QUEUE_LIMIT}], got {args.max_queue}")
-    if not 1 <= args.max_batch_size <= MAX_BATCH_LIMIT:
-        parser.error(f"--max-batch-size must be in [1, {MAX_BATCH_LIMIT}], "
-                     f"got {args.max_batch_size}")
-    if not 1 <= args.max_tokens_limit <= MAX_TOKENS_CEILING:
-        parser.error(f"--max-tokens-limit must be in [1, {MAX_TOKENS_CEILING}]")
-    try:
-        parse_budget(args.kv_cache_memory)
-    except ValueError as error:
-        parser.error(f"--kv-cache-memory: {error}")
-    if not 1 <= args.prefill_chunk <= MAX_PREFILL_CHUNK:
-        parser.error(f"--prefill-chunk must be in [1, {MAX_PREFILL_CHUNK}], "
-                     f"got {args.prefill_chunk}")
-    if not 1 <= args.max_body_bytes <= MAX_BODY_CEILING:
-        parser.error(f"--max-body-bytes must be in [1, {MAX_BODY_CEILING}]")
-    if not 0 <= args.shutdown_grace <= MAX_GRACE:  # also refuses nan
-        parser.error(f"--shutdown-grace must be in [0, {MAX_GRACE:g}] seconds")
-    if args.api_key is not None and (not args.api_key.strip() or len(args.api_key) > 4096):
-        parser.error("--api-key must be 1 to 4096 characters, not only spaces")
-    # also checked where the models load (model_options); here before replicas start
-    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
-        parser.error(f"--threads must be in [1, {MAX_THREADS}], got {args.threads}")
+def _check_bounds(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                  bounds: tuple[tuple[str, float, float], ...]) -> None:
+    for name, low, high in bounds:
+        value = getattr(args, name)
+        if value is not None and not low <= value <= high:  # also refuses nan
+            parser.error(f"--{name.replace('_', '-')} must be in [{low}, {high}], got {value}")
