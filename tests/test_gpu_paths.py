@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from specdec.cli.options import RuntimeOptions
-from specdec.cli.serve import serve_runtime
+from specdec.cli.serve_build import serve_runtime
 from specdec.runtime.low_bit_kernels import (
     LowBitChoice,
     LowBitUnsupported,

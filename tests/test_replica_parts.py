@@ -11,8 +11,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from specdec.cli import main
-from specdec.cli.serve import build_parser
-from specdec.cli.serve_replicas import check_replica_arguments, replica_args, replica_options
+from specdec.cli.serve_options import build_parser, check_replica_arguments
+from specdec.cli.serve_replicas import replica_args, replica_options
 from specdec.server.replica_metrics import Board, ClusterMetrics
 from specdec.server.replica_proxy import OpenAIErrors
 

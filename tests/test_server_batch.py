@@ -90,7 +90,7 @@ def test_sixteen_streams_in_one_batch_each_get_their_own_text(pair) -> None:
 
 
 def test_cpu_server_picks_float32_when_it_batches_without_packed_bf16() -> None:
-    from specdec.cli.serve import serve_dtype
+    from specdec.cli.serve_build import serve_dtype
 
     no_packing = "this torch build has no oneDNN (mkldnn)"
     assert serve_dtype("auto", "cpu", 8, no_packing) == "float32"  # F.linear bf16: per row

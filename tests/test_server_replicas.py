@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from server_support import char_tokenizer, free_port
 from specdec import SamplingParams, SpeculativeDecoder
-from specdec.cli.serve import build_parser
+from specdec.cli.serve_options import build_parser
 from specdec.cli.serve_replicas import ServerBuilder, replica_args, replica_options
 from specdec.models import wrap
 from specdec.server.replica_proxy import PROXY_CALLBACK, PROXY_CALLBACK_ENV

@@ -17,61 +17,12 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from specdec.cli.serve_build import build_server
+from specdec.cli.serve_options import build_parser, check_replica_arguments, warn_if_open
 from specdec.errors import SpecdecError
 
 APP_NAME = "specdec"
 INSTALL_HINT = "pip install 'specdec[cluster]'  (that is: pip install 'ray[serve]')"
-MAX_REPLICAS = 1024
-
-
-def add_replica_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group(
-        "replicas (Ray Serve; needs pip install 'specdec[cluster]'; see docs/replicas.md)")
-    group.add_argument("--replicas", type=int, default=None,
-                       help="run N replicas of the server on Ray Serve behind one endpoint "
-                       "(default: one process, no Ray); the starting count when autoscaling")
-    group.add_argument("--ray-address", default=None,
-                       help="join this Ray cluster (e.g. ray://head:10001 or auto); default: "
-                       "start a local one that stops with the command")
-    group.add_argument("--replica-cpus", type=float, default=1.0,
-                       help="Ray CPUs reserved per replica (default 1; --threads defaults to "
-                       "it)")
-    group.add_argument("--replica-gpus", type=float, default=0.0,
-                       help="GPUs per replica; a fraction shares one (default 0)")
-    group.add_argument("--max-ongoing-requests", type=int, default=None,
-                       help="requests one replica holds, running and waiting (default "
-                       "--max-batch-size + --max-queue); more wait in the proxy's queue of "
-                       "--max-queue requests, past which they get HTTP 503")
-    group.add_argument("--min-replicas", type=int, default=None,
-                       help="autoscale between --min-replicas and --max-replicas on load")
-    group.add_argument("--max-replicas", type=int, default=None,
-                       help="autoscaling's ceiling (with --min-replicas)")
-    group.add_argument("--target-ongoing-requests", type=float, default=None,
-                       help="autoscaling aims at this many requests per replica (default "
-                       "half of --max-ongoing-requests)")
-
-
-def check_replica_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    scaling = (args.min_replicas, args.max_replicas)
-    if args.replicas is None:
-        used = [flag for flag, value in (
-            ("--ray-address", args.ray_address), ("--max-ongoing-requests",
-                                                  args.max_ongoing_requests),
-            ("--min-replicas", args.min_replicas), ("--max-replicas", args.max_replicas),
-            ("--target-ongoing-requests", args.target_ongoing_requests)) if value is not None]
-        if used:
-            parser.error(f"{', '.join(used)} need --replicas")
-        return
-    if not 1 <= args.replicas <= MAX_REPLICAS:
-        parser.error(f"--replicas must be in [1, {MAX_REPLICAS}], got {args.replicas}")
-    if not 0 < args.replica_cpus <= 1024 or not 0 <= args.replica_gpus <= 1024:
-        parser.error("--replica-cpus must be > 0 and --replica-gpus >= 0")
-    if args.max_ongoing_requests is not None and not 1 <= args.max_ongoing_requests <= 100_000:
-        parser.error("--max-ongoing-requests must be in [1, 100000]")
-    if (scaling[0] is None) != (scaling[1] is None):
-        parser.error("autoscaling needs both --min-replicas and --max-replicas")
-    if scaling[0] is not None and not 0 <= scaling[0] <= scaling[1] <= MAX_REPLICAS:
-        parser.error(f"need 0 <= --min-replicas <= --max-replicas <= {MAX_REPLICAS}")
 
 
 @dataclass
@@ -81,8 +32,6 @@ class ServerBuilder:
     args: argparse.Namespace
 
     def __call__(self, metrics: Any) -> tuple[Any, Any]:
-        from specdec.cli.serve import build_server
-
         return build_server(self.args, metrics)
 
 
@@ -113,7 +62,6 @@ def app_builder(config: dict[str, str]) -> Any:
     specdec serve --replicas ...>"}` (docs/replicas.md). Host and port are the cluster's."""
     import shlex
 
-    from specdec.cli.serve import build_parser
     from specdec.server.replicas import deployment
 
     parser = build_parser()
@@ -133,16 +81,13 @@ def run_replicas(args: argparse.Namespace) -> int:
     except ImportError:
         raise SpecdecError(f"--replicas needs Ray Serve, an optional dependency: "
                            f"{INSTALL_HINT}") from None
-    from specdec.cli.serve import LOOPBACK
     from specdec.drafters.factory import build_gamma, validate_spec
     from specdec.server.replica_proxy import PROXY_CALLBACK, PROXY_CALLBACK_ENV
     from specdec.server.replicas import deployment
 
     build_gamma(args.gamma)  # the replicas would fail on these: fail before starting Ray
     validate_spec(args.draft, "--draft")
-    if args.api_key is None and args.host not in LOOPBACK:
-        print(f"specdec serve: warning: listening on {args.host} without --api-key: anyone who "
-              "can reach this port can use the model", file=sys.stderr)
+    warn_if_open(args.host, args.api_key)
     options = replica_options(args)
     build = ServerBuilder(replica_args(args, options.max_ongoing_requests))
     app = deployment(build, options)

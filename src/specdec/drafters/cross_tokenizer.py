@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from specdec.drafters.base import Drafter, Proposal
-from specdec.drafters.model import sync_cache
+from specdec.drafters.cache_sync import sync_cache
 from specdec.drafters.sample import sample_drafts
 from specdec.errors import UsageError, VocabularyMismatchError
 from specdec.language_model import LanguageModel

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from specdec.drafters.base import Drafter, DraftRequest, Proposal, RowDrafter
+from specdec.drafters.cache_sync import sync_cache
+from specdec.drafters.model_rows import model_rows
 from specdec.drafters.sample import sample_drafts
 from specdec.language_model import LanguageModel, logits_at_width
 from specdec.sampling import SamplingParams, TokenHistory
@@ -43,8 +45,6 @@ class ModelDrafter(Drafter):
     def batched(self, max_rows: int) -> RowDrafter | None:
         """Rows of the drafter model's own static cache (drafters/model_rows.py); other
         runners draft row by row."""
-        # imported here: it builds on this module, and the static runner imports transformers
-        from specdec.drafters.model_rows import model_rows
         return model_rows(self, max_rows)
 
     def warmup(self, capacity: int) -> float:
@@ -104,22 +104,3 @@ class ModelDrafter(Drafter):
         That only changes what the drafter conditions on, so only acceptance can suffer."""
         return ids if self._embeddable is None else ids.clamp_max(self._embeddable - 1)
 
-
-def sync_cache(model: LanguageModel, cached_ids: torch.Tensor,
-               ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Roll model's cache (holding cached_ids) back to its common prefix with ids.
-
-    Returns the ids now cached and the tail of ids still to feed.
-    """
-    common = min(common_prefix(cached_ids, ids), ids.shape[1] - 1)
-    common = max(common, 0)  # keep one token pending for its logits, if there is one
-    model.rollback(model.cached_length - common)
-    return ids[:, :common], ids[:, common:]
-
-
-def common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
-    """Length of the longest prefix shared by every row of a and b."""
-    n = min(a.shape[1], b.shape[1])
-    same = (a[:, :n] == b[:, :n]).all(dim=0)
-    mismatch = (~same).nonzero()
-    return int(mismatch[0]) if len(mismatch) else n

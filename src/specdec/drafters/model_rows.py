@@ -14,19 +14,33 @@ forward).
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
 from specdec.drafters.base import DraftRequest, Proposal
-from specdec.drafters.model import ModelDrafter, common_prefix
+from specdec.drafters.cache_sync import common_prefix
 from specdec.drafters.sample import DraftSampler
+from specdec.language_model import LanguageModel
 from specdec.runtime.rows import StaticRows
 from specdec.runtime.static import StaticCausalLM
+
+
+class RowSource(Protocol):
+    """What rows take from the model drafter they batch (drafters.model.ModelDrafter)."""
+
+    name: str
+    model: LanguageModel
+
+    def fit(self, ids: torch.Tensor) -> torch.Tensor: ...
+
+    def restrict(self, logits: torch.Tensor) -> torch.Tensor: ...
 
 
 class ModelRowsDrafter:
     """Rows of a model drafter (ModelDrafter.batched): its weights, ids and logits width."""
 
-    def __init__(self, drafter: ModelDrafter, model: StaticCausalLM, max_rows: int):
+    def __init__(self, drafter: RowSource, model: StaticCausalLM, max_rows: int):
         self.name = drafter.name
         self.drafter = drafter  # fits ids and restricts logits as it does alone
         self.rows = StaticRows(model, max_rows)
@@ -112,7 +126,7 @@ class ModelRowsDrafter:
             self.cached = [torch.cat([c, fed[i:i + 1]], dim=1) for i, c in enumerate(self.cached)]
 
 
-def model_rows(drafter: ModelDrafter, max_rows: int) -> ModelRowsDrafter | None:
+def model_rows(drafter: RowSource, max_rows: int) -> ModelRowsDrafter | None:
     """Rows for a model drafter on the static runner; None for other runners (row by row)."""
     if not isinstance(drafter.model, StaticCausalLM):
         return None

