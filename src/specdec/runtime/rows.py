@@ -22,12 +22,8 @@ import torch
 
 from specdec.language_model import LanguageModel
 from specdec.runtime.hf import HFModel
-from specdec.runtime.static import (
-    PREFILL_CHUNK,
-    StaticCausalLM,
-    StaticKVCache,
-    rounded_capacity,
-)
+from specdec.runtime.kv_cache import PREFILL_CHUNK, StaticKVCache, rounded_capacity
+from specdec.runtime.static import StaticCausalLM
 from specdec.runtime.tree_attention import tree_layout
 
 
@@ -400,7 +396,7 @@ class StaticRows:
             raise IndexError(f"no row {index} among {self.count}")
         if index != last:
             assert self.cache is not None
-            self.cache.move_row(last, index, self.lengths[last])
+            self.cache.write(index, self.cache.view(last, last + 1), self.lengths[last])
             self.lengths[index] = self.lengths[last]
             self.reserved[index] = self.reserved[last]
         self.lengths.pop()
