@@ -1,14 +1,15 @@
 """Batch rows: several sequences in one target forward, each at its own length.
 
-How ragged lengths live in the cache: one static buffer [rows, kv_heads, capacity, head_dim]
-per layer, each row written at its OWN positions (row i's token t at slot t). A row's cache
-is therefore always contiguous from slot 0; rows differ only in how far they reach. A step
-feeds every row a block of the same width (shorter blocks padded); row i's tokens sit at
-positions length_i .. length_i + w - 1, and the causal mask (key j visible to the query at
-position t iff j <= t) hides both the other rows' longer reach and a row's own padding.
-Rollback per row moves that row's length; the padded slots past it are overwritten later.
-Active rows are kept at indices 0..n-1: a leaving row is replaced by the last one (its
-positions copied once), so a step runs on a view of the first n rows and never gathers.
+How ragged lengths live in the cache (runtime/kv_cache.py, which keeps the tensors and each
+row's length): one static buffer [rows, kv_heads, capacity, head_dim] per layer, each row
+written at its OWN positions (row i's token t at slot t). A row's cache is therefore always
+contiguous from slot 0; rows differ only in how far they reach. A step feeds every row a
+block of the same width (shorter blocks padded); row i's tokens sit at positions
+length_i .. length_i + w - 1, and the causal mask (key j visible to the query at position t
+iff j <= t) hides both the other rows' longer reach and a row's own padding. Rollback per
+row moves that row's length; the padded slots past it are overwritten later. Active rows are
+kept at indices 0..n-1: a leaving row is replaced by the last one (its positions copied
+once), so a step runs on a view of the first n rows and never gathers.
 The price is attention over the longest row's length for every row (measured in
 benchmarks/batch.py against per-row forwards).
 """
@@ -22,12 +23,14 @@ import torch
 
 from specdec.language_model import LanguageModel
 from specdec.runtime.hf import HFModel
-from specdec.runtime.static import (
+from specdec.runtime.kv_cache import (
     PREFILL_CHUNK,
-    StaticCausalLM,
+    KVCache,
     StaticKVCache,
+    prefill_chunks,
     rounded_capacity,
 )
+from specdec.runtime.static import StaticCausalLM
 from specdec.runtime.tree_attention import tree_layout
 
 
@@ -229,16 +232,23 @@ class StaticRows:
         self.max_rows = max_rows
         self.max_bytes = max_bytes
         self.device = model.device
-        self.lengths: list[int] = []  # cached positions per row
-        self.tree_starts: list[int] | None = None  # each row's last tree's first slot
+        self.kv = KVCache(model.new_cache)  # the cache and each row's length
         self.reserved: list[int] = []  # positions each row may reach
         self.filling: list[Joining] = []  # prefills in pieces, not yet rows
-        self.cache: StaticKVCache | None = None
         self.bytes_per_position = model.kv_bytes_per_position
 
     @property
     def count(self) -> int:
-        return len(self.lengths)
+        return self.kv.count
+
+    @property
+    def lengths(self) -> list[int]:
+        """Cached positions per row."""
+        return self.kv.lengths
+
+    @property
+    def cache(self) -> StaticKVCache | None:
+        return self.kv.tensors
 
     def cache_bytes(self, rows: int, positions: int) -> int:
         return rows * rounded_capacity(positions) * self.bytes_per_position
@@ -269,21 +279,13 @@ class StaticRows:
         longest = max(lengths, default=0)
         reach = [n + 1 + max(reserve, 0) for n in lengths]
         self._ensure_shape(first + count, max([*self.reserved, *reach]))
-        assert self.cache is not None
-        rows = self.cache.view(first, first + count)
         ids = torch.zeros(count, longest, dtype=torch.long)
         for i, prompt in enumerate(prompts):
             ids[i, : lengths[i]] = prompt[0, : lengths[i]]
-        ids = ids.to(self.device)
         # the same bound on a chunk's activations and scores as one row's prefill
         chunk = max(1, PREFILL_CHUNK // max(count, 1))
-        for start in range(0, longest, chunk):
-            stop = min(start + chunk, longest)
-            positions = torch.arange(start, stop, device=self.device)[None]
-            self.model.forward_rows(ids[:, start:stop], positions, stop, rows, keep=0)
-        self.lengths.extend(lengths)
+        self.kv.add_rows(self.model.forward_rows, ids.to(self.device), lengths, chunk)
         self.reserved.extend(reach)
-        self.tree_starts = None  # rows changed: a tree before this is not kept any more
         return prompts
 
     def start(self, prompt_ids: torch.Tensor, reserve: int = 0) -> Joining:
@@ -303,10 +305,7 @@ class StaticRows:
         begin = joining.done
         stop = joining.length if tokens is None else min(joining.length, begin + max(tokens, 0))
         ids = joining.prompt_ids[:, :stop].to(self.device)
-        for start in range(begin, stop, PREFILL_CHUNK):
-            end = min(start + PREFILL_CHUNK, stop)
-            positions = torch.arange(start, end, device=self.device)[None]
-            self.model.forward_rows(ids[:, start:end], positions, end, joining.cache, keep=0)
+        prefill_chunks(self.model.forward_rows, ids, joining.cache, begin, stop)
         joining.done = stop
         return stop - begin
 
@@ -314,16 +313,10 @@ class StaticRows:
     def join(self, joining: Joining) -> torch.Tensor:
         if not joining.finished:
             self.prefill(joining, None)
-        index = self.count
-        self._ensure_shape(index + 1, max([*self.reserved, joining.positions]))
-        assert self.cache is not None and joining.cache is not None
-        length = joining.length
-        for mine, theirs in zip(self.cache.keys + self.cache.values,
-                                joining.cache.keys + joining.cache.values, strict=True):
-            mine[index, :, :length] = theirs[0, :, :length]
-        self.lengths.append(length)
+        self._ensure_shape(self.count + 1, max([*self.reserved, joining.positions]))
+        assert joining.cache is not None
+        self.kv.add_copied(joining.cache, [joining.length])
         self.reserved.append(joining.positions)
-        self.tree_starts = None
         self.abandon(joining)
         return joining.prompt_ids
 
@@ -338,16 +331,16 @@ class StaticRows:
         rows, width = tokens.shape
         if rows != self.count:
             raise ValueError(f"extend needs one block per row: {rows} blocks, {self.count} rows")
-        end = max(self.lengths) + width
+        lengths = self.lengths
+        end = max(lengths) + width
         self._ensure_shape(rows, end)
         assert self.cache is not None
-        starts = torch.tensor(self.lengths, device=self.device)
+        starts = torch.tensor(lengths, device=self.device)
         positions = starts[:, None] + torch.arange(width, device=self.device)
         logits = self.model.forward_rows(tokens.to(self.device), positions, end,
                                          self.cache.view(0, rows), keep=width)
         assert logits is not None
-        self.lengths = [n + width for n in self.lengths]
-        self.tree_starts = None
+        self.kv.advance(width)
         return logits.float()
 
     verifies_trees = True
@@ -358,54 +351,29 @@ class StaticRows:
         if rows != self.count or len(parents) != rows:
             raise ValueError(f"extend_tree needs one tree per row: {rows} blocks, "
                              f"{len(parents)} trees, {self.count} rows")
-        end = max(self.lengths) + width
+        lengths = self.lengths
+        end = max(lengths) + width
         self._ensure_shape(rows, end)
         assert self.cache is not None
         layouts = [tree_layout(padded_parents(p, width), start, self.device)
-                   for p, start in zip(parents, self.lengths, strict=True)]
+                   for p, start in zip(parents, lengths, strict=True)]
         logits = self.model.forward_tree(tokens.to(self.device), layouts, end,
                                          self.cache.view(0, rows))
-        self.tree_starts = list(self.lengths)
-        self.lengths = [n + width for n in self.lengths]
+        self.kv.advance(width, tree=True)
         return logits.float()
 
     @torch.inference_mode()
     def accept_paths(self, paths: list[list[int]]) -> None:
-        starts = self.tree_starts
-        if starts is None:
-            raise RuntimeError("accept_paths() needs a tree extend before it")
-        if len(paths) != self.count:
-            raise ValueError(f"accept_paths needs a path per row: {len(paths)} for {self.count}")
-        for row, (start, nodes) in enumerate(zip(starts, paths, strict=True)):
-            if any(not 0 <= node < self.lengths[row] - start for node in nodes):
-                raise ValueError(f"nodes {nodes} are not in row {row}'s last tree")
-        assert self.cache is not None
-        self.cache.keep_paths(starts, paths)
-        self.lengths = [start + len(nodes) for start, nodes in zip(starts, paths, strict=True)]
-        self.tree_starts = None
+        self.kv.accept_paths(paths)
 
     def rollback(self, counts: list[int]) -> None:
-        if len(counts) != self.count:
-            raise ValueError(f"rollback needs a count per row: {len(counts)} for {self.count}")
-        for i, n in enumerate(counts):
-            if n < 0 or n > self.lengths[i]:
-                raise ValueError(f"cannot roll back {n} of row {i}'s {self.lengths[i]} positions")
-        self.lengths = [length - n for length, n in zip(self.lengths, counts, strict=True)]
-        self.tree_starts = None
+        self.kv.rollback(counts)
 
     @torch.inference_mode()
     def remove(self, index: int) -> None:
-        last = self.count - 1
-        if not 0 <= index <= last:
-            raise IndexError(f"no row {index} among {self.count}")
-        if index != last:
-            assert self.cache is not None
-            self.cache.move_row(last, index, self.lengths[last])
-            self.lengths[index] = self.lengths[last]
-            self.reserved[index] = self.reserved[last]
-        self.lengths.pop()
+        self.kv.remove(index)  # raises IndexError before anything changes
+        self.reserved[index] = self.reserved[-1]
         self.reserved.pop()
-        self.tree_starts = None
         self._free_if_idle()
 
     def _check_budget(self, rows: int, reach: list[int]) -> None:
@@ -427,7 +395,7 @@ class StaticRows:
         later costs no copy); without one, rows double up to max_rows. Positions grown past
         every reserve (a longer draft block) double where the budget allows."""
         cache = self.cache
-        if cache is not None and cache.rows >= rows and cache.capacity >= positions:
+        if self.kv.covers(rows, positions):
             return
         if cache is not None and positions > cache.capacity:
             doubled = max(positions, 2 * cache.capacity)
@@ -440,17 +408,11 @@ class StaticRows:
             rows = min(self.max_rows, max(rows, allowed))
         elif cache is not None:
             rows = min(self.max_rows, max(rows, 2 * cache.rows))
-        grown = self.model.new_cache(rows, positions)
-        if cache is not None and self.lengths:
-            kept, length = self.count, max(self.lengths)
-            for mine, theirs in zip(grown.keys + grown.values, cache.keys + cache.values,
-                                    strict=True):
-                mine[:kept, :, :length] = theirs[:kept, :, :length]
-        self.cache = grown
+        self.kv.resize(rows, positions)
 
     def _free_if_idle(self) -> None:
-        if not self.lengths and not self.filling:
-            self.cache = None
+        if not self.kv.count and not self.filling:
+            self.kv.free()
 
 
 def padded_parents(parents: list[int], width: int) -> list[int]:

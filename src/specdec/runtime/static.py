@@ -5,7 +5,8 @@ modules: the runner calls the model's embedding, norms, MLPs and q/k/v/o project
 quantized linear layers work unchanged) and does attention itself, writing keys and values at
 their absolute positions. Rollback moves the write position and nothing else: slots past it
 are never attended (the causal mask only admits keys at or before a query's position) and are
-overwritten by the next extend. Prefill runs in chunks and computes no logits.
+overwritten by the next extend. Prefill runs in chunks and computes no logits. The cache and
+its length are runtime/kv_cache.py's; the runner decides how big it grows.
 
 With `compile=True` the k-token step is compiled (torch.compile; CUDA graphs on a GPU) for a
 few widths: a block of k tokens is padded up to the next width, the padded positions' logits
@@ -34,6 +35,7 @@ import torch
 from specdec.runtime.attention import blocked_attention, causal_mask, key_span, query_chunk
 from specdec.runtime.hf import HFModel
 from specdec.runtime.kernels import fused_ops_available
+from specdec.runtime.kv_cache import KVCache, StaticKVCache, rounded_capacity
 from specdec.runtime.packing import PackReport, pack_decoder, single, stacked_parts
 from specdec.runtime.tree_attention import TreeLayout, tree_layout, tree_rows_attention
 
@@ -42,8 +44,6 @@ if TYPE_CHECKING:
 
 STATIC_ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral")
 DEFAULT_WIDTHS = (1, 2, 4, 8, 16)
-PREFILL_CHUNK = 512  # bounds prefill's activations and attention scores, not just its logits
-CAPACITY_STEP = 256  # capacities are multiples of this
 # positions reserved past the prompt when the caller gives no hint (a drafter's begin does
 # not know max_new_tokens); a slot costs 2 * layers * kv_heads * head_dim values
 DEFAULT_RESERVE = 1024
@@ -76,65 +76,6 @@ def static_unsupported(model: PreTrainedModel) -> str | None:
     return None
 
 
-class StaticKVCache:
-    """Keys and values per layer, [rows, kv_heads, capacity, head_dim], written by position."""
-
-    def __init__(self, layers: int, rows: int, kv_heads: int, head_dim: int, capacity: int,
-                 dtype: torch.dtype, device: torch.device):
-        shape = (rows, kv_heads, capacity, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
-
-    @property
-    def rows(self) -> int:
-        return self.keys[0].shape[0]
-
-    @property
-    def capacity(self) -> int:
-        return self.keys[0].shape[2]
-
-    def copy_from(self, other: StaticKVCache, length: int) -> None:
-        for mine, theirs in zip(self.keys + self.values, other.keys + other.values, strict=True):
-            mine[:, :, :length] = theirs[:, :, :length]
-
-    def view(self, start: int, stop: int) -> StaticKVCache:
-        """Rows start..stop-1 as a cache sharing this one's storage (no copy)."""
-        part = object.__new__(StaticKVCache)
-        part.keys = [k[start:stop] for k in self.keys]
-        part.values = [v[start:stop] for v in self.values]
-        return part
-
-    def keep_paths(self, starts: list[int], paths: list[list[int]]) -> None:
-        """Row r's tree nodes paths[r] (node i at slot starts[r] + i, a root path in order)
-        moved to consecutive slots from starts[r]: one gather and one write per tensor for
-        every row (the gather copies the sources first: overlapping moves are safe)."""
-        moves = [(row, start + i, start + node)
-                 for row, (start, nodes) in enumerate(zip(starts, paths, strict=True))
-                 for i, node in enumerate(nodes) if node != i]
-        if not moves:
-            return
-        device = self.keys[0].device
-        row, target, source = (torch.tensor(column, device=device)
-                               for column in zip(*moves, strict=True))
-        for tensor in self.keys + self.values:
-            tensor[row, :, target] = tensor[row, :, source]
-
-    def move_row(self, source: int, target: int, length: int) -> None:
-        """Copy row `source`'s first `length` positions over row `target`."""
-        for tensor in self.keys + self.values:
-            tensor[target, :, :length] = tensor[source, :, :length]
-
-    def mark_for_compile(self, cuda_graphs: bool) -> None:
-        """Capacity (dim 2) a dynamic dimension of the compiled steps, so a regrown cache
-        reuses their graphs; for CUDA graphs, static addresses (the buffers are mutated in
-        place, not copied in) without an address guard: a regrown cache re-records the
-        graphs, it does not recompile them."""
-        for tensor in self.keys + self.values:
-            torch._dynamo.mark_dynamic(tensor, 2)
-            if cuda_graphs:
-                torch._dynamo.mark_static_address(tensor, guard=False)
-
-
 class StaticCausalLM(HFModel):
     """A llama-family decoder (Llama, Qwen2, Qwen3, Mistral) on a static KV cache."""
 
@@ -162,9 +103,8 @@ class StaticCausalLM(HFModel):
         self.head_dim = int(self.layers[0].self_attn.head_dim)
         self.kv_heads = int(model.config.num_key_value_heads)
         self.groups = int(model.config.num_attention_heads) // self.kv_heads
-        self.cache: StaticKVCache | None = None
-        self._length = 0
-        self._tree_start: int | None = None  # slot of the last tree's first node
+        # the cache and its rows' lengths (one empty row until the first prefill)
+        self.kv = KVCache(self._allocate, rows=1)
         self._cos = self._sin = torch.empty(0)
         self.widths = tuple(sorted(set(widths))) if compile else ()
         self.compile_s = 0.0  # time spent compiling (first call of each width), reported
@@ -176,18 +116,21 @@ class StaticCausalLM(HFModel):
     # --- the protocol -----------------------------------------------------------------
 
     @property
+    def cache(self) -> StaticKVCache | None:
+        return self.kv.tensors
+
+    @property
     def cached_length(self) -> int:
-        return self._length
+        lengths = self.kv.lengths  # every row at the same length
+        return lengths[0] if lengths else 0
 
     @torch.inference_mode()
     def prefill(self, prompt_ids: torch.Tensor, reserve: int = 0) -> torch.Tensor:
         rows, length = prompt_ids.shape
         self._reset(rows, length, reserve)
-        ids = self.to_device(prompt_ids)
-        for start in range(0, length - 1, PREFILL_CHUNK):
-            chunk = ids[:, start:min(start + PREFILL_CHUNK, length - 1)]
-            self._eager(chunk, keep=0)
-            self._length += chunk.shape[1]
+        cached = max(length - 1, 0)  # the last token stays pending
+        self.kv.add_rows(self.forward_rows, self.to_device(prompt_ids)[:, :cached],
+                         [cached] * rows)
         return prompt_ids
 
     @torch.inference_mode()
@@ -208,32 +151,26 @@ class StaticCausalLM(HFModel):
                 other.device != self.device:
             return False
         self._reset(rows, length, reserve)
-        assert self.cache is not None
-        self.cache.copy_from(theirs, length - 1)
-        self._length = length - 1
+        self.kv.add_copied(theirs, [length - 1] * rows)
         return True
 
     @torch.inference_mode()
     def extend(self, tokens: torch.Tensor, last: int | None = None) -> torch.Tensor:
         rows, k = tokens.shape
-        width = self._width(k)
-        self._ensure_capacity(rows, self._length + (width or k))
+        width, start = self._width(k), self.cached_length
+        self._ensure_capacity(rows, start + (width or k))
         ids = self.to_device(tokens)
         if width is None:
-            logits = self._eager(ids, keep=k if last is None else min(last, k))
+            logits = self._eager(ids, start, keep=k if last is None else min(last, k))
         else:
-            logits = self._compiled(ids, width)[:, :k]
+            logits = self._compiled(ids, width, start)[:, :k]
             if last is not None:
                 logits = logits[:, -last:]
-        self._length += k
-        self._tree_start = None
+        self.kv.advance(k)
         return logits.float()
 
     def rollback(self, n: int) -> None:
-        if n < 0 or n > self._length:
-            raise ValueError(f"cannot roll back {n} of {self._length} cached positions")
-        self._length -= n  # slots past the write position are masked, then overwritten
-        self._tree_start = None
+        self.kv.rollback([n] * self.kv.count)
 
     verifies_trees = True
 
@@ -250,27 +187,18 @@ class StaticCausalLM(HFModel):
                              "runtime/rows.py)")
         if len(parents) != n:
             raise ValueError(f"{len(parents)} parents for {n} tree nodes")
-        start = self._length
+        start = self.cached_length
         self._ensure_capacity(1, start + n)
         layout = tree_layout(parents, start, self.device)
         logits = self.forward_tree(self.to_device(tokens), [layout], start + n, self.cache)
-        self._length += n
-        self._tree_start = start
+        self.kv.advance(n, tree=True)
         return logits.float()
 
     @torch.inference_mode()
     def accept_path(self, nodes: list[int]) -> None:
         """Keep the last tree's `nodes` (a root path, in order) at consecutive slots from the
         tree's start: their keys and values are moved once, the rest forgotten."""
-        start = self._tree_start
-        if start is None:
-            raise RuntimeError("accept_path() needs a tree extend before it")
-        if any(not 0 <= node < self._length - start for node in nodes):
-            raise ValueError(f"nodes {nodes} are not in the last tree")
-        if self.cache is not None:
-            self.cache.keep_paths([start], [nodes])
-        self._length = start + len(nodes)
-        self._tree_start = None
+        self.kv.accept_paths([nodes])
 
     def fork(self) -> StaticCausalLM:
         """A runner over the same weights (packed ones shared) with its own empty cache,
@@ -282,19 +210,15 @@ class StaticCausalLM(HFModel):
         """Compile every width now (for servers: not on the first request); returns seconds.
         `capacity` sizes the cache; a later regrowth does not recompile."""
         self._ensure_capacity(rows, capacity)
-        saved, self._length = self._length, 0
-        try:
-            for width in self.widths:
-                self._compiled(torch.zeros(rows, width, dtype=torch.long, device=self.device),
-                               width)
-        finally:
-            self._length = saved
+        for width in self.widths:
+            self._compiled(torch.zeros(rows, width, dtype=torch.long, device=self.device),
+                           width, start=0)
         return self.compile_s
 
     # --- forwards -------------------------------------------------------------------------
 
-    def _eager(self, ids: torch.Tensor, keep: int) -> torch.Tensor | None:
-        start, width = self._length, ids.shape[1]
+    def _eager(self, ids: torch.Tensor, start: int, keep: int) -> torch.Tensor | None:
+        width = ids.shape[1]
         positions = torch.arange(start, start + width, device=ids.device)[None]
         return self.forward_rows(ids, positions, start + width, self.cache, keep)
 
@@ -322,12 +246,12 @@ class StaticCausalLM(HFModel):
         """The compiled step: attends over the whole buffer, logits at every position."""
         return self.head(self.norm(self._layers(ids, positions, cos, sin, None, cache)))
 
-    def _compiled(self, ids: torch.Tensor, width: int) -> torch.Tensor:
+    def _compiled(self, ids: torch.Tensor, width: int, start: int) -> torch.Tensor:
         rows, k = ids.shape
         # a fresh tensor (made in inference mode, as dynamo's guards expect whoever made ids);
         # padded: these positions' logits are dropped, their slots overwritten later
         ids = torch.cat([ids, ids.new_zeros(rows, width - k)], dim=1)
-        positions = torch.arange(self._length, self._length + width, device=ids.device)[None]
+        positions = torch.arange(start, start + width, device=ids.device)[None]
         first = width not in self._compiled_widths
         t0 = time.perf_counter()
         if self.device.type == "cuda":
@@ -454,21 +378,24 @@ class StaticCausalLM(HFModel):
 
     def _reset(self, rows: int, length: int, reserve: int) -> None:
         """An empty cache with room for a `length`-token prompt and `reserve` more positions."""
-        self._length, self._tree_start = 0, None
+        self.kv.clear()
         self._ensure_capacity(rows, length + (reserve if reserve > 0 else DEFAULT_RESERVE))
 
     def _ensure_capacity(self, rows: int, needed: int) -> None:
+        """A cache of exactly `rows` rows and at least `needed` positions."""
         cache = self.cache
-        if cache is not None and cache.rows == rows and cache.capacity >= needed:
-            return
         if cache is not None and cache.rows == rows:
+            if cache.capacity >= needed:
+                return
             needed = max(needed, 2 * cache.capacity)  # doubling: few regrows, few recompiles
-        grown = self.new_cache(rows, needed)
-        if cache is not None and cache.rows == rows:
-            grown.copy_from(cache, self._length)
+        self.kv.resize(rows, needed)
+
+    def _allocate(self, rows: int, capacity: int) -> StaticKVCache:
+        """The runner's new caches: compiled widths reuse their graphs on them."""
+        cache = self.new_cache(rows, capacity)
         if self.steps:
-            grown.mark_for_compile(cuda_graphs=self.device.type == "cuda")
-        self.cache = grown
+            cache.mark_for_compile(cuda_graphs=self.device.type == "cuda")
+        return cache
 
     def ensure_rotary(self, length: int) -> None:
         """Rotary tables for positions < length."""
@@ -585,8 +512,3 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin
-
-
-def rounded_capacity(positions: int) -> int:
-    """Positions as a cache allocates them: a multiple of CAPACITY_STEP, at least one step."""
-    return -(-max(positions, 1) // CAPACITY_STEP) * CAPACITY_STEP
